@@ -1,0 +1,96 @@
+// moeweave._C: the pybind11 face of moeweave_core. Each function checks its DLPack arguments,
+// releases the GIL and calls the torch-free kernel; non-zero statuses become Python exceptions.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <string>
+
+#include "moeweave/isa.h"
+#include "moeweave/kernels_cpu.h"
+#include "moeweave/thread_pool.h"
+#include "tensor_arg.h"
+
+namespace py = pybind11;
+using moeweave::DType;
+using moeweave::Isa;
+using moeweave::bindings::TensorArg;
+
+namespace {
+
+void silu_mul(const py::capsule& gate_c, const py::capsule& up_c, const py::capsule& out_c) {
+  TensorArg gate("silu_mul", "gate", gate_c), up("silu_mul", "up", up_c), out("silu_mul", "out", out_c);
+  gate.expect(kDLCPU, -1, {DType::f32, DType::f16, DType::bf16});
+  up.expect(kDLCPU, -1, {DType::f32, DType::f16, DType::bf16}).expect_same(gate);
+  out.expect(kDLCPU, -1, {DType::f32, DType::f16, DType::bf16}).expect_same(gate);
+  py::gil_scoped_release release;
+  moeweave::silu_mul(gate.dtype(), gate.data<void>(), up.data<void>(), out.data<void>(), gate.numel());
+}
+
+void reroute(const py::capsule& ids_c, const py::capsule& adapter_c, const py::capsule& remap_c,
+             const py::capsule& out_c) {
+  TensorArg ids("reroute", "topk_ids", ids_c), adapter("reroute", "tok_adapter", adapter_c),
+      remap("reroute", "remap", remap_c), out("reroute", "out", out_c);
+  ids.expect(kDLCPU, 2, {DType::i32});
+  adapter.expect(kDLCPU, 1, {DType::i32});
+  remap.expect(kDLCPU, 2, {DType::i32});
+  out.expect(kDLCPU, 2, {DType::i32}).expect_same(ids);
+  const int64_t T = ids.size(0), K = ids.size(1), A = remap.size(0) - 1, E = remap.size(1);
+  if (adapter.size(0) != T) adapter.fail("must have one entry per token (" + std::to_string(T) + "), got " + adapter.shape_text());
+  if (A < 0) remap.fail("must have at least the identity row, got " + remap.shape_text());
+  int64_t bad = -1;
+  moeweave::Status status;
+  {
+    py::gil_scoped_release release;
+    status = moeweave::reroute(ids.data<int32_t>(), adapter.data<int32_t>(), remap.data<int32_t>(),
+                               out.data<int32_t>(), T, K, A, E, &bad);
+  }
+  if (status == 0) return;
+  const int64_t t = bad / K, k = bad % K;
+  const int32_t a = adapter.data<int32_t>()[t], id = ids.data<int32_t>()[bad];
+  if (a < -1 || a >= A)
+    adapter.fail("[" + std::to_string(t) + "] = " + std::to_string(a) + " is outside [-1, " + std::to_string(A) + ")");
+  ids.fail("[" + std::to_string(t) + ", " + std::to_string(k) + "] = " + std::to_string(id) + " is outside [0, " + std::to_string(E) + ")");
+}
+
+Isa parse_isa(const std::string& name) {
+  for (int i = 0; i < moeweave::kNumIsas; ++i)
+    if (name == moeweave::isa_name(static_cast<Isa>(i))) return static_cast<Isa>(i);
+  throw py::value_error("unknown ISA '" + name + "': expected one of scalar, avx2, avx512");
+}
+
+void set_isa(const std::string& name) {
+  const Isa isa = parse_isa(name);
+  if (moeweave::set_isa(isa) != 0)
+    throw py::value_error(std::string("this CPU does not support the '") + name + "' kernels; the best it supports is '" +
+                          moeweave::isa_name(moeweave::best_supported_isa()) + "'");
+}
+
+py::list supported_isas() {
+  py::list names;
+  for (int i = 0; i < moeweave::kNumIsas; ++i)
+    if (moeweave::isa_supported(static_cast<Isa>(i))) names.append(moeweave::isa_name(static_cast<Isa>(i)));
+  return names;
+}
+
+// (available, errno): errno is 0 when io_uring works here.
+py::tuple io_uring_status() {
+  const int status = moeweave::io_uring_probe();
+  return py::make_tuple(status == 0, -status);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "moeweave's native CPU kernels (torch-free; tensors arrive as DLPack capsules)";
+  m.def("silu_mul", &silu_mul, py::arg("gate"), py::arg("up"), py::arg("out"),
+        "out = silu(gate) * up, elementwise (contiguous CPU tensors of one float dtype)");
+  m.def("reroute", &reroute, py::arg("topk_ids"), py::arg("tok_adapter"), py::arg("remap"), py::arg("out"),
+        "out[t, k] = remap[tok_adapter[t] + 1, topk_ids[t, k]] (int32)");
+  m.def("supported_isas", &supported_isas, "ISA levels this CPU can run, lowest first");
+  m.def("current_isa", [] { return std::string(moeweave::isa_name(moeweave::current_isa())); });
+  m.def("set_isa", &set_isa, py::arg("name"), "Dispatch CPU kernels to this ISA level");
+  m.def("num_threads", &moeweave::num_threads, "Threads of moeweave's native pool");
+  m.def("set_num_threads", &moeweave::set_num_threads, py::arg("n"));
+  m.def("io_uring_status", &io_uring_status, "(available, errno) from an io_uring_setup probe");
+}

@@ -1,0 +1,31 @@
+// Entry points of the CUDA kernels, callable from a plain C++ translation unit (no CUDA headers
+// needed by the caller). Pointers are device pointers to contiguous buffers; `stream` is a
+// cudaStream_t passed as void*. Calls are asynchronous on that stream and never synchronise
+// the host; the return value reports launch errors only.
+#pragma once
+
+#include <cstdint>
+
+#include "moeweave/dtype.h"
+#include "moeweave/status.h"
+
+namespace moeweave::cuda {
+
+Status silu_mul(DType dtype, const void* gate, const void* up, void* out, int64_t n, void* stream);
+
+// As moeweave::reroute, but ids or adapters out of range write -1 into out instead of failing:
+// checking on the host would need a synchronisation and break CUDA-graph capture.
+Status reroute(const int32_t* topk_ids, const int32_t* tok_adapter, const int32_t* remap,
+               int32_t* out, int64_t T, int64_t K, int64_t A, int64_t E, void* stream);
+
+// Devices visible to the CUDA runtime, or -errno-like negative value when the driver is
+// missing (no GPU, no libcuda).
+int device_count();
+
+// CUDA runtime version the module was built against, e.g. 13000.
+int runtime_version();
+
+// Last CUDA error as text, for exception messages.
+const char* last_error();
+
+}  // namespace moeweave::cuda

@@ -1,0 +1,20 @@
+"""moeweave: Mixture-of-Experts models and the weights inside them.
+
+Importing the package is cheap on purpose: it loads no native module, imports no torch and
+initialises no CUDA. Submodules load on first attribute access (``moeweave.ops``,
+``moeweave.cpu``), and the native kernels load when the first tensor reaches an op.
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+_SUBMODULES = ("cli", "cpu", "envs", "ops")
+
+__all__ = ["__version__", *_SUBMODULES]
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'moeweave' has no attribute '{name}'")

@@ -1,0 +1,11 @@
+"""moeweave's torch ops (``torch.ops.moeweave.*``), each with a native CPU and CUDA kernel, a
+fake implementation for torch.compile, and a plain-torch twin in ``moeweave.ops.reference``.
+
+Dimension legend used across ops: T tokens, K experts per token, E routed experts of a layer,
+A adapters loaded, H hidden size, I expert intermediate size.
+"""
+
+from moeweave.ops.reroute import reroute
+from moeweave.ops.silu_mul import silu_mul
+
+__all__ = ["reroute", "silu_mul"]

@@ -1,0 +1,27 @@
+"""Plain-torch twins of every moeweave op: short and obviously right. They are the oracle the
+tests compare the native kernels against, and the fallback when a native module is missing.
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up, computed in fp32 and rounded once to the input dtype."""
+    return (F.silu(gate.float()) * up.float()).to(gate.dtype)
+
+
+def reroute(topk_ids: torch.Tensor, tok_adapter: torch.Tensor, remap: torch.Tensor) -> torch.Tensor:
+    """phys_ids[t, k] = remap[tok_adapter[t] + 1, topk_ids[t, k]] (SPEC §2).
+
+    topk_ids [T, K] int32, tok_adapter [T] int32 (-1 = base model), remap [A + 1, E] int32
+    -> [T, K] int32. Out-of-range adapters or ids raise ValueError (torch indexing would wrap
+    negative ids silently).
+    """
+    num_adapters, num_experts = remap.shape[0] - 1, remap.shape[1]
+    if topk_ids.numel() and (topk_ids.min() < 0 or topk_ids.max() >= num_experts):
+        raise ValueError(f"reroute: 'topk_ids' must lie in [0, {num_experts})")
+    if tok_adapter.numel() and (tok_adapter.min() < -1 or tok_adapter.max() >= num_adapters):
+        raise ValueError(f"reroute: 'tok_adapter' must lie in [-1, {num_adapters})")
+    rows = (tok_adapter.long() + 1).unsqueeze(1)  # [T, 1]
+    return remap[rows, topk_ids.long()]  # [T, K]
