@@ -6,7 +6,9 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="moeweave", description="Mixture-of-Experts models and their weights")
+    parser = argparse.ArgumentParser(
+        prog="moeweave", description="Mixture-of-Experts models and their weights"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     info = commands.add_parser("info", help="version, native modules, CPU ISA, threads, CUDA, io_uring")
     info.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -78,4 +78,3 @@ def format_report(report: dict) -> str:
     for name, value in report["environment"].items():
         lines.append(f"  {name}={value}")
     return "\n".join(lines)
-

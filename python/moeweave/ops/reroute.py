@@ -14,17 +14,24 @@ import torch
 
 from moeweave import _native
 from moeweave.ops import reference
+from moeweave.ops._eager import can_skip_dispatcher
 from moeweave.ops._launch import capsules, cuda_stream
 
 
 def _check(topk_ids: torch.Tensor, tok_adapter: torch.Tensor, remap: torch.Tensor) -> None:
-    for name, tensor, ndim in (("topk_ids", topk_ids, 2), ("tok_adapter", tok_adapter, 1), ("remap", remap, 2)):
+    for name, tensor, ndim in (
+        ("topk_ids", topk_ids, 2),
+        ("tok_adapter", tok_adapter, 1),
+        ("remap", remap, 2),
+    ):
         if tensor.dtype != torch.int32:
             raise ValueError(f"reroute: '{name}' must be int32, got {tensor.dtype}")
         if tensor.dim() != ndim:
             raise ValueError(f"reroute: '{name}' must have {ndim} dims, got {list(tensor.shape)}")
         if tensor.device != topk_ids.device:
-            raise ValueError(f"reroute: '{name}' is on {tensor.device} but 'topk_ids' is on {topk_ids.device}")
+            raise ValueError(
+                f"reroute: '{name}' is on {tensor.device} but 'topk_ids' is on {topk_ids.device}"
+            )
     if tok_adapter.shape[0] != topk_ids.shape[0]:
         raise ValueError(
             f"reroute: 'tok_adapter' must have one entry per token ({topk_ids.shape[0]}), "
@@ -34,9 +41,14 @@ def _check(topk_ids: torch.Tensor, tok_adapter: torch.Tensor, remap: torch.Tenso
         raise ValueError(f"reroute: 'remap' must have at least the identity row, got {list(remap.shape)}")
 
 
-@torch.library.custom_op("moeweave::reroute", mutates_args=())
 def reroute(topk_ids: torch.Tensor, tok_adapter: torch.Tensor, remap: torch.Tensor) -> torch.Tensor:
     """phys_ids[t, k] = remap[tok_adapter[t] + 1, topk_ids[t, k]]; [T, K] int32."""
+    if can_skip_dispatcher(topk_ids, tok_adapter, remap):
+        return _reroute(topk_ids, tok_adapter, remap)
+    return _reroute_op(topk_ids, tok_adapter, remap)
+
+
+def _reroute(topk_ids: torch.Tensor, tok_adapter: torch.Tensor, remap: torch.Tensor) -> torch.Tensor:
     _check(topk_ids, tok_adapter, remap)
     topk_ids, tok_adapter, remap = topk_ids.contiguous(), tok_adapter.contiguous(), remap.contiguous()
     out = torch.empty_like(topk_ids)  # [T, K]
@@ -53,7 +65,10 @@ def reroute(topk_ids: torch.Tensor, tok_adapter: torch.Tensor, remap: torch.Tens
     return out
 
 
-@reroute.register_fake
+_reroute_op = torch.library.custom_op("moeweave::reroute", _reroute, mutates_args=())
+
+
+@_reroute_op.register_fake
 def _(topk_ids: torch.Tensor, tok_adapter: torch.Tensor, remap: torch.Tensor) -> torch.Tensor:
     _check(topk_ids, tok_adapter, remap)
     return torch.empty_like(topk_ids, memory_format=torch.contiguous_format)

@@ -9,9 +9,17 @@ import torch
 
 from moeweave import _native
 from moeweave.ops import reference
+from moeweave.ops._eager import can_skip_dispatcher
 from moeweave.ops._launch import capsules, cuda_stream
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up; gate, up [..., I] -> [..., I]."""
+    if can_skip_dispatcher(gate, up):
+        return _silu_mul(gate, up)
+    return _silu_mul_op(gate, up)
 
 
 def _check(gate: torch.Tensor, up: torch.Tensor) -> None:
@@ -27,9 +35,7 @@ def _check(gate: torch.Tensor, up: torch.Tensor) -> None:
         raise ValueError(f"silu_mul: 'up' is on {up.device} but 'gate' is on {gate.device}")
 
 
-@torch.library.custom_op("moeweave::silu_mul", mutates_args=())
-def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """silu(gate) * up; gate, up [..., I] -> [..., I]."""
+def _silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     _check(gate, up)
     gate, up = gate.contiguous(), up.contiguous()
     out = torch.empty_like(gate)  # [..., I]
@@ -46,7 +52,10 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@silu_mul.register_fake
+_silu_mul_op = torch.library.custom_op("moeweave::silu_mul", _silu_mul, mutates_args=())
+
+
+@_silu_mul_op.register_fake
 def _(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     _check(gate, up)
     return torch.empty_like(gate, memory_format=torch.contiguous_format)
@@ -66,4 +75,4 @@ def _backward(ctx, grad: torch.Tensor):
     return grad_gate.to(gate.dtype), grad_up.to(up.dtype)
 
 
-silu_mul.register_autograd(_backward, setup_context=_setup_context)
+_silu_mul_op.register_autograd(_backward, setup_context=_setup_context)
