@@ -6,6 +6,7 @@
 #include <cstring>
 #include <string>
 
+#include "bind_cpu.h"
 #include "moeweave/isa.h"
 #include "moeweave/kernels_cpu.h"
 #include "moeweave/thread_pool.h"
@@ -93,4 +94,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("num_threads", &moeweave::num_threads, "Threads of moeweave's native pool");
   m.def("set_num_threads", &moeweave::set_num_threads, py::arg("n"));
   m.def("io_uring_status", &io_uring_status, "(available, errno) from an io_uring_setup probe");
+  moeweave::bindings::bind_quant(m);
 }

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "moeweave/dtype.h"
+#include "moeweave/quant_formats.h"
 #include "moeweave/status.h"
 
 namespace moeweave {
@@ -19,6 +20,27 @@ Status silu_mul(DType dtype, const void* gate, const void* up, void* out, int64_
 // in *bad_index (out is then partially written).
 Status reroute(const int32_t* topk_ids, const int32_t* tok_adapter, const int32_t* remap,
                int32_t* out, int64_t T, int64_t K, int64_t A, int64_t E, int64_t* bad_index);
+
+// y [m, w.n] fp32 = x [m, w.k] w^T, for a quantised (bits 2/3/4/8) or bf16 (bits 16) w; x is
+// f32 or bf16, contiguous. Quantised weights use int8 activations, quantised per 32 columns.
+Status quant_matmul(const QuantMatrix& w, DType x_dtype, const void* x, int64_t m, float* y);
+
+// One routed expert: its three projections, each in any format QuantMatrix describes.
+struct ExpertSlot {
+  QuantMatrix gate;  // [I, H]
+  QuantMatrix up;    // [I, H]
+  QuantMatrix down;  // [H, I]
+};
+
+// The routed-expert stage of an MoE layer in one call:
+//   y[t] = sum_k weights[t, k] * down_e(silu(gate_e x_t) * up_e x_t),  e = ids[t, k].
+// Shapes: x [T, H] (f32 or bf16), ids and weights [T, K] (int32, f32), y [T, H] fp32. Tokens are
+// grouped by expert, each expert runs once over its tokens, work is spread over experts and
+// output tiles. An id outside [0, num_slots) gives -ERANGE with its flat index in *bad_index; a
+// used expert whose shapes differ from [I, H] / [H, I] (I of the first used expert) gives
+// -EINVAL with the expert in *bad_index.
+Status moe_experts(const ExpertSlot* slots, int64_t num_slots, DType x_dtype, const void* x, int64_t T,
+                   int64_t H, const int32_t* ids, const float* weights, int64_t K, float* y, int64_t* bad_index);
 
 // 0 when this kernel lets the process set up an io_uring instance, else -errno
 // (-EPERM under Docker's default seccomp profile, -ENOSYS on old kernels).

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "moeweave/isa.h"
+#include "moeweave/quant_formats.h"
 
 namespace moeweave::cpu {
 
@@ -21,6 +22,27 @@ using RerouteKernel = int64_t (*)(const int32_t* topk_ids, const int32_t* tok_ad
                                   const int32_t* remap, int32_t* out, int64_t t_begin,
                                   int64_t t_end, int64_t K, int64_t A, int64_t E);
 
+// Activations quantised for the integer dot products: per row and 32-column unit u,
+// x[i, 32u + c] ~= scale[i, u] * q[i, 32u + c], and sum[i, u] = sum over c of q[i, 32u + c].
+// Columns past the real K are zero up to `stride`, which is at least the weight's padded K.
+struct QuantActs {
+  const int8_t* q;      // [m, stride]
+  const float* scale;   // [m, stride / 32]
+  const int32_t* sum;   // [m, stride / 32]
+  int64_t m;
+  int64_t stride;
+};
+
+struct QuantMatmulKernels {
+  // y[i, 16t + r] for all rows i < a.m and tiles t in [tile_begin, tile_end) of a 2/3/4/8-bit w.
+  void (*quant)(const QuantMatrix& w, const QuantActs& a, int64_t tile_begin, int64_t tile_end,
+                float* y, int64_t ldy);
+  // y[i, r] = sum_c w[r, c] x[i, c] for rows r in [row_begin, row_end) of a bf16 w [n, k].
+  void (*bf16)(const uint16_t* w, int64_t k, const float* x, int64_t m, int64_t row_begin,
+               int64_t row_end, float* y, int64_t ldy);
+};
+
+extern const QuantMatmulKernels kQuantMatmulScalar, kQuantMatmulAvx2, kQuantMatmulAvx512;
 extern const SiluMulKernels kSiluMulScalar, kSiluMulAvx2, kSiluMulAvx512;
 extern const RerouteKernel kRerouteScalar, kRerouteAvx2, kRerouteAvx512;
 

@@ -25,3 +25,31 @@ def reroute(topk_ids: torch.Tensor, tok_adapter: torch.Tensor, remap: torch.Tens
         raise ValueError(f"reroute: 'tok_adapter' must lie in [-1, {num_adapters})")
     rows = (tok_adapter.long() + 1).unsqueeze(1)  # [T, 1]
     return remap[rows, topk_ids.long()]  # [T, K]
+
+
+def quant_matmul(x: torch.Tensor, qw) -> torch.Tensor:
+    """x [M, K] @ dequantize(qw)^T -> [M, N] in x's dtype, in fp32 with exact activations."""
+    from moeweave.quant.quantize import dequantize
+
+    return (x.float() @ dequantize(qw).to(x.device).t()).to(x.dtype)
+
+
+def expert_weight(w) -> torch.Tensor:
+    """A projection of an expert table entry (QuantizedWeight or plain tensor) as fp32 [N, K]."""
+    from moeweave.quant.quantize import dequantize
+
+    return w.float() if isinstance(w, torch.Tensor) else dequantize(w)
+
+
+def moe_experts(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, experts) -> torch.Tensor:
+    """y[t] = sum_k topk_weights[t, k] * down(silu(gate x_t) * up x_t) with e = topk_ids[t, k], as a
+    loop over experts. x [T, H]; topk_ids, topk_weights [T, K]; experts: sequence of
+    (gate [I, H], up [I, H], down [H, I]) -> [T, H] in x's dtype, computed in fp32."""
+    xf = x.float()
+    y = torch.zeros_like(xf)  # [T, H]
+    for e in topk_ids.unique().tolist():
+        token, slot = (topk_ids == e).nonzero(as_tuple=True)
+        gate, up, down = (expert_weight(w).to(x.device) for w in experts[e])
+        h = F.silu(xf[token] @ gate.t()) * (xf[token] @ up.t())  # [n_e, I]
+        y.index_add_(0, token, (h @ down.t()) * topk_weights[token, slot, None].float())
+    return y.to(x.dtype)

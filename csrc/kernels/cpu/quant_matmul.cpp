@@ -1,0 +1,102 @@
+// quant_matmul's dispatcher and the shared pieces (matmul_common.h): activations are quantised
+// once per call, then output tiles of 16 rows are spread over the thread pool.
+#include <algorithm>
+#include <cmath>
+
+#include "matmul_common.h"
+#include "moeweave/half.h"
+#include "moeweave/isa.h"
+#include "moeweave/kernels_cpu.h"
+#include "moeweave/thread_pool.h"
+
+namespace moeweave {
+namespace cpu {
+
+const QuantMatmulKernels& quant_matmul_kernels() {
+  return for_isa(current_isa(), kQuantMatmulScalar, kQuantMatmulAvx2, kQuantMatmulAvx512);
+}
+
+QuantActs quantize_activations(DType dtype, const void* x, int64_t m, int64_t k, int64_t ldx, int64_t stride,
+                               QuantActsBuffer& buffer) {
+  const int64_t units = stride / kQuantUnitCols;
+  buffer.q.assign(m * stride, 0);
+  buffer.scale.resize(m * units);
+  buffer.sum.resize(m * units);
+  parallel_for(m, std::max<int64_t>(1, 65536 / std::max<int64_t>(k, 1)), [&](int64_t begin, int64_t end) {
+    float row[kQuantUnitCols];
+    for (int64_t i = begin; i < end; ++i)
+      for (int64_t u = 0; u < units; ++u) {
+        float amax = 0.0f;
+        for (int c = 0; c < kQuantUnitCols; ++c) {
+          const int64_t col = u * kQuantUnitCols + c;
+          row[c] = col >= k ? 0.0f
+                   : dtype == DType::bf16 ? bf16_to_float(static_cast<const uint16_t*>(x)[i * ldx + col])
+                                          : static_cast<const float*>(x)[i * ldx + col];
+          amax = std::max(amax, std::fabs(row[c]));
+        }
+        const float scale = amax / 127.0f, inverse = amax > 0.0f ? 127.0f / amax : 0.0f;
+        int32_t total = 0;
+        for (int c = 0; c < kQuantUnitCols; ++c) {
+          const int32_t v = std::clamp(int32_t(std::lrint(row[c] * inverse)), -127, 127);
+          buffer.q[i * stride + u * kQuantUnitCols + c] = int8_t(v);
+          total += v;
+        }
+        buffer.scale[i * units + u] = scale;
+        buffer.sum[i * units + u] = total;
+      }
+  });
+  return buffer.view(m, stride);
+}
+
+Status check_matrix(const QuantMatrix& w) {
+  if (w.n < 0 || w.k < 0 || !w.packed) return -EINVAL;
+  if (w.bits == 16) return kOk;
+  if (w.bits != 2 && w.bits != 3 && w.bits != 4 && w.bits != 8) return -EINVAL;
+  if (w.group_size <= 0 || w.group_size % kQuantUnitCols || !w.scales) return -EINVAL;
+  if (w.scale_dtype != DType::f32 && w.scale_dtype != DType::f16 && w.scale_dtype != DType::bf16) return -EINVAL;
+  return kOk;
+}
+
+void quant_matmul_tiles(const QuantMatrix& w, const QuantActs& a, int64_t tile_begin, int64_t tile_end,
+                        float* y, int64_t ldy) {
+  const QuantMatmulKernels& kernels = quant_matmul_kernels();
+  parallel_for(tile_end - tile_begin, 1, [&](int64_t b, int64_t e) {
+    kernels.quant(w, a, tile_begin + b, tile_begin + e, y, ldy);
+  });
+}
+
+void bf16_matmul_tiles(const QuantMatrix& w, const float* x, int64_t m, int64_t tile_begin, int64_t tile_end,
+                       float* y, int64_t ldy) {
+  const QuantMatmulKernels& kernels = quant_matmul_kernels();
+  const int64_t row_begin = tile_begin * kQuantTileRows, row_end = std::min(w.n, tile_end * kQuantTileRows);
+  parallel_for(row_end - row_begin, kQuantTileRows, [&](int64_t b, int64_t e) {
+    kernels.bf16(reinterpret_cast<const uint16_t*>(w.packed), w.k, x, m, row_begin + b, row_begin + e, y, ldy);
+  });
+}
+
+}  // namespace cpu
+
+Status quant_matmul(const QuantMatrix& w, DType x_dtype, const void* x, int64_t m, float* y) {
+  if (Status s = cpu::check_matrix(w)) return s;
+  if (x_dtype != DType::f32 && x_dtype != DType::bf16) return -EINVAL;
+  if (m == 0 || w.n == 0) return kOk;
+  const int64_t tiles = quant_padded(w.n, kQuantTileRows) / kQuantTileRows;
+  if (w.bits == 16) {
+    std::vector<float> converted;
+    const float* xf = static_cast<const float*>(x);
+    if (x_dtype == DType::bf16) {
+      converted.resize(m * w.k);
+      for (int64_t i = 0; i < m * w.k; ++i) converted[i] = bf16_to_float(static_cast<const uint16_t*>(x)[i]);
+      xf = converted.data();
+    }
+    cpu::bf16_matmul_tiles(w, xf, m, 0, tiles, y, w.n);
+    return kOk;
+  }
+  cpu::QuantActsBuffer buffer;
+  const cpu::QuantActs acts =
+      cpu::quantize_activations(x_dtype, x, m, w.k, w.k, quant_padded(w.k, w.group_size), buffer);
+  cpu::quant_matmul_tiles(w, acts, 0, tiles, y, w.n);
+  return kOk;
+}
+
+}  // namespace moeweave

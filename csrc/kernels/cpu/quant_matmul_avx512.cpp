@@ -1,0 +1,143 @@
+// AVX-512 VNNI quantised matmul. A tile's 16 rows live in the 16 int32 lanes of one register, so
+// a quad of packed bytes times 4 broadcast activation bytes is one vpdpbusd and no horizontal
+// reduction is ever needed: unpack (an and or a shift per quad), dot, and once per 32-column
+// unit a convert + FMA with the activation scale; once per group the weight scales and zeros.
+// Up to 4 activation rows share each unpacked quad (MB), which is what makes prefill cheap.
+#include <cstring>
+
+#include "simd_avx512.h"
+#include "variants.h"
+
+namespace moeweave::cpu {
+namespace {
+
+using namespace avx512;
+
+template <int BITS, typename F>
+inline void for_each_quad(const uint8_t* unit, F&& fn) {
+  if constexpr (BITS == 8) {
+    for (int j = 0; j < 8; ++j) fn(j, _mm512_loadu_si512(unit + 64 * j));
+  } else if constexpr (BITS == 4) {
+    const __m512i nibble = _mm512_set1_epi8(0x0f);
+    for (int c = 0; c < 4; ++c) {
+      const __m512i v = _mm512_loadu_si512(unit + 64 * c);
+      fn(2 * c, _mm512_and_si512(v, nibble));
+      fn(2 * c + 1, _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble));
+    }
+  } else {
+    // 2 bits, or the low 2 bits of 3-bit values whose third bit arrives as a byte mask.
+    const __m512i two = _mm512_set1_epi8(3);
+    for (int c = 0; c < 2; ++c) {
+      const __m512i v = _mm512_loadu_si512(unit + 64 * c);
+      for (int i = 0; i < 4; ++i) {
+        __m512i q = _mm512_and_si512(_mm512_srli_epi16(v, 2 * i), two);
+        if constexpr (BITS == 3) {
+          uint64_t high;
+          std::memcpy(&high, unit + 128 + 8 * (4 * c + i), 8);
+          q = _mm512_mask_add_epi8(q, _cvtu64_mask64(high), q, _mm512_set1_epi8(4));
+        }
+        fn(4 * c + i, q);
+      }
+    }
+  }
+}
+
+inline __m512 load_scales(const void* base, DType dtype, int64_t index) {
+  switch (dtype) {
+    case DType::bf16: return load_bf16(static_cast<const uint16_t*>(base) + index, 0xffff);
+    case DType::f16: return load_f16(static_cast<const uint16_t*>(base) + index, 0xffff);
+    default: return _mm512_loadu_ps(static_cast<const float*>(base) + index);
+  }
+}
+
+// Rows i0 .. i0 + MB - 1 of y for one tile t.
+template <int BITS, int MB>
+void tile(const QuantMatrix& w, const QuantActs& a, int64_t t, int64_t i0, float* y, int64_t ldy) {
+  const int64_t kp = quant_padded(w.k, w.group_size), groups = kp / w.group_size;
+  const int64_t units = kp / kQuantUnitCols, act_units = a.stride / kQuantUnitCols;
+  const int64_t units_per_group = w.group_size / kQuantUnitCols;
+  constexpr int kUnitBytes = quant_unit_bytes(BITS);
+  const uint8_t* unit = w.packed + t * units * kUnitBytes;
+  const __m512 implied_zero = _mm512_set1_ps(float(1 << (BITS - 1)));
+  __m512 acc[MB];
+  for (int b = 0; b < MB; ++b) acc[b] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512 inner[MB];
+    float zterm[MB];
+    for (int b = 0; b < MB; ++b) inner[b] = _mm512_setzero_ps(), zterm[b] = 0.0f;
+    for (int64_t u = g * units_per_group; u < (g + 1) * units_per_group; ++u, unit += kUnitBytes) {
+      __m512i dot[MB];
+      for (int b = 0; b < MB; ++b) dot[b] = _mm512_setzero_si512();
+      for_each_quad<BITS>(unit, [&](int j, __m512i q) {
+        for (int b = 0; b < MB; ++b) {
+          int32_t x4;
+          std::memcpy(&x4, a.q + (i0 + b) * a.stride + u * kQuantUnitCols + 4 * j, 4);
+          dot[b] = _mm512_dpbusd_epi32(dot[b], q, _mm512_set1_epi32(x4));
+        }
+      });
+      for (int b = 0; b < MB; ++b) {
+        const float sx = a.scale[(i0 + b) * act_units + u];
+        inner[b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[b]), _mm512_set1_ps(sx), inner[b]);
+        zterm[b] += sx * float(a.sum[(i0 + b) * act_units + u]);
+      }
+    }
+    const int64_t sbase = (t * groups + g) * kQuantTileRows;
+    const __m512 scale = load_scales(w.scales, w.scale_dtype, sbase);
+    const __m512 zero = w.zeros ? load_scales(w.zeros, w.scale_dtype, sbase) : implied_zero;
+    for (int b = 0; b < MB; ++b)
+      acc[b] = _mm512_fmadd_ps(scale, _mm512_fnmadd_ps(zero, _mm512_set1_ps(zterm[b]), inner[b]), acc[b]);
+  }
+  const __mmask16 rows = lanes(w.n - t * kQuantTileRows);
+  for (int b = 0; b < MB; ++b) _mm512_mask_storeu_ps(y + (i0 + b) * ldy + t * kQuantTileRows, rows, acc[b]);
+}
+
+template <int BITS>
+void tiles(const QuantMatrix& w, const QuantActs& a, int64_t tile_begin, int64_t tile_end, float* y,
+           int64_t ldy) {
+  for (int64_t t = tile_begin; t < tile_end; ++t)
+    for (int64_t i0 = 0; i0 < a.m; i0 += 4) switch (a.m - i0) {
+        case 1: tile<BITS, 1>(w, a, t, i0, y, ldy); break;
+        case 2: tile<BITS, 2>(w, a, t, i0, y, ldy); break;
+        case 3: tile<BITS, 3>(w, a, t, i0, y, ldy); break;
+        default: tile<BITS, 4>(w, a, t, i0, y, ldy); break;
+      }
+}
+
+void quant_avx512(const QuantMatrix& w, const QuantActs& a, int64_t tile_begin, int64_t tile_end,
+                  float* y, int64_t ldy) {
+  switch (w.bits) {
+    case 2: return tiles<2>(w, a, tile_begin, tile_end, y, ldy);
+    case 3: return tiles<3>(w, a, tile_begin, tile_end, y, ldy);
+    case 4: return tiles<4>(w, a, tile_begin, tile_end, y, ldy);
+    default: return tiles<8>(w, a, tile_begin, tile_end, y, ldy);
+  }
+}
+
+template <int MB>
+void bf16_rows(const uint16_t* w, int64_t k, const float* x, int64_t i0, int64_t r, float* y, int64_t ldy) {
+  __m512 acc[MB];
+  for (int b = 0; b < MB; ++b) acc[b] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < k; c += 16) {
+    const __mmask16 m = lanes(k - c);
+    const __m512 wv = load_bf16(w + r * k + c, m);
+    for (int b = 0; b < MB; ++b) acc[b] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, x + (i0 + b) * k + c), acc[b]);
+  }
+  for (int b = 0; b < MB; ++b) y[(i0 + b) * ldy + r] = _mm512_reduce_add_ps(acc[b]);
+}
+
+void bf16_avx512(const uint16_t* w, int64_t k, const float* x, int64_t m, int64_t row_begin,
+                 int64_t row_end, float* y, int64_t ldy) {
+  for (int64_t r = row_begin; r < row_end; ++r)
+    for (int64_t i0 = 0; i0 < m; i0 += 4) switch (m - i0) {
+        case 1: bf16_rows<1>(w, k, x, i0, r, y, ldy); break;
+        case 2: bf16_rows<2>(w, k, x, i0, r, y, ldy); break;
+        case 3: bf16_rows<3>(w, k, x, i0, r, y, ldy); break;
+        default: bf16_rows<4>(w, k, x, i0, r, y, ldy); break;
+      }
+}
+
+}  // namespace
+
+const QuantMatmulKernels kQuantMatmulAvx512 = {quant_avx512, bf16_avx512};
+
+}  // namespace moeweave::cpu

@@ -1,0 +1,64 @@
+"""``moeweave::moe_experts``: the routed-expert stage of an MoE layer in one native call.
+
+Shapes: x [T, H] fp32 or bf16; topk_ids [T, K] int32 (slots of the expert table); topk_weights
+[T, K] -> y [T, H] in x's dtype, y[t] = sum_k w[t, k] * down_e(silu(gate_e x_t) * up_e x_t).
+Tokens are grouped by expert inside the kernel and each used expert runs once over its tokens.
+"""
+
+import torch
+
+from moeweave import _native
+from moeweave.ops import reference
+from moeweave.ops._eager import can_skip_dispatcher
+from moeweave.ops._launch import capsules
+from moeweave.quant.experts import ExpertTable
+
+# The op sees the table as its pointer tensor; this maps it back to the Python object (for the
+# reference fallback and to keep the expert tensors alive while a traced graph holds the table).
+_tables: dict[int, ExpertTable] = {}
+
+
+def moe_experts(
+    x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, experts: ExpertTable
+) -> torch.Tensor:
+    _tables[experts.table.data_ptr()] = experts
+    if can_skip_dispatcher(x, topk_ids, topk_weights):
+        return _moe_experts(x, topk_ids, topk_weights, experts.table)
+    return _moe_experts_op(x, topk_ids, topk_weights, experts.table)
+
+
+def _check(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, table: torch.Tensor) -> None:
+    if x.dtype not in (torch.float32, torch.bfloat16) or x.dim() != 2:
+        raise ValueError(f"moe_experts: 'x' must be a [T, H] float32 or bfloat16 tensor, got {x.dtype} {list(x.shape)}")
+    if topk_ids.dtype != torch.int32 or topk_ids.dim() != 2 or topk_ids.shape[0] != x.shape[0]:
+        raise ValueError(f"moe_experts: 'topk_ids' must be int32 [{x.shape[0]}, K], got {topk_ids.dtype} {list(topk_ids.shape)}")
+    if topk_weights.shape != topk_ids.shape or not topk_weights.is_floating_point():
+        raise ValueError(
+            f"moe_experts: 'topk_weights' must be floating [{', '.join(map(str, topk_ids.shape))}], got "
+            f"{topk_weights.dtype} {list(topk_weights.shape)}"
+        )
+    if x.device.type != "cpu":
+        raise ValueError(f"moe_experts: runs on the CPU for now; 'x' is on {x.device}")
+
+
+def _moe_experts(
+    x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, table: torch.Tensor
+) -> torch.Tensor:
+    _check(x, topk_ids, topk_weights, table)
+    native = _native.module_for("cpu")
+    if native is None:
+        return reference.moe_experts(x, topk_ids, topk_weights, _tables[table.data_ptr()])
+    x, topk_ids = x.contiguous(), topk_ids.contiguous()
+    weights = topk_weights.to(torch.float32).contiguous()
+    y = torch.empty(x.shape, dtype=torch.float32)  # [T, H]
+    native.moe_experts(*capsules(table, x, topk_ids, weights, y))
+    return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+
+_moe_experts_op = torch.library.custom_op("moeweave::moe_experts", _moe_experts, mutates_args=())
+
+
+@_moe_experts_op.register_fake
+def _(x, topk_ids, topk_weights, table):
+    _check(x, topk_ids, topk_weights, table)
+    return torch.empty_like(x)

@@ -1,0 +1,72 @@
+"""The expert slot table of the fused MoE op: for each expert slot, its gate, up and down
+projections in any format (QuantizedWeight of any bitwidth, or a bf16 tensor), flattened into
+one int64 tensor of pointers and format fields that the native kernel reads.
+
+The table holds references to every tensor it points into, so the memory stays valid while the
+table lives. A cache or adapter pool builds its own table over its own memory in the same way.
+"""
+
+from collections.abc import Sequence
+
+import torch
+
+from moeweave.quant.format import QuantizedWeight
+
+# Column order of a table row; must match csrc/bindings/quant_cpu.cpp.
+FIELDS = ("packed", "scales", "zeros", "n", "k", "bits", "group_size", "scale_dtype")
+_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # moeweave::DType
+
+Projection = QuantizedWeight | torch.Tensor
+
+
+def _row(w: Projection) -> list[int]:
+    if isinstance(w, QuantizedWeight):
+        zeros = 0 if w.zeros is None else w.zeros.data_ptr()
+        return [w.packed.data_ptr(), w.scales.data_ptr(), zeros, w.n, w.k, w.bits, w.group_size,
+                _DTYPE_CODES[w.scales.dtype]]
+    if w.dtype != torch.bfloat16 or w.dim() != 2 or not w.is_contiguous():
+        raise ValueError(
+            f"ExpertTable: a plain projection must be a contiguous 2-D bfloat16 tensor, got {w.dtype} "
+            f"{list(w.shape)}"
+        )
+    return [w.data_ptr(), 0, 0, w.shape[0], w.shape[1], 16, 0, 0]
+
+
+def _shape(w: Projection) -> tuple[int, int]:
+    return tuple(w.shape)
+
+
+class ExpertTable:
+    """experts[e] = (gate [I, H], up [I, H], down [H, I]); all experts share H and I."""
+
+    def __init__(self, experts: Sequence[tuple[Projection, Projection, Projection]]):
+        if not experts:
+            raise ValueError("ExpertTable: needs at least one expert")
+        self.experts = [tuple(e) for e in experts]
+        inter, hidden = _shape(self.experts[0][0])
+        for e, projections in enumerate(self.experts):
+            if len(projections) != 3:
+                raise ValueError(f"ExpertTable: expert {e} must be (gate, up, down), got {len(projections)} items")
+            shapes = [_shape(w) for w in projections]
+            if shapes != [(inter, hidden), (inter, hidden), (hidden, inter)]:
+                raise ValueError(
+                    f"ExpertTable: expert {e} has projection shapes {shapes}; expected gate and up "
+                    f"[{inter}, {hidden}] and down [{hidden}, {inter}]"
+                )
+            if any(w.device.type != "cpu" for w in projections):
+                raise ValueError(f"ExpertTable: expert {e} is not on the CPU")
+        self.hidden_size, self.intermediate_size = hidden, inter
+        self.table = torch.tensor([[_row(w) for w in projections] for projections in self.experts], dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.experts)
+
+    def __getitem__(self, e: int) -> tuple[Projection, Projection, Projection]:
+        return self.experts[e]
+
+    @property
+    def nbytes(self) -> int:
+        def size(w: Projection) -> int:
+            return w.nbytes if isinstance(w, QuantizedWeight) else w.numel() * w.element_size()
+
+        return sum(size(w) for projections in self.experts for w in projections)
