@@ -8,4 +8,12 @@ from moeweave.quant.experts import ExpertTable
 from moeweave.quant.format import QuantizedWeight
 from moeweave.quant.quantize import dequantize, quantize, relative_error
 
-__all__ = ["ExpertTable", "QuantizedWeight", "dequantize", "moe_experts", "quant_matmul", "quantize", "relative_error"]
+__all__ = [
+    "ExpertTable",
+    "QuantizedWeight",
+    "dequantize",
+    "moe_experts",
+    "quant_matmul",
+    "quantize",
+    "relative_error",
+]

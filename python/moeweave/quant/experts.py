@@ -22,8 +22,16 @@ Projection = QuantizedWeight | torch.Tensor
 def _row(w: Projection) -> list[int]:
     if isinstance(w, QuantizedWeight):
         zeros = 0 if w.zeros is None else w.zeros.data_ptr()
-        return [w.packed.data_ptr(), w.scales.data_ptr(), zeros, w.n, w.k, w.bits, w.group_size,
-                _DTYPE_CODES[w.scales.dtype]]
+        return [
+            w.packed.data_ptr(),
+            w.scales.data_ptr(),
+            zeros,
+            w.n,
+            w.k,
+            w.bits,
+            w.group_size,
+            _DTYPE_CODES[w.scales.dtype],
+        ]
     if w.dtype != torch.bfloat16 or w.dim() != 2 or not w.is_contiguous():
         raise ValueError(
             f"ExpertTable: a plain projection must be a contiguous 2-D bfloat16 tensor, got {w.dtype} "
@@ -46,7 +54,9 @@ class ExpertTable:
         inter, hidden = _shape(self.experts[0][0])
         for e, projections in enumerate(self.experts):
             if len(projections) != 3:
-                raise ValueError(f"ExpertTable: expert {e} must be (gate, up, down), got {len(projections)} items")
+                raise ValueError(
+                    f"ExpertTable: expert {e} must be (gate, up, down), got {len(projections)} items"
+                )
             shapes = [_shape(w) for w in projections]
             if shapes != [(inter, hidden), (inter, hidden), (hidden, inter)]:
                 raise ValueError(
@@ -56,7 +66,9 @@ class ExpertTable:
             if any(w.device.type != "cpu" for w in projections):
                 raise ValueError(f"ExpertTable: expert {e} is not on the CPU")
         self.hidden_size, self.intermediate_size = hidden, inter
-        self.table = torch.tensor([[_row(w) for w in projections] for projections in self.experts], dtype=torch.int64)
+        self.table = torch.tensor(
+            [[_row(w) for w in projections] for projections in self.experts], dtype=torch.int64
+        )
 
     def __len__(self) -> int:
         return len(self.experts)

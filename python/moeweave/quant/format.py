@@ -48,7 +48,9 @@ class QuantizedWeight:
         if self.group_size % UNIT_COLS:
             raise ValueError(f"QuantizedWeight: group_size must be a multiple of 32, got {self.group_size}")
         if self.scales.dtype not in SCALE_DTYPES:
-            raise ValueError(f"QuantizedWeight: scales must be float32, float16 or bfloat16, got {self.scales.dtype}")
+            raise ValueError(
+                f"QuantizedWeight: scales must be float32, float16 or bfloat16, got {self.scales.dtype}"
+            )
         tiles, units = padded(self.n, TILE_ROWS) // TILE_ROWS, self.padded_k // UNIT_COLS
         expected = {
             "packed": (self.packed, (tiles, units, unit_bytes(self.bits)), torch.uint8),

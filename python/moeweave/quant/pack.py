@@ -36,7 +36,7 @@ def _pack_fields(quads: torch.Tensor, width: int) -> torch.Tensor:
     tiles, units = quads.shape[:2]
     runs = quads.view(tiles, units, QUADS_PER_UNIT // per_chunk, per_chunk, QUAD_BYTES).to(torch.int32)
     shifts = torch.arange(per_chunk, device=quads.device, dtype=torch.int32).view(1, 1, 1, -1, 1) * width
-    return (runs << shifts).sum(dim=3).to(torch.uint8).reshape(tiles, units, -1)
+    return (runs << shifts).sum(dim=3).to(torch.uint8).reshape(tiles, units, width * QUAD_BYTES)
 
 
 def _unpack_fields(chunks: torch.Tensor, width: int) -> torch.Tensor:
@@ -45,7 +45,11 @@ def _unpack_fields(chunks: torch.Tensor, width: int) -> torch.Tensor:
     tiles, units = chunks.shape[:2]
     runs = chunks.view(tiles, units, QUADS_PER_UNIT // per_chunk, 1, QUAD_BYTES).to(torch.int32)
     shifts = torch.arange(per_chunk, device=chunks.device, dtype=torch.int32).view(1, 1, 1, -1, 1) * width
-    return ((runs >> shifts) & ((1 << width) - 1)).to(torch.uint8).reshape(tiles, units, QUADS_PER_UNIT, QUAD_BYTES)
+    return (
+        ((runs >> shifts) & ((1 << width) - 1))
+        .to(torch.uint8)
+        .reshape(tiles, units, QUADS_PER_UNIT, QUAD_BYTES)
+    )
 
 
 def _bits_to_words(bits: torch.Tensor) -> torch.Tensor:

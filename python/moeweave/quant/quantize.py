@@ -44,7 +44,7 @@ def quantize(
     if method not in ("rtn", "mse"):
         raise ValueError(f"quantize: method must be 'rtn' or 'mse', got {method!r}")
 
-    rows, cols = padded(max(n, 1), TILE_ROWS), padded(max(k, 1), group)
+    rows, cols = padded(n, TILE_ROWS), padded(k, group)
     groups = cols // group
     q = torch.zeros(rows, cols, dtype=torch.uint8, device=w.device)
     scales = torch.ones(rows, groups, dtype=torch.float32, device=w.device)
@@ -121,7 +121,7 @@ def _quantize_groups(w, valid, bits, sym, scale_dtype, method):
 def dequantize(qw: QuantizedWeight) -> torch.Tensor:
     """The weight a QuantizedWeight stands for: [n, k] float32, scale * (q - zero)."""
     q = unpack(qw.packed, qw.bits).float()  # [Np, Kp]
-    rows, cols = q.shape
+    rows = q.shape[0]
 
     def per_value(t: torch.Tensor) -> torch.Tensor:  # [T16, G, 16] -> [Np, Kp]
         return t.float().transpose(1, 2).reshape(rows, -1).repeat_interleave(qw.group_size, dim=1)
