@@ -57,6 +57,7 @@ void tile(const QuantMatrix& w, const QuantActs& a, int64_t t, int64_t i0, float
   const int64_t units = kp / kQuantUnitCols, act_units = a.stride / kQuantUnitCols;
   const int64_t units_per_group = w.group_size / kQuantUnitCols;
   constexpr int kUnitBytes = quant_unit_bytes(BITS);
+  constexpr int kChains = MB == 1 ? 4 : 2;
   const uint8_t* unit = w.packed + t * units * kUnitBytes;
   const __m512 implied_zero = _mm512_set1_ps(float(1 << (BITS - 1)));
   __m512 acc[MB];
@@ -66,18 +67,23 @@ void tile(const QuantMatrix& w, const QuantActs& a, int64_t t, int64_t i0, float
     float zterm[MB];
     for (int b = 0; b < MB; ++b) inner[b] = _mm512_setzero_ps(), zterm[b] = 0.0f;
     for (int64_t u = g * units_per_group; u < (g + 1) * units_per_group; ++u, unit += kUnitBytes) {
-      __m512i dot[MB];
-      for (int b = 0; b < MB; ++b) dot[b] = _mm512_setzero_si512();
+      // vpdpbusd has a latency of several cycles: quads rotate over kChains accumulators per
+      // row so that consecutive dot products do not wait on each other.
+      __m512i dot[kChains][MB];
+      for (int c = 0; c < kChains; ++c)
+        for (int b = 0; b < MB; ++b) dot[c][b] = _mm512_setzero_si512();
       for_each_quad<BITS>(unit, [&](int j, __m512i q) {
         for (int b = 0; b < MB; ++b) {
           int32_t x4;
           std::memcpy(&x4, a.q + (i0 + b) * a.stride + u * kQuantUnitCols + 4 * j, 4);
-          dot[b] = _mm512_dpbusd_epi32(dot[b], q, _mm512_set1_epi32(x4));
+          dot[j % kChains][b] = _mm512_dpbusd_epi32(dot[j % kChains][b], q, _mm512_set1_epi32(x4));
         }
       });
       for (int b = 0; b < MB; ++b) {
+        __m512i total = dot[0][b];
+        for (int c = 1; c < kChains; ++c) total = _mm512_add_epi32(total, dot[c][b]);
         const float sx = a.scale[(i0 + b) * act_units + u];
-        inner[b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[b]), _mm512_set1_ps(sx), inner[b]);
+        inner[b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), _mm512_set1_ps(sx), inner[b]);
         zterm[b] += sx * float(a.sum[(i0 + b) * act_units + u]);
       }
     }
