@@ -6,6 +6,7 @@
 #include <string>
 
 #include "moeweave/kernels_cuda.h"
+#include "quant_args.h"
 #include "tensor_arg.h"
 
 namespace py = pybind11;
@@ -44,6 +45,37 @@ void reroute(const py::capsule& ids_c, const py::capsule& adapter_c, const py::c
                                                   out.data<int32_t>(), T, K, A, E, as_stream(stream)));
 }
 
+void quant_matmul(const py::capsule& packed_c, const std::optional<py::capsule>& scales_c,
+                  const std::optional<py::capsule>& zeros_c, int64_t n, int64_t k, int bits, int group_size,
+                  const py::capsule& x_c, const py::capsule& y_c, uintptr_t stream) {
+  const moeweave::bindings::QuantMatrixArg w("quant_matmul", kDLCUDA, packed_c, scales_c, zeros_c, n, k, bits, group_size);
+  TensorArg x("quant_matmul", "x", x_c), y("quant_matmul", "y", y_c);
+  moeweave::bindings::check_matmul_io(x, y, kDLCUDA, n, k);
+  check_launch("quant_matmul", moeweave::cuda::quant_matmul(w.matrix, x.dtype(), x.data<void>(), x.size(0),
+                                                            y.data<float>(), as_stream(stream)));
+}
+
+// slots_buffer: a CUDA uint8 tensor of E * expert_slot_bytes into which the table is copied;
+// workspace: a CUDA fp32 tensor of T * K * (I + H) elements.
+void moe_experts(const py::capsule& table_c, const py::capsule& x_c, const py::capsule& ids_c, const py::capsule& weights_c,
+                 const py::capsule& y_c, const py::capsule& slots_c, const py::capsule& workspace_c, int64_t inter,
+                 uintptr_t stream) {
+  TensorArg table("moe_experts", "expert_table", table_c), x("moe_experts", "x", x_c),
+      ids("moe_experts", "topk_ids", ids_c), weights("moe_experts", "topk_weights", weights_c), y("moe_experts", "y", y_c),
+      slots_buffer("moe_experts", "slots_buffer", slots_c), workspace("moe_experts", "workspace", workspace_c);
+  const std::vector<moeweave::ExpertSlot> slots = moeweave::bindings::expert_slots(table, x, ids, weights, y, kDLCUDA);
+  slots_buffer.expect(kDLCUDA, 1, {DType::u8});
+  workspace.expect(kDLCUDA, 1, {DType::f32});
+  const int64_t T = x.size(0), H = x.size(1), K = ids.size(1), bytes = int64_t(slots.size() * sizeof(moeweave::ExpertSlot));
+  if (slots_buffer.numel() != bytes) slots_buffer.fail("must hold " + std::to_string(bytes) + " bytes");
+  if (workspace.numel() < T * K * (inter + H)) workspace.fail("is too small");
+  check_launch("moe_experts", moeweave::cuda::copy_to_device(slots_buffer.data<void>(), slots.data(), bytes, as_stream(stream)));
+  check_launch("moe_experts", moeweave::cuda::moe_experts(slots_buffer.data<moeweave::ExpertSlot>(), int64_t(slots.size()),
+                                                          x.dtype(), x.data<void>(), T, H, inter, ids.data<int32_t>(),
+                                                          weights.data<float>(), K, y.data<float>(),
+                                                          workspace.data<float>(), as_stream(stream)));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C_cuda, m) {
@@ -51,6 +83,11 @@ PYBIND11_MODULE(_C_cuda, m) {
   m.def("silu_mul", &silu_mul, py::arg("gate"), py::arg("up"), py::arg("out"), py::arg("stream"));
   m.def("reroute", &reroute, py::arg("topk_ids"), py::arg("tok_adapter"), py::arg("remap"), py::arg("out"),
         py::arg("stream"));
+  m.def("quant_matmul", &quant_matmul, py::arg("packed"), py::arg("scales"), py::arg("zeros"), py::arg("n"), py::arg("k"),
+        py::arg("bits"), py::arg("group_size"), py::arg("x"), py::arg("y"), py::arg("stream"));
+  m.def("moe_experts", &moe_experts, py::arg("expert_table"), py::arg("x"), py::arg("topk_ids"), py::arg("topk_weights"),
+        py::arg("y"), py::arg("slots_buffer"), py::arg("workspace"), py::arg("intermediate_size"), py::arg("stream"));
+  m.attr("expert_slot_bytes") = sizeof(moeweave::ExpertSlot);
   m.def("device_count", &moeweave::cuda::device_count,
         "CUDA devices visible, or a negative cudaError_t when the driver is unusable");
   m.def("runtime_version", &moeweave::cuda::runtime_version);

@@ -7,6 +7,8 @@
 #include <cstdint>
 
 #include "moeweave/dtype.h"
+#include "moeweave/kernels_cpu.h"
+#include "moeweave/quant_formats.h"
 #include "moeweave/status.h"
 
 namespace moeweave::cuda {
@@ -17,6 +19,19 @@ Status silu_mul(DType dtype, const void* gate, const void* up, void* out, int64_
 // checking on the host would need a synchronisation and break CUDA-graph capture.
 Status reroute(const int32_t* topk_ids, const int32_t* tok_adapter, const int32_t* remap,
                int32_t* out, int64_t T, int64_t K, int64_t A, int64_t E, void* stream);
+
+// y [m, w.n] fp32 = x [m, w.k] w^T (x f32 or bf16); w's pointers are device pointers.
+Status quant_matmul(const QuantMatrix& w, DType x_dtype, const void* x, int64_t m, float* y, void* stream);
+
+// The fused routed-expert stage (see moeweave::moe_experts) with the slot table in device memory
+// and a caller-provided fp32 workspace of T * K * (I + H) elements. Out-of-range ids contribute
+// nothing (no host synchronisation to report them). All experts share H and I.
+Status moe_experts(const ExpertSlot* device_slots, int64_t num_slots, DType x_dtype, const void* x, int64_t T,
+                   int64_t H, int64_t I, const int32_t* ids, const float* weights, int64_t K, float* y,
+                   float* workspace, void* stream);
+
+// Asynchronous host-to-device copy on `stream` (the expert slot table of moe_experts).
+Status copy_to_device(void* dst, const void* src, int64_t bytes, void* stream);
 
 // Devices visible to the CUDA runtime, or -errno-like negative value when the driver is
 // missing (no GPU, no libcuda).

@@ -24,6 +24,13 @@
 
 #include "moeweave/dtype.h"
 
+// Format helpers are callable from CUDA device code too.
+#ifdef __CUDACC__
+#define MOEWEAVE_HOST_DEVICE __host__ __device__
+#else
+#define MOEWEAVE_HOST_DEVICE
+#endif
+
 namespace moeweave {
 
 constexpr int kQuantTileRows = 16;
@@ -31,7 +38,7 @@ constexpr int kQuantUnitCols = 32;
 constexpr int kQuantQuadsPerUnit = kQuantUnitCols / 4;
 constexpr int kQuantQuadBytes = kQuantTileRows * 4;
 
-constexpr int quant_unit_bytes(int bits) {
+MOEWEAVE_HOST_DEVICE constexpr int quant_unit_bytes(int bits) {
   return bits == 3 ? 3 * kQuantQuadsPerUnit * kQuantQuadBytes / 8
                    : bits * kQuantQuadsPerUnit * kQuantQuadBytes / 8;
 }
@@ -54,8 +61,25 @@ struct QuantMatrix {
   DType scale_dtype;      // f32, f16 or bf16
 };
 
-constexpr int64_t quant_padded(int64_t size, int64_t multiple) {
+MOEWEAVE_HOST_DEVICE constexpr int64_t quant_padded(int64_t size, int64_t multiple) {
   return (size + multiple - 1) / multiple * multiple;
+}
+
+// The value at tile row r, unit column c of one packed unit: the layout above, element by
+// element. Shared by the scalar CPU kernel and the CUDA kernels; `static` so each ISA
+// translation unit keeps its own copy.
+MOEWEAVE_HOST_DEVICE static inline int quant_value(const uint8_t* unit, int bits, int r, int c) {
+  const int quad = c / 4, p = r * 4 + c % 4;
+  switch (bits) {
+    case 8: return unit[quad * 64 + p];
+    case 4: return (unit[(quad / 2) * 64 + p] >> (4 * (quad % 2))) & 15;
+    case 2: return (unit[(quad / 4) * 64 + p] >> (2 * (quad % 4))) & 3;
+    default: {
+      const int low = (unit[(quad / 4) * 64 + p] >> (2 * (quad % 4))) & 3;
+      const int high = (unit[128 + quad * 8 + p / 8] >> (p % 8)) & 1;
+      return low | (high << 2);
+    }
+  }
 }
 
 }  // namespace moeweave

@@ -1,4 +1,4 @@
-// What the CUDA runtime sees, for `moeweave info` and for the Python loader's error messages.
+// What the CUDA runtime sees (for `moeweave info` and error messages), and host-to-device copies.
 #include <cuda_runtime.h>
 
 #include "moeweave/kernels_cuda.h"
@@ -15,6 +15,12 @@ int runtime_version() {
   int version = 0;
   cudaRuntimeGetVersion(&version);
   return version;
+}
+
+Status copy_to_device(void* dst, const void* src, int64_t bytes, void* stream) {
+  return cudaMemcpyAsync(dst, src, size_t(bytes), cudaMemcpyHostToDevice, static_cast<cudaStream_t>(stream)) == cudaSuccess
+             ? kOk
+             : -EIO;
 }
 
 const char* last_error() { return cudaGetErrorString(cudaGetLastError()); }

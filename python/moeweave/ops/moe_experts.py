@@ -2,20 +2,24 @@
 
 Shapes: x [T, H] fp32 or bf16; topk_ids [T, K] int32 (slots of the expert table); topk_weights
 [T, K] -> y [T, H] in x's dtype, y[t] = sum_k w[t, k] * down_e(silu(gate_e x_t) * up_e x_t).
-Tokens are grouped by expert inside the kernel and each used expert runs once over its tokens.
+On CPU, tokens are grouped by expert inside the kernel and each used expert runs once over its
+tokens. On CUDA (experts and x on the GPU), three launches compute gate/up, down and the
+weighted combine per (token, slot) pair, with no host synchronisation.
 """
+
+import weakref
 
 import torch
 
 from moeweave import _native
 from moeweave.ops import reference
 from moeweave.ops._eager import can_skip_dispatcher
-from moeweave.ops._launch import capsules
+from moeweave.ops._launch import capsules, cuda_stream
 from moeweave.quant.experts import ExpertTable
 
-# The op sees the table as its pointer tensor; this maps it back to the Python object (for the
-# reference fallback and to keep the expert tensors alive while a traced graph holds the table).
-_tables: dict[int, ExpertTable] = {}
+# The op sees only the table's pointer tensor; the plain-torch fallback needs the experts
+# themselves, so live tables are found again by that tensor's address.
+_tables: "weakref.WeakValueDictionary[int, ExpertTable]" = weakref.WeakValueDictionary()
 
 
 def moe_experts(
@@ -29,29 +33,44 @@ def moe_experts(
 
 def _check(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, table: torch.Tensor) -> None:
     if x.dtype not in (torch.float32, torch.bfloat16) or x.dim() != 2:
-        raise ValueError(f"moe_experts: 'x' must be a [T, H] float32 or bfloat16 tensor, got {x.dtype} {list(x.shape)}")
+        raise ValueError(
+            f"moe_experts: 'x' must be a [T, H] float32 or bfloat16 tensor, got {x.dtype} {list(x.shape)}"
+        )
     if topk_ids.dtype != torch.int32 or topk_ids.dim() != 2 or topk_ids.shape[0] != x.shape[0]:
-        raise ValueError(f"moe_experts: 'topk_ids' must be int32 [{x.shape[0]}, K], got {topk_ids.dtype} {list(topk_ids.shape)}")
+        raise ValueError(
+            f"moe_experts: 'topk_ids' must be int32 [{x.shape[0]}, K], got {topk_ids.dtype} {list(topk_ids.shape)}"
+        )
     if topk_weights.shape != topk_ids.shape or not topk_weights.is_floating_point():
         raise ValueError(
             f"moe_experts: 'topk_weights' must be floating [{', '.join(map(str, topk_ids.shape))}], got "
             f"{topk_weights.dtype} {list(topk_weights.shape)}"
         )
-    if x.device.type != "cpu":
-        raise ValueError(f"moe_experts: runs on the CPU for now; 'x' is on {x.device}")
+    for name, tensor in (("topk_ids", topk_ids), ("topk_weights", topk_weights)):
+        if tensor.device != x.device:
+            raise ValueError(f"moe_experts: '{name}' is on {tensor.device} but 'x' is on {x.device}")
 
 
 def _moe_experts(
     x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, table: torch.Tensor
 ) -> torch.Tensor:
     _check(x, topk_ids, topk_weights, table)
-    native = _native.module_for("cpu")
+    native = _native.module_for(x.device.type)
     if native is None:
         return reference.moe_experts(x, topk_ids, topk_weights, _tables[table.data_ptr()])
     x, topk_ids = x.contiguous(), topk_ids.contiguous()
     weights = topk_weights.to(torch.float32).contiguous()
-    y = torch.empty(x.shape, dtype=torch.float32)  # [T, H]
-    native.moe_experts(*capsules(table, x, topk_ids, weights, y))
+    y = torch.empty(x.shape, dtype=torch.float32, device=x.device)  # [T, H]
+    if x.is_cuda:
+        tokens, top_k = topk_ids.shape
+        inter = int(table[0, 0, 3])  # gate's n (table rows: see moeweave.quant.experts.FIELDS)
+        slots = torch.empty(table.shape[0] * native.expert_slot_bytes, dtype=torch.uint8, device=x.device)
+        workspace = torch.empty(tokens * top_k * (inter + x.shape[1]), device=x.device)
+        with torch.cuda.device(x.device):
+            native.moe_experts(
+                *capsules(table, x, topk_ids, weights, y, slots, workspace), inter, cuda_stream(x)
+            )
+    else:
+        native.moe_experts(*capsules(table, x, topk_ids, weights, y))
     return y if x.dtype == torch.float32 else y.to(x.dtype)
 
 

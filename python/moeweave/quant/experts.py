@@ -63,9 +63,13 @@ class ExpertTable:
                     f"ExpertTable: expert {e} has projection shapes {shapes}; expected gate and up "
                     f"[{inter}, {hidden}] and down [{hidden}, {inter}]"
                 )
-            if any(w.device.type != "cpu" for w in projections):
-                raise ValueError(f"ExpertTable: expert {e} is not on the CPU")
+            if any(w.device != self.experts[0][0].device for w in projections):
+                raise ValueError(
+                    f"ExpertTable: expert {e} is not on {self.experts[0][0].device} like expert 0"
+                )
+        self.device = self.experts[0][0].device
         self.hidden_size, self.intermediate_size = hidden, inter
+        # Always a CPU tensor: the pointers are read on the host, even for experts on a GPU.
         self.table = torch.tensor(
             [[_row(w) for w in projections] for projections in self.experts], dtype=torch.int64
         )
