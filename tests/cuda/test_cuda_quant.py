@@ -28,9 +28,7 @@ def test_quant_matmul(bits, sym, m, n, k, group):
 
 def test_bf16_matrix_and_activations():
     w, x = torch.randn(40, 96).bfloat16().cuda(), torch.randn(5, 96).bfloat16().cuda()
-    table = ExpertTable(
-        [(w.t().contiguous().t().contiguous()[:40], w, torch.randn(96, 40).bfloat16().cuda())]
-    )
+    table = ExpertTable([(w, w, torch.randn(96, 40).bfloat16().cuda())])
     ids, weights = torch.zeros(5, 1, dtype=torch.int32, device="cuda"), torch.ones(5, 1, device="cuda")
     assert (
         _relative(moe_experts(x, ids, weights, table), reference.moe_experts(x, ids, weights, table)) < 1e-2
