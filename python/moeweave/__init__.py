@@ -9,7 +9,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("cli", "cpu", "envs", "ops")
+_SUBMODULES = ("cli", "cpu", "envs", "models", "ops", "quant")
 
 __all__ = ["__version__", *_SUBMODULES]
 

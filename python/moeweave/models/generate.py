@@ -1,0 +1,87 @@
+"""Token generation with the KV cache: greedy or sampled (temperature, top-k, top-p, seed),
+optionally streaming each new token's text to a callback as it is produced.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from moeweave.models.model import KVCache, MoEModel
+
+
+@dataclass
+class Generation:
+    tokens: list[int]  # the new tokens only
+    text: str | None  # their decoded text, when the model has a tokenizer
+    prefill_seconds: float
+    decode_seconds: float
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        return max(len(self.tokens) - 1, 0) / self.decode_seconds if self.decode_seconds else 0.0
+
+
+def next_token(
+    logits: torch.Tensor, temperature: float, top_k: int, top_p: float, generator: torch.Generator | None
+) -> int:
+    """logits [V] -> a token id. temperature 0 means greedy."""
+    if temperature <= 0:
+        return int(torch.argmax(logits))
+    logits = logits.float() / temperature
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+        drop = cumulative - torch.softmax(sorted_logits, dim=-1) > top_p  # keep the token that crosses p
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
+    return int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator))
+
+
+def generate(
+    model: MoEModel,
+    prompt: str | list[int] | torch.Tensor,
+    max_new_tokens: int = 32,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    stop_at_eos: bool = True,
+    on_text: Callable[[str], None] | None = None,
+) -> Generation:
+    """Continue one prompt (text, needing the model's tokenizer, or token ids)."""
+    import time
+
+    tokenizer = model.tokenizer
+    if isinstance(prompt, str):
+        if tokenizer is None:
+            raise ValueError("generate: a text prompt needs a model loaded with its tokenizer")
+        prompt = tokenizer.encode(prompt).ids
+    ids = torch.as_tensor(prompt, dtype=torch.int64).view(1, -1)
+    if ids.numel() == 0:
+        raise ValueError("generate: the prompt is empty")
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    eos = model.eos_token_id
+    eos = set(eos) if isinstance(eos, list) else {eos}
+    cache, tokens, streamed = KVCache(), [], ""
+    start = time.perf_counter()
+    logits = model(ids, cache=cache).logits[0, -1]
+    prefill = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(max_new_tokens):
+        token = next_token(logits, temperature, top_k, top_p, generator)
+        tokens.append(token)
+        if on_text is not None and tokenizer is not None:
+            text = tokenizer.decode(tokens)
+            if not text.endswith("\ufffd"):  # wait for a multi-byte character to complete
+                on_text(text[len(streamed) :])
+                streamed = text
+        if stop_at_eos and token in eos:
+            break
+        if len(tokens) < max_new_tokens:
+            logits = model(torch.tensor([[token]]), cache=cache).logits[0, -1]
+    decode = time.perf_counter() - start
+    text = tokenizer.decode(tokens) if tokenizer is not None else None
+    return Generation(tokens=tokens, text=text, prefill_seconds=prefill, decode_seconds=decode)

@@ -1,0 +1,93 @@
+"""The dense building blocks of the supported decoder layers: RMSNorm, rotary embeddings,
+grouped-query attention with a KV cache, and the gated MLP of dense layers and shared experts.
+
+Dimension legend: B batch, S new tokens, T cached + new tokens, H hidden, nH / nKV heads, D head dim.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from moeweave.models.spec import ModelSpec
+from moeweave.ops import silu_mul
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """As transformers: normalise in fp32, cast back, then scale."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def rope_tables(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    """cos, sin [S, D] for the given positions [S] (the half-split layout of transformers)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    freqs = positions.float()[:, None] * inv_freq[None, :]  # [S, D / 2]
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, heads, S, D]; rotate pairs (i, i + D/2)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+@dataclass
+class AttentionWeights:
+    q: torch.Tensor  # [nH * D, H]
+    k: torch.Tensor  # [nKV * D, H]
+    v: torch.Tensor  # [nKV * D, H]
+    o: torch.Tensor  # [H, nH * D]
+    q_bias: torch.Tensor | None = None
+    k_bias: torch.Tensor | None = None
+    v_bias: torch.Tensor | None = None
+    q_norm: torch.Tensor | None = None  # [D] (per head) or [nH * D] (full)
+    k_norm: torch.Tensor | None = None
+
+
+def attention(
+    spec: ModelSpec,
+    w: AttentionWeights,
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    mask: torch.Tensor,
+    cache: list | None,
+) -> torch.Tensor:
+    """x [B, S, H] -> [B, S, H]. mask [B, 1, S, T] bool (True = may attend). `cache` is this
+    layer's [k, v] list ([B, nKV, T_past, D] each, or empty), extended in place."""
+    batch, seq, _ = x.shape
+    heads, kv_heads, dim = spec.num_heads, spec.num_kv_heads, spec.head_dim
+    q, k, v = F.linear(x, w.q, w.q_bias), F.linear(x, w.k, w.k_bias), F.linear(x, w.v, w.v_bias)
+    if spec.qk_norm == "full":
+        q, k = rms_norm(q, w.q_norm, spec.rms_norm_eps), rms_norm(k, w.k_norm, spec.rms_norm_eps)
+    if spec.clip_qkv is not None:
+        q, k, v = (t.clamp(-spec.clip_qkv, spec.clip_qkv) for t in (q, k, v))
+    q = q.view(batch, seq, heads, dim)
+    k = k.view(batch, seq, kv_heads, dim)
+    if spec.qk_norm == "head":
+        q, k = rms_norm(q, w.q_norm, spec.rms_norm_eps), rms_norm(k, w.k_norm, spec.rms_norm_eps)
+    q = apply_rope(q.transpose(1, 2), cos, sin)  # [B, nH, S, D]
+    k = apply_rope(k.transpose(1, 2), cos, sin)  # [B, nKV, S, D]
+    v = v.view(batch, seq, kv_heads, dim).transpose(1, 2)
+    if cache is not None:
+        if cache:
+            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+        cache[:] = [k, v]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=heads != kv_heads)
+    return F.linear(out.transpose(1, 2).reshape(batch, seq, heads * dim), w.o)
+
+
+@dataclass
+class MLPWeights:
+    gate: torch.Tensor  # [I, H]
+    up: torch.Tensor  # [I, H]
+    down: torch.Tensor  # [H, I]
+
+
+def gated_mlp(w: MLPWeights, x: torch.Tensor) -> torch.Tensor:
+    """down(silu(gate x) * up x); x [..., H] -> [..., H]."""
+    return F.linear(silu_mul(F.linear(x, w.gate), F.linear(x, w.up)), w.down)

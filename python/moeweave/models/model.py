@@ -1,0 +1,106 @@
+"""A decoder-only MoE language model run on moeweave's own forward: embeddings, decoder layers
+(attention + MoE block or dense MLP), final norm and LM head, with a KV cache for incremental
+decoding. Built by moeweave.models.load from a Hugging Face checkpoint.
+
+Dimension legend: B batch, S new tokens, T cached + new tokens, H hidden, V vocabulary.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from moeweave.models.layers import AttentionWeights, MLPWeights, attention, gated_mlp, rms_norm, rope_tables
+from moeweave.models.moe_block import MoEBlock
+from moeweave.models.spec import ModelSpec
+
+
+@dataclass
+class DecoderLayer:
+    input_norm: torch.Tensor  # [H]
+    attention: AttentionWeights
+    post_attention_norm: torch.Tensor  # [H]
+    mlp: MoEBlock | MLPWeights
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer ([B, nKV, T, D] each) and the attention mask [B, T]."""
+
+    layers: list[list] = field(default_factory=list)
+    mask: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.mask is None else self.mask.shape[1]
+
+
+@dataclass
+class CausalLMOutput:
+    logits: torch.Tensor  # [B, S, V]
+    cache: KVCache | None
+
+
+class MoEModel:
+    def __init__(self, spec: ModelSpec, embed: torch.Tensor, layers: list[DecoderLayer], norm: torch.Tensor,
+                 lm_head: torch.Tensor, tokenizer=None):  # fmt: skip
+        self.spec = spec
+        self.embed = embed  # [V, H]
+        self.layers = layers
+        self.norm = norm  # [H]
+        self.lm_head = lm_head  # [V, H]
+        self.tokenizer = tokenizer
+        self.dtype = embed.dtype
+        self.eos_token_id: int | list[int] | None = None
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> CausalLMOutput:
+        """input_ids [B, S]; attention_mask [B, S] for these tokens (1 = real, 0 = left padding);
+        cache from a previous call continues the same sequences. Returns logits [B, S, V] and
+        the extended cache (when one was passed)."""
+        batch, seq = input_ids.shape
+        past = cache.length if cache is not None else 0
+        new_mask = (
+            torch.ones(batch, seq, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        )
+        full_mask = (
+            new_mask if cache is None or cache.mask is None else torch.cat([cache.mask, new_mask], dim=1)
+        )
+        if cache is not None:
+            cache.mask = full_mask
+            while len(cache.layers) < len(self.layers):
+                cache.layers.append([])
+        # Causal and padding mask [B, 1, S, T]; a query may always see itself, so rows of
+        # padding never become all-masked (their outputs are ignored).
+        positions = torch.arange(past, past + seq)
+        causal = torch.arange(past + seq)[None, :] <= positions[:, None]  # [S, T]
+        mask = (causal[None] & full_mask[:, None, :]) | (
+            torch.arange(past + seq)[None, :] == positions[:, None]
+        )
+        mask = mask[:, None]
+        cos, sin = rope_tables(positions, self.spec.head_dim, self.spec.rope_theta, self.dtype)
+        h = F.embedding(input_ids, self.embed)  # [B, S, H]
+        eps = self.spec.rms_norm_eps
+        for index, layer in enumerate(self.layers):
+            layer_cache = cache.layers[index] if cache is not None else None
+            h = h + attention(
+                self.spec, layer.attention, rms_norm(h, layer.input_norm, eps), cos, sin, mask, layer_cache
+            )
+            x = rms_norm(h, layer.post_attention_norm, eps)
+            if isinstance(layer.mlp, MoEBlock):
+                h = h + layer.mlp(x.reshape(batch * seq, -1)).view(batch, seq, -1)
+            else:
+                h = h + gated_mlp(layer.mlp, x)
+        logits = F.linear(rms_norm(h, self.norm, eps), self.lm_head)
+        return CausalLMOutput(logits=logits, cache=cache)
+
+    def generate(self, prompt, **kwargs):
+        """See moeweave.models.generate.generate."""
+        from moeweave.models.generate import generate
+
+        return generate(self, prompt, **kwargs)
