@@ -70,9 +70,9 @@ def _num_experts(config: dict) -> int:
 
 
 def _sparse_layers(config: dict) -> list[bool]:
-    """Qwen-style placement: MoE where (l + 1) % decoder_sparse_step == 0, minus mlp_only_layers."""
+    """Qwen-style placement: MoE where (layer + 1) % decoder_sparse_step == 0, minus mlp_only_layers."""
     step, dense = config.get("decoder_sparse_step", 1) or 1, set(config.get("mlp_only_layers") or [])
-    return [(l + 1) % step == 0 and l not in dense for l in range(config["num_hidden_layers"])]
+    return [(layer + 1) % step == 0 and layer not in dense for layer in range(config["num_hidden_layers"])]
 
 
 def _qwen3_moe(config: dict) -> ModelSpec:

@@ -127,7 +127,7 @@ def dequantize(qw: QuantizedWeight) -> torch.Tensor:
         return t.float().transpose(1, 2).reshape(rows, -1).repeat_interleave(qw.group_size, dim=1)
 
     zero = per_value(qw.zeros) if qw.zeros is not None else float(1 << (qw.bits - 1))
-    return (per_value(qw.scales) * (q - zero))[: qw.n, : qw.k]
+    return (per_value(qw.scales) * (q - zero))[: qw.n, : qw.k].contiguous()
 
 
 def relative_error(w: torch.Tensor, qw: QuantizedWeight) -> float:
