@@ -1,5 +1,5 @@
 """MoE model execution on moeweave's kernels: load a Hugging Face checkpoint (Mixtral,
-Qwen2-MoE, Qwen3-MoE, OLMoE) and run it with moeweave's own forward, KV cache and generation.
+Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V2/V3) and run it with moeweave's own forward, KV cache and generation.
 """
 
 from moeweave.models.experts import ExpertProvider, FusedExperts, TorchExperts

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from moeweave.models.checkpoint import Checkpoint
 from moeweave.models.experts import FusedExperts, TorchExperts
 from moeweave.models.layers import AttentionWeights, MLPWeights
+from moeweave.models.mla import MLAWeights
 from moeweave.models.model import DecoderLayer, MoEModel
 from moeweave.models.moe_block import MoEBlock
 from moeweave.models.spec import ModelSpec, spec_from_config
@@ -61,6 +62,32 @@ def _attention(ck: Checkpoint, spec: ModelSpec, prefix: str, dtype: torch.dtype)
     return w
 
 
+def _mla(ck: Checkpoint, spec: ModelSpec, prefix: str, dtype: torch.dtype) -> MLAWeights:
+    hidden, heads, rope = spec.hidden_size, spec.num_heads, spec.qk_rope_head_dim
+    q_dim = heads * (spec.qk_nope_head_dim + rope)
+
+    def take(name, shape):
+        return ck.take(f"{prefix}.{name}", shape).to(dtype)
+
+    w = MLAWeights(
+        kv_a=take("kv_a_proj_with_mqa.weight", (spec.kv_lora_rank + rope, hidden)),
+        kv_norm=take("kv_a_layernorm.weight", (spec.kv_lora_rank,)),
+        kv_b=take("kv_b_proj.weight", (heads * (spec.qk_nope_head_dim + spec.v_head_dim), spec.kv_lora_rank)),
+        o=take("o_proj.weight", (hidden, heads * spec.v_head_dim)),
+    )
+    if spec.q_lora_rank is None:
+        w.q = take("q_proj.weight", (q_dim, hidden))
+    else:
+        w.q_a = take("q_a_proj.weight", (spec.q_lora_rank, hidden))
+        w.q_norm = take("q_a_layernorm.weight", (spec.q_lora_rank,))
+        w.q_b = take("q_b_proj.weight", (q_dim, spec.q_lora_rank))
+        if spec.qkv_bias:
+            w.q_a_bias = take("q_a_proj.bias", (spec.q_lora_rank,))
+    if spec.qkv_bias:
+        w.kv_a_bias = take("kv_a_proj_with_mqa.bias", (spec.kv_lora_rank + rope,))
+    return w
+
+
 def _mlp(
     ck: Checkpoint, prefix: str, names: tuple[str, str, str], hidden: int, inter: int, dtype
 ) -> MLPWeights:
@@ -81,7 +108,8 @@ def _load_tokenizer(path: Path):
 
 
 def load(path: str | Path, experts: str = "bf16", dtype: torch.dtype = torch.float32) -> MoEModel:
-    """Load a Mixtral, Qwen2-MoE, Qwen3-MoE or OLMoE checkpoint (config.json + safetensors)."""
+    """Load a Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V2 or DeepSeek-V3 checkpoint
+    (config.json + safetensors)."""
     if experts not in EXPERT_FORMATS:
         raise ValueError(f"load: experts must be one of {EXPERT_FORMATS}, got {experts!r}")
     ck = Checkpoint(path)
@@ -108,8 +136,12 @@ def load(path: str | Path, experts: str = "bf16", dtype: torch.dtype = torch.flo
                 spec, index, ck.take(f"{moe}.gate.weight", (spec.num_experts, hidden)).to(dtype), None
             )
             if spec.shared_expert_intermediate_size:
-                block.shared = _mlp(ck, f"{moe}.shared_expert", ("gate_proj", "up_proj", "down_proj"), hidden,
+                block.shared = _mlp(ck, f"{moe}.{spec.shared_expert_name}", ("gate_proj", "up_proj", "down_proj"), hidden,
                                     spec.shared_expert_intermediate_size, dtype)  # fmt: skip
+                if spec.router == "deepseek_v3":
+                    block.correction_bias = ck.take(
+                        f"{moe}.gate.e_score_correction_bias", (spec.num_experts,)
+                    ).float()
                 if spec.shared_expert_gated:
                     block.shared_gate = ck.take(f"{moe}.shared_expert_gate.weight", (1, hidden)).to(dtype)
             mlp = block
@@ -125,7 +157,9 @@ def load(path: str | Path, experts: str = "bf16", dtype: torch.dtype = torch.flo
         layers.append(
             DecoderLayer(
                 input_norm=ck.take(f"{prefix}.input_layernorm.weight", (hidden,)).to(dtype),
-                attention=_attention(ck, spec, f"{prefix}.self_attn", dtype),
+                attention=(_mla if spec.attention == "mla" else _attention)(
+                    ck, spec, f"{prefix}.self_attn", dtype
+                ),
                 post_attention_norm=ck.take(f"{prefix}.post_attention_layernorm.weight", (hidden,)).to(dtype),
                 mlp=mlp,
             )

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from moeweave.models.layers import AttentionWeights, MLPWeights, attention, gated_mlp, rms_norm, rope_tables
+from moeweave.models.mla import MLAWeights, mla_attention
 from moeweave.models.moe_block import MoEBlock
 from moeweave.models.spec import ModelSpec
 
@@ -18,7 +19,7 @@ from moeweave.models.spec import ModelSpec
 @dataclass
 class DecoderLayer:
     input_norm: torch.Tensor  # [H]
-    attention: AttentionWeights
+    attention: AttentionWeights | MLAWeights
     post_attention_norm: torch.Tensor  # [H]
     mlp: MoEBlock | MLPWeights
 
@@ -83,12 +84,13 @@ class MoEModel:
             torch.arange(past + seq)[None, :] == positions[:, None]
         )
         mask = mask[:, None]
-        cos, sin = rope_tables(positions, self.spec.head_dim, self.spec.rope_theta, self.dtype)
+        cos, sin = rope_tables(positions, self.spec.rope_dim, self.spec.rope_theta, self.dtype)
         h = F.embedding(input_ids, self.embed)  # [B, S, H]
         eps = self.spec.rms_norm_eps
         for index, layer in enumerate(self.layers):
             layer_cache = cache.layers[index] if cache is not None else None
-            h = h + attention(
+            attend = mla_attention if isinstance(layer.attention, MLAWeights) else attention
+            h = h + attend(
                 self.spec, layer.attention, rms_norm(h, layer.input_norm, eps), cos, sin, mask, layer_cache
             )
             x = rms_norm(h, layer.post_attention_norm, eps)

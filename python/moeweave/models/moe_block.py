@@ -12,17 +12,8 @@ import torch.nn.functional as F
 
 from moeweave.models.experts import ExpertProvider
 from moeweave.models.layers import MLPWeights, gated_mlp
+from moeweave.models.routing import deepseek_v2, deepseek_v3, softmax_topk
 from moeweave.models.spec import ModelSpec
-
-
-def softmax_topk(logits: torch.Tensor, top_k: int, normalise: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax over all experts (fp32), top-k, optionally renormalised to sum 1.
-    logits [T, E] -> ids [T, K] int64, weights [T, K] in logits' dtype."""
-    probs = F.softmax(logits, dim=-1, dtype=torch.float32)
-    weights, ids = torch.topk(probs, top_k, dim=-1)
-    if normalise:
-        weights = weights / weights.sum(dim=-1, keepdim=True)
-    return ids, weights.to(logits.dtype)
 
 
 @dataclass
@@ -33,13 +24,14 @@ class MoEBlock:
     experts: ExpertProvider
     shared: MLPWeights | None = None
     shared_gate: torch.Tensor | None = None  # [1, H]
+    correction_bias: torch.Tensor | None = None  # [E] fp32 (DeepSeek-V3)
     # Maps base expert ids to the slots the provider should use (e.g. an adapter's experts);
     # topk_ids [T, K] -> [T, K]. None = the base experts.
     reroute: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, H] -> [T, H]."""
-        ids, weights = softmax_topk(F.linear(x, self.router), self.spec.top_k, self.spec.norm_topk_prob)
+        ids, weights = self.route(x)
         if self.reroute is not None:
             ids = self.reroute(ids)
         y = self.experts(self.layer, x, ids, weights)
@@ -49,3 +41,12 @@ class MoEBlock:
                 shared = torch.sigmoid(F.linear(x, self.shared_gate)) * shared
             y = y + shared
         return y
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [T, H] -> expert ids [T, K], weights [T, K]."""
+        if self.spec.router == "softmax":
+            return softmax_topk(F.linear(x, self.router), self.spec.top_k, self.spec.norm_topk_prob)
+        logits = F.linear(x.float(), self.router.float())  # DeepSeek routes in fp32
+        if self.spec.router == "deepseek_v2":
+            return deepseek_v2(logits, self.spec)
+        return deepseek_v3(logits, self.spec, self.correction_bias)

@@ -34,9 +34,30 @@ class ModelSpec:
     moe_layers: list[bool] = field(default_factory=list)
     shared_expert_intermediate_size: int = 0
     shared_expert_gated: bool = False  # Qwen2-MoE: sigmoid(gate(x)) * shared(x)
+    shared_expert_name: str = "shared_expert"
+    # Routers: "softmax" (softmax, top-k, optional renormalisation), "deepseek_v2" (softmax,
+    # greedy or group-limited top-k, scaled), "deepseek_v3" (sigmoid + correction bias chooses,
+    # group-limited, unbiased weights renormalised and scaled).
+    router: str = "softmax"
+    topk_method: str = "greedy"
+    n_group: int = 1
+    topk_group: int = 1
+    routed_scaling_factor: float = 1.0
+    # Multi-head latent attention (DeepSeek); attention = "gqa" otherwise.
+    attention: str = "gqa"
+    q_lora_rank: int | None = None
+    kv_lora_rank: int = 0
+    qk_nope_head_dim: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
+    rope_interleave: bool = False
     # Checkpoint naming of a layer's MoE block.
     moe_prefix: str = "mlp"
     expert_names: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")
+
+    @property
+    def rope_dim(self) -> int:
+        return self.qk_rope_head_dim if self.attention == "mla" else self.head_dim
 
 
 def _rope_theta(config: dict) -> float:
@@ -131,7 +152,44 @@ def _mixtral(config: dict) -> ModelSpec:
     )
 
 
-PARSERS = {"qwen3_moe": _qwen3_moe, "qwen2_moe": _qwen2_moe, "olmoe": _olmoe, "mixtral": _mixtral}
+def _deepseek(config: dict, version: int) -> ModelSpec:
+    first_dense = config.get("first_k_dense_replace", 0)
+    return ModelSpec(
+        **_base(config, f"deepseek_v{version}"),
+        num_experts=config["n_routed_experts"],
+        top_k=config["num_experts_per_tok"],
+        moe_intermediate_size=config["moe_intermediate_size"],
+        # transformers' DeepSeek-V2 router never renormalises; V3's follows norm_topk_prob.
+        norm_topk_prob=version == 3 and config.get("norm_topk_prob", True),
+        dense_intermediate_size=config["intermediate_size"],
+        moe_layers=[layer >= first_dense for layer in range(config["num_hidden_layers"])],
+        shared_expert_intermediate_size=config["moe_intermediate_size"]
+        * (config.get("n_shared_experts") or 0),
+        shared_expert_name="shared_experts",
+        router=f"deepseek_v{version}",
+        topk_method=config.get("topk_method", "greedy") if version == 2 else "group_limited_greedy",
+        n_group=config.get("n_group") or 1,
+        topk_group=config.get("topk_group") or 1,
+        routed_scaling_factor=config.get("routed_scaling_factor", 1.0),
+        attention="mla",
+        qkv_bias=config.get("attention_bias", False),
+        q_lora_rank=config.get("q_lora_rank"),
+        kv_lora_rank=config["kv_lora_rank"],
+        qk_nope_head_dim=config["qk_nope_head_dim"],
+        qk_rope_head_dim=config["qk_rope_head_dim"],
+        v_head_dim=config["v_head_dim"],
+        rope_interleave=version == 2 or config.get("rope_interleave", True),
+    )
+
+
+PARSERS = {
+    "qwen3_moe": _qwen3_moe,
+    "qwen2_moe": _qwen2_moe,
+    "olmoe": _olmoe,
+    "mixtral": _mixtral,
+    "deepseek_v2": lambda config: _deepseek(config, 2),
+    "deepseek_v3": lambda config: _deepseek(config, 3),
+}
 
 
 def spec_from_config(config: dict) -> ModelSpec:

@@ -1,0 +1,79 @@
+"""Multi-head latent attention (DeepSeek-V2/V3). Keys and values are compressed into one
+latent per token (kv_lora_rank) plus a shared rotary key (qk_rope_head_dim); the cache holds
+only those, and they are expanded per head (kv_b_proj) when attending.
+
+Dimension legend: B batch, S new tokens, T cached + new tokens, nH heads, C kv_lora_rank,
+R qk_rope_head_dim, N qk_nope_head_dim, Dv v_head_dim.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from moeweave.models.layers import apply_rope, rms_norm
+from moeweave.models.spec import ModelSpec
+
+
+@dataclass
+class MLAWeights:
+    kv_a: torch.Tensor  # [C + R, H]
+    kv_norm: torch.Tensor  # [C]
+    kv_b: torch.Tensor  # [nH * (N + Dv), C]
+    o: torch.Tensor  # [H, nH * Dv]
+    q: torch.Tensor | None = None  # [nH * (N + R), H] when q_lora_rank is None
+    q_a: torch.Tensor | None = None  # [q_lora_rank, H]
+    q_norm: torch.Tensor | None = None  # [q_lora_rank]
+    q_b: torch.Tensor | None = None  # [nH * (N + R), q_lora_rank]
+    q_a_bias: torch.Tensor | None = None
+    kv_a_bias: torch.Tensor | None = None
+
+
+def rope_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding on interleaved pairs (x0, x1), (x2, x3), ... as DeepSeek lays them out.
+    x [B, heads, S, R]; cos, sin [S, R] (half-split tables: the first R/2 columns are used).
+    The output keeps the pairs interleaved; q and k get the same layout, so scores match the
+    de-interleaved form transformers uses for V3."""
+    half = x.shape[-1] // 2
+    cos, sin = cos[:, :half], sin[:, :half]
+    even, odd = x[..., 0::2], x[..., 1::2]
+    return torch.stack([even * cos - odd * sin, odd * cos + even * sin], dim=-1).flatten(-2)
+
+
+def mla_attention(
+    spec: ModelSpec,
+    w: MLAWeights,
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    mask: torch.Tensor,
+    cache: list | None,
+) -> torch.Tensor:
+    """x [B, S, H] -> [B, S, H]; cos, sin [S, R]; mask [B, 1, S, T]; cache: [latent [B, 1, T, C],
+    rotary key [B, 1, T, R]] extended in place."""
+    batch, seq, _ = x.shape
+    heads, nope, rope, v_dim = spec.num_heads, spec.qk_nope_head_dim, spec.qk_rope_head_dim, spec.v_head_dim
+    if w.q is not None:
+        q = F.linear(x, w.q)
+    else:
+        q = F.linear(rms_norm(F.linear(x, w.q_a, w.q_a_bias), w.q_norm, spec.rms_norm_eps), w.q_b)
+    q = q.view(batch, seq, heads, nope + rope).transpose(1, 2)  # [B, nH, S, N + R]
+    q_pass, q_rot = q.split([nope, rope], dim=-1)
+    latent, k_rot = F.linear(x, w.kv_a, w.kv_a_bias).split([spec.kv_lora_rank, rope], dim=-1)
+    latent = rms_norm(latent, w.kv_norm, spec.rms_norm_eps).view(batch, 1, seq, spec.kv_lora_rank)
+    k_rot = k_rot.view(batch, 1, seq, rope)
+    rotate = rope_pairs if spec.rope_interleave else apply_rope
+    q_rot, k_rot = rotate(q_rot, cos, sin), rotate(k_rot, cos, sin)
+    if cache is not None:
+        if cache:
+            latent, k_rot = torch.cat([cache[0], latent], dim=2), torch.cat([cache[1], k_rot], dim=2)
+        cache[:] = [latent, k_rot]
+    total = latent.shape[2]
+    kv = (
+        F.linear(latent, w.kv_b).view(batch, total, heads, nope + v_dim).transpose(1, 2)
+    )  # [B, nH, T, N + Dv]
+    k_pass, v = kv.split([nope, v_dim], dim=-1)
+    k = torch.cat([k_pass, k_rot.expand(-1, heads, -1, -1)], dim=-1)
+    query = torch.cat([q_pass, q_rot], dim=-1)
+    out = F.scaled_dot_product_attention(query, k, v, attn_mask=mask, scale=(nope + rope) ** -0.5)
+    return F.linear(out.transpose(1, 2).reshape(batch, seq, heads * v_dim), w.o)
