@@ -9,7 +9,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("cli", "cpu", "envs", "models", "ops", "quant")
+_SUBMODULES = ("cli", "cpu", "envs", "integrations", "models", "ops", "quant")
 
 __all__ = ["__version__", *_SUBMODULES]
 

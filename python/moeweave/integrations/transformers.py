@@ -1,0 +1,93 @@
+"""moeweave's fused expert kernel as an experts implementation of transformers.
+
+transformers 5 lets a model pick how its MoE experts run (``ExpertsInterface``). After
+``register()``, ``model.set_experts_implementation("moeweave")`` routes every experts module
+through moeweave's fused MoE op; ``use_moeweave_experts(model, experts="int4")`` does both and
+chooses the expert format (bf16, or int8/int4/int3/int2 packed). The packed table is built on
+the first call of each experts module and rebuilt when its weights change.
+
+Supported expert layouts: concatenated gate/up (``gate_up_proj [E, 2I, H]``, ``down_proj
+[E, H, I]``) without biases — Mixtral, Qwen2/3-MoE, OLMoE, DeepSeek-V2/V3. Others (GPT-OSS's
+interleaved, biased experts) are refused with an explanation.
+
+Dimension legend: S token-expert rows, E experts, H hidden, I intermediate, K experts per token.
+"""
+
+import torch
+
+from moeweave.quant import ExpertTable, moe_experts, quantize
+
+NAME = "moeweave"
+FORMATS = ("bf16", "int8", "int4", "int3", "int2")
+
+
+def _projection(w: torch.Tensor, experts: str):
+    """w [N, K] (one expert's projection) -> what the fused op computes with."""
+    if experts == "bf16":
+        return w.detach().to(torch.bfloat16).contiguous()
+    bits = int(experts[3:])
+    return quantize(w.detach().float(), bits=bits, group_size=64, sym=bits >= 4)
+
+
+def _table(module: torch.nn.Module) -> ExpertTable:
+    """The module's experts as an ExpertTable, cached until a weight is modified in place or replaced."""
+    if (
+        getattr(module, "has_bias", False)
+        or getattr(module, "is_transposed", False)
+        or not getattr(module, "is_concatenated", True)
+    ):
+        raise NotImplementedError(
+            f"moeweave experts: {type(module).__name__} stores biased, transposed or interleaved experts, "
+            "which moeweave's fused op does not take; use another experts implementation for this model"
+        )
+    gate_up, down = module.gate_up_proj, module.down_proj  # [E, 2I, H], [E, H, I]
+    experts = getattr(module, "moeweave_experts", "bf16")
+    key = (gate_up.data_ptr(), gate_up._version, down.data_ptr(), down._version, experts)
+    cached = getattr(module, "_moeweave_table", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    inter = down.shape[-1]
+    table = ExpertTable(
+        [
+            (
+                _projection(gate_up[e, :inter], experts),
+                _projection(gate_up[e, inter:], experts),
+                _projection(down[e], experts),
+            )
+            for e in range(gate_up.shape[0])
+        ]
+    )
+    module._moeweave_table = (key, table)
+    return table
+
+
+def moeweave_experts_forward(
+    module: torch.nn.Module,
+    hidden_states: torch.Tensor,
+    top_k_index: torch.Tensor,
+    top_k_weights: torch.Tensor,
+) -> torch.Tensor:
+    """The experts forward transformers calls: hidden_states [T, H], top_k_index / top_k_weights
+    [T, K] -> [T, H] in hidden_states' dtype."""
+    x = hidden_states if hidden_states.dtype in (torch.float32, torch.bfloat16) else hidden_states.float()
+    y = moe_experts(x, top_k_index.to(torch.int32), top_k_weights.float(), _table(module))
+    return y.to(hidden_states.dtype)
+
+
+def register() -> None:
+    """Make "moeweave" a valid experts implementation in transformers."""
+    from transformers.integrations.moe import ExpertsInterface
+
+    ExpertsInterface.register(NAME, moeweave_experts_forward)
+
+
+def use_moeweave_experts(model, experts: str = "bf16"):
+    """Switch a loaded transformers MoE model to moeweave's fused experts in the given format."""
+    if experts not in FORMATS:
+        raise ValueError(f"use_moeweave_experts: experts must be one of {FORMATS}, got {experts!r}")
+    register()
+    for module in model.modules():
+        if hasattr(module, "gate_up_proj") and hasattr(module, "down_proj"):
+            module.moeweave_experts = experts
+    model.set_experts_implementation(NAME)
+    return model
