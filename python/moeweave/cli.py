@@ -13,6 +13,9 @@ def main(argv: list[str] | None = None) -> int:
     info = commands.add_parser("info", help="version, native modules, CPU ISA, threads, CUDA, io_uring")
     info.add_argument("--json", action="store_true", help="print the report as JSON")
     commands.add_parser("demo", help="run the native ops against their plain-torch twins")
+    from moeweave import run as run_module
+
+    run_module.add_arguments(commands.add_parser("run", help="generate text with an MoE checkpoint"))
     args = parser.parse_args(argv)
 
     if args.command == "info":
@@ -24,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         from moeweave import demo
 
         demo.main()
+    elif args.command == "run":
+        run_module.main(args)
     return 0
 
 

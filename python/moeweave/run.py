@@ -1,0 +1,54 @@
+"""`moeweave run`: generate text with an MoE checkpoint (default: the bundled demo model) on
+moeweave's own model execution, streaming tokens as they come, then the speed."""
+
+import sys
+from pathlib import Path
+
+import torch
+
+from moeweave.models import EXPERT_FORMATS, load
+from moeweave.models.bundled import default_model_dir
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument(
+        "model", nargs="?", type=Path, help="Hugging Face checkpoint directory (default: bundled demo model)"
+    )
+    parser.add_argument("--prompt", default="The history of the city", help="text to continue")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--experts", choices=EXPERT_FORMATS, default="int4", help="routed expert format")
+    parser.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
+    parser.add_argument("--top-k", type=int, default=40)
+    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def main(args) -> None:
+    path = args.model or default_model_dir()
+    model = load(path, experts=args.experts)
+    if model.tokenizer is None:
+        raise SystemExit(f"moeweave run: {path} has no tokenizer.json, so a text prompt cannot be encoded")
+    print(
+        f"# {path} ({model.spec.architecture}, {args.experts} experts, {torch.get_num_threads()} torch threads)"
+    )
+    sys.stdout.write(args.prompt)
+    sys.stdout.flush()
+
+    def stream(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    result = model.generate(
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        on_text=stream,
+    )
+    prompt_tokens = len(model.tokenizer.encode(args.prompt).ids)
+    print(
+        f"\n# prompt {prompt_tokens} tokens in {result.prefill_seconds * 1e3:.0f} ms; "
+        f"{len(result.tokens)} new tokens at {result.decode_tokens_per_second:.1f} tokens/s"
+    )
