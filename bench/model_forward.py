@@ -1,0 +1,134 @@
+"""How fast does moeweave run an MoE checkpoint compared with transformers on the same CPU and
+checkpoint, and how close is decode to the memory-bandwidth bound?
+
+The checkpoint has Qwen3-30B-A3B's layer shapes (hidden 2048, 128 experts of 768, top-8, GQA
+32/4 heads of 128) with fewer layers and a smaller vocabulary, random weights, >= 2 GB in bf16;
+it is generated once into $MOEWEAVE_CACHE_DIR. Reported, in one run: prefill and decode
+tokens/s of transformers (bf16) and of moeweave with bf16 and INT4 experts (dense weights bf16),
+the decode bound = bytes touched per token / STREAM triad bandwidth, and the share of decode
+time spent in the routed experts.
+
+    python bench/model_forward.py [--layers 2] [--prompt 128] [--new-tokens 32]
+"""
+
+import argparse
+import time
+
+import torch
+import transformers
+from common import Report, Row, stream_triad_gbps
+
+from moeweave import envs
+from moeweave.models import KVCache, load
+from moeweave.quant import ExpertTable
+
+
+def checkpoint(layers: int, vocab: int):
+    path = envs.cache_dir() / f"bench-qwen3-30b-a3b-shapes-{layers}l-{vocab}v"
+    if not (path / "config.json").exists():
+        config = transformers.Qwen3MoeConfig(
+            vocab_size=vocab, hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768, num_hidden_layers=layers,
+            num_attention_heads=32, num_key_value_heads=4, head_dim=128, num_experts=128, num_experts_per_tok=8,
+            norm_topk_prob=True, eos_token_id=None,
+        )  # fmt: skip
+        torch.manual_seed(0)
+        model = transformers.Qwen3MoeForCausalLM._from_config(config, dtype=torch.bfloat16)
+        model.save_pretrained(path)
+    return path
+
+
+def time_decode(step, first_logits, new_tokens: int) -> float:
+    """Seconds per decoded token: feed the argmax back `new_tokens` times."""
+    token = first_logits.argmax(-1).view(1, 1)
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+        token = step(token).argmax(-1).view(1, 1)
+    return (time.perf_counter() - start) / new_tokens
+
+
+def bench_transformers(path, prompt, new_tokens):
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+    with torch.no_grad():
+        start = time.perf_counter()
+        out = model(prompt, use_cache=True)
+        prefill = time.perf_counter() - start
+        cache = out.past_key_values
+
+        def step(token):
+            result = model(token, past_key_values=cache, use_cache=True)
+            return result.logits[0, -1]
+
+        decode = time_decode(step, out.logits[0, -1], new_tokens)
+    return prefill, decode
+
+
+def bench_moeweave(path, experts, prompt, new_tokens):
+    model = load(path, experts=experts, dtype=torch.bfloat16)
+    expert_seconds = [0.0]
+    provider = model.layers[0].mlp.experts
+
+    def timed(layer, x, ids, weights):
+        start = time.perf_counter()
+        y = provider(layer, x, ids, weights)
+        expert_seconds[0] += time.perf_counter() - start
+        return y
+
+    for layer in model.layers:
+        layer.mlp.experts = timed
+    cache = KVCache()
+    start = time.perf_counter()
+    logits = model(prompt, cache=cache).logits[0, -1]
+    prefill = time.perf_counter() - start
+    expert_seconds[0] = 0.0
+    decode = time_decode(lambda token: model(token, cache=cache).logits[0, -1], logits, new_tokens)
+    return model, provider, prefill, decode, expert_seconds[0] / new_tokens
+
+
+def bytes_per_decode_token(model, tables: dict[int, ExpertTable]) -> float:
+    """Weights a decode step reads: every dense weight once (embedding: one row) plus top-k
+    experts per MoE layer at their stored size (the KV cache is small at these lengths)."""
+    spec = model.spec
+    dense = (
+        model.lm_head.numel() * model.lm_head.element_size() + spec.hidden_size * model.embed.element_size()
+    )
+    for layer in model.layers:
+        for name in ("q", "k", "v", "o"):
+            w = getattr(layer.attention, name)
+            dense += w.numel() * w.element_size()
+        dense += layer.mlp.router.numel() * layer.mlp.router.element_size()
+    experts = sum(spec.top_k * table.nbytes / len(table) for table in tables.values())
+    return dense + experts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--prompt", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    args = parser.parse_args()
+    path = checkpoint(args.layers, args.vocab)
+    prompt = torch.randint(0, args.vocab, (1, args.prompt), generator=torch.Generator().manual_seed(0))
+    triad = stream_triad_gbps()
+    report = Report(__file__, {"stream_triad_GBps": triad})
+    report.header()
+    base_prefill, base_decode = bench_transformers(path, prompt, args.new_tokens)
+    config = f"qwen3-30b-a3b shapes {args.layers}L, prompt {args.prompt}"
+    report.add(
+        Row("transformers bf16 prefill", config, args.prompt / base_prefill, "tok/s", "itself", 1.0, None)
+    )
+    report.add(Row("transformers bf16 decode", config, 1 / base_decode, "tok/s", "itself", 1.0, None))
+    for experts in ("bf16", "int4"):
+        model, provider, prefill, decode, expert_time = bench_moeweave(path, experts, prompt, args.new_tokens)
+        bound = bytes_per_decode_token(model, provider.tables) / (triad * 1e9)
+        report.add(Row(f"moeweave {experts} prefill", config, args.prompt / prefill, "tok/s", "transformers bf16",
+                       base_prefill / prefill, None))  # fmt: skip
+        report.add(Row(f"moeweave {experts} decode", config, 1 / decode, "tok/s", "transformers bf16",
+                       base_decode / decode, bound / decode))  # fmt: skip
+        print(f"#   {experts}: decode {decode * 1e3:.1f} ms/token, bound {bound * 1e3:.1f} ms "
+              f"({decode / bound:.2f}x), routed experts {expert_time * 1e3:.1f} ms, rest {(decode - expert_time) * 1e3:.1f} ms")  # fmt: skip
+    report.finish()
+
+
+if __name__ == "__main__":
+    main()
