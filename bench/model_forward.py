@@ -55,7 +55,7 @@ def bench_transformers(path, prompt, new_tokens):
         cache = out.past_key_values
 
         def step(token):
-            result = model(token, past_key_values=cache, use_cache=True)
+            result = model(token, cache=cache, use_cache=True)
             return result.logits[0, -1]
 
         decode = time_decode(step, out.logits[0, -1], new_tokens)

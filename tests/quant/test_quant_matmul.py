@@ -73,3 +73,16 @@ def test_opcheck_and_compile():
     )
     compiled = torch.compile(lambda x: quant_matmul(x, qw) * 2, fullgraph=True)
     torch.testing.assert_close(compiled(x), quant_matmul(x, qw) * 2)
+
+
+@pytest.mark.parametrize(("m", "n", "k"), [(1, 7, 19), (3, 111, 256), (8, 33, 1000)])
+def test_bf16_matmul_matches_torch(isa, m, n, k):
+    from moeweave.ops.quant_matmul import bf16_matmul
+
+    generator = torch.Generator().manual_seed(m + n + k)
+    w, x = (
+        torch.randn(n, k, generator=generator).bfloat16(),
+        torch.randn(m, k, generator=generator).bfloat16(),
+    )
+    expected = x.float() @ w.float().t()
+    torch.testing.assert_close(bf16_matmul(x, w).float(), expected, rtol=1e-2, atol=1e-2)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from moeweave.models.linear import linear
 from moeweave.models.spec import ModelSpec
 from moeweave.ops import silu_mul
 
@@ -55,13 +56,13 @@ def attention(
     cos: torch.Tensor,
     sin: torch.Tensor,
     mask: torch.Tensor,
-    cache: list | None,
+    cache,
 ) -> torch.Tensor:
     """x [B, S, H] -> [B, S, H]. mask [B, 1, S, T] bool (True = may attend). `cache` is this
-    layer's [k, v] list ([B, nKV, T_past, D] each, or empty), extended in place."""
+    layer's LayerCache of keys and values ([B, nKV, T, D]), extended with this call's."""
     batch, seq, _ = x.shape
     heads, kv_heads, dim = spec.num_heads, spec.num_kv_heads, spec.head_dim
-    q, k, v = F.linear(x, w.q, w.q_bias), F.linear(x, w.k, w.k_bias), F.linear(x, w.v, w.v_bias)
+    q, k, v = linear(x, w.q, w.q_bias), linear(x, w.k, w.k_bias), linear(x, w.v, w.v_bias)
     if spec.qk_norm == "full":
         q, k = rms_norm(q, w.q_norm, spec.rms_norm_eps), rms_norm(k, w.k_norm, spec.rms_norm_eps)
     if spec.clip_qkv is not None:
@@ -74,11 +75,9 @@ def attention(
     k = apply_rope(k.transpose(1, 2), cos, sin)  # [B, nKV, S, D]
     v = v.view(batch, seq, kv_heads, dim).transpose(1, 2)
     if cache is not None:
-        if cache:
-            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
-        cache[:] = [k, v]
+        k, v = cache.extend(k, v)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=heads != kv_heads)
-    return F.linear(out.transpose(1, 2).reshape(batch, seq, heads * dim), w.o)
+    return linear(out.transpose(1, 2).reshape(batch, seq, heads * dim), w.o)
 
 
 @dataclass
@@ -90,4 +89,4 @@ class MLPWeights:
 
 def gated_mlp(w: MLPWeights, x: torch.Tensor) -> torch.Tensor:
     """down(silu(gate x) * up x); x [..., H] -> [..., H]."""
-    return F.linear(silu_mul(F.linear(x, w.gate), F.linear(x, w.up)), w.down)
+    return linear(silu_mul(linear(x, w.gate), linear(x, w.up)), w.down)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from moeweave.models.layers import apply_rope, rms_norm
+from moeweave.models.linear import linear
 from moeweave.models.spec import ModelSpec
 
 
@@ -47,33 +48,29 @@ def mla_attention(
     cos: torch.Tensor,
     sin: torch.Tensor,
     mask: torch.Tensor,
-    cache: list | None,
+    cache,
 ) -> torch.Tensor:
-    """x [B, S, H] -> [B, S, H]; cos, sin [S, R]; mask [B, 1, S, T]; cache: [latent [B, 1, T, C],
-    rotary key [B, 1, T, R]] extended in place."""
+    """x [B, S, H] -> [B, S, H]; cos, sin [S, R]; mask [B, 1, S, T]; cache: a LayerCache of the
+    latent [B, 1, T, C] and the rotary key [B, 1, T, R], extended with this call's."""
     batch, seq, _ = x.shape
     heads, nope, rope, v_dim = spec.num_heads, spec.qk_nope_head_dim, spec.qk_rope_head_dim, spec.v_head_dim
     if w.q is not None:
-        q = F.linear(x, w.q)
+        q = linear(x, w.q)
     else:
-        q = F.linear(rms_norm(F.linear(x, w.q_a, w.q_a_bias), w.q_norm, spec.rms_norm_eps), w.q_b)
+        q = linear(rms_norm(linear(x, w.q_a, w.q_a_bias), w.q_norm, spec.rms_norm_eps), w.q_b)
     q = q.view(batch, seq, heads, nope + rope).transpose(1, 2)  # [B, nH, S, N + R]
     q_pass, q_rot = q.split([nope, rope], dim=-1)
-    latent, k_rot = F.linear(x, w.kv_a, w.kv_a_bias).split([spec.kv_lora_rank, rope], dim=-1)
+    latent, k_rot = linear(x, w.kv_a, w.kv_a_bias).split([spec.kv_lora_rank, rope], dim=-1)
     latent = rms_norm(latent, w.kv_norm, spec.rms_norm_eps).view(batch, 1, seq, spec.kv_lora_rank)
     k_rot = k_rot.view(batch, 1, seq, rope)
     rotate = rope_pairs if spec.rope_interleave else apply_rope
     q_rot, k_rot = rotate(q_rot, cos, sin), rotate(k_rot, cos, sin)
     if cache is not None:
-        if cache:
-            latent, k_rot = torch.cat([cache[0], latent], dim=2), torch.cat([cache[1], k_rot], dim=2)
-        cache[:] = [latent, k_rot]
+        latent, k_rot = cache.extend(latent, k_rot)
     total = latent.shape[2]
-    kv = (
-        F.linear(latent, w.kv_b).view(batch, total, heads, nope + v_dim).transpose(1, 2)
-    )  # [B, nH, T, N + Dv]
+    kv = linear(latent, w.kv_b).view(batch, total, heads, nope + v_dim).transpose(1, 2)  # [B, nH, T, N + Dv]
     k_pass, v = kv.split([nope, v_dim], dim=-1)
     k = torch.cat([k_pass, k_rot.expand(-1, heads, -1, -1)], dim=-1)
     query = torch.cat([q_pass, q_rot], dim=-1)
     out = F.scaled_dot_product_attention(query, k, v, attn_mask=mask, scale=(nope + rope) ** -0.5)
-    return F.linear(out.transpose(1, 2).reshape(batch, seq, heads * v_dim), w.o)
+    return linear(out.transpose(1, 2).reshape(batch, seq, heads * v_dim), w.o)

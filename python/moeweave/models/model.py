@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from moeweave.models.layers import AttentionWeights, MLPWeights, attention, gated_mlp, rms_norm, rope_tables
+from moeweave.models.linear import linear
 from moeweave.models.mla import MLAWeights, mla_attention
 from moeweave.models.moe_block import MoEBlock
 from moeweave.models.spec import ModelSpec
@@ -24,11 +25,34 @@ class DecoderLayer:
     mlp: MoEBlock | MLPWeights
 
 
+class LayerCache:
+    """One layer's cached tensors ([B, heads, T, D] each), grown along T inside buffers whose
+    capacity doubles, so a decode step appends in place instead of copying the whole cache."""
+
+    def __init__(self):
+        self.buffers: list[torch.Tensor] = []
+        self.length = 0
+
+    def extend(self, *new: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Appends new [B, heads, S, D] tensors; returns views of everything cached so far."""
+        added = new[0].shape[2]
+        if not self.buffers or self.length + added > self.buffers[0].shape[2]:
+            capacity = max(2 * (self.length + added), 256)
+            grown = [t.new_empty(*t.shape[:2], capacity, t.shape[3]) for t in new]
+            for target, old in zip(grown, self.buffers, strict=False):
+                target[:, :, : self.length] = old[:, :, : self.length]
+            self.buffers = grown
+        for buffer, t in zip(self.buffers, new, strict=True):
+            buffer[:, :, self.length : self.length + added] = t
+        self.length += added
+        return tuple(buffer[:, :, : self.length] for buffer in self.buffers)
+
+
 @dataclass
 class KVCache:
-    """Keys and values of every layer ([B, nKV, T, D] each) and the attention mask [B, T]."""
+    """Every layer's cached keys and values (a LayerCache each) and the attention mask [B, T]."""
 
-    layers: list[list] = field(default_factory=list)
+    layers: list[LayerCache] = field(default_factory=list)
     mask: torch.Tensor | None = None
 
     @property
@@ -75,7 +99,7 @@ class MoEModel:
         if cache is not None:
             cache.mask = full_mask
             while len(cache.layers) < len(self.layers):
-                cache.layers.append([])
+                cache.layers.append(LayerCache())
         # Causal and padding mask [B, 1, S, T]; a query may always see itself, so rows of
         # padding never become all-masked (their outputs are ignored).
         positions = torch.arange(past, past + seq)
@@ -98,7 +122,7 @@ class MoEModel:
                 h = h + layer.mlp(x.reshape(batch * seq, -1)).view(batch, seq, -1)
             else:
                 h = h + gated_mlp(layer.mlp, x)
-        logits = F.linear(rms_norm(h, self.norm, eps), self.lm_head)
+        logits = linear(rms_norm(h, self.norm, eps), self.lm_head)
         return CausalLMOutput(logits=logits, cache=cache)
 
     def generate(self, prompt, **kwargs):

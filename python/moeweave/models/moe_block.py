@@ -8,10 +8,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from moeweave.models.experts import ExpertProvider
 from moeweave.models.layers import MLPWeights, gated_mlp
+from moeweave.models.linear import linear
 from moeweave.models.routing import deepseek_v2, deepseek_v3, softmax_topk
 from moeweave.models.spec import ModelSpec
 
@@ -38,15 +38,15 @@ class MoEBlock:
         if self.shared is not None:
             shared = gated_mlp(self.shared, x)
             if self.shared_gate is not None:
-                shared = torch.sigmoid(F.linear(x, self.shared_gate)) * shared
+                shared = torch.sigmoid(linear(x, self.shared_gate)) * shared
             y = y + shared
         return y
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [T, H] -> expert ids [T, K], weights [T, K]."""
         if self.spec.router == "softmax":
-            return softmax_topk(F.linear(x, self.router), self.spec.top_k, self.spec.norm_topk_prob)
-        logits = F.linear(x.float(), self.router.float())  # DeepSeek routes in fp32
+            return softmax_topk(linear(x, self.router), self.spec.top_k, self.spec.norm_topk_prob)
+        logits = linear(x.float(), self.router.float())  # DeepSeek routes in fp32
         if self.spec.router == "deepseek_v2":
             return deepseek_v2(logits, self.spec)
         return deepseek_v3(logits, self.spec, self.correction_bias)

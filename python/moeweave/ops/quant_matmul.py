@@ -23,6 +23,17 @@ def quant_matmul(x: torch.Tensor, qw: QuantizedWeight) -> torch.Tensor:
     return _quant_matmul_op(*args)
 
 
+def bf16_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x [M, K] @ w^T for a plain bf16 weight w [N, K] -> [M, N] in x's dtype: the same native
+    path, streaming bf16 rows with fp32 accumulation."""
+    if w.dtype != torch.bfloat16 or w.dim() != 2:
+        raise ValueError(f"bf16_matmul: 'w' must be a 2-D bfloat16 tensor, got {w.dtype} {list(w.shape)}")
+    args = (x, w.contiguous(), None, None, w.shape[0], w.shape[1], 16, 0)
+    if can_skip_dispatcher(x, w):
+        return _quant_matmul(*args)
+    return _quant_matmul_op(*args)
+
+
 def _check(x: torch.Tensor, packed: torch.Tensor, k: int) -> None:
     if x.dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"quant_matmul: 'x' must be float32 or bfloat16, got {x.dtype}")
@@ -35,7 +46,7 @@ def _check(x: torch.Tensor, packed: torch.Tensor, k: int) -> None:
 def _quant_matmul(
     x: torch.Tensor,
     packed: torch.Tensor,
-    scales: torch.Tensor,
+    scales: torch.Tensor | None,
     zeros: torch.Tensor | None,
     n: int,
     k: int,
@@ -45,6 +56,8 @@ def _quant_matmul(
     _check(x, packed, k)
     native = _native.module_for(x.device.type)
     if native is None:
+        if bits == 16:
+            return (x.float() @ packed.float().t()).to(x.dtype)
         return reference.quant_matmul(x, QuantizedWeight(packed, scales, zeros, n, k, bits, group_size))
     x = x.contiguous()
     y = torch.empty(x.shape[0], n, dtype=torch.float32, device=x.device)  # [M, N]
