@@ -36,6 +36,28 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotated * sin
 
 
+def scaled_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float | None = None
+):
+    """softmax(q k^T * scale + mask) v with grouped heads: q [B, nH, S, Dk], k [B, nKV, T, Dk],
+    v [B, nKV, T, Dv], mask [B, 1, S, T] bool -> [B, nH, S, Dv].
+
+    Decode steps (a few queries) use two small matmuls over the cache as it lies in memory:
+    torch's fused CPU kernel costs milliseconds per call on strided cache views there."""
+    heads, kv_heads, seq = q.shape[1], k.shape[1], q.shape[2]
+    if seq > 8:
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, scale=scale, enable_gqa=heads != kv_heads
+        )
+    batch, group = q.shape[0], heads // kv_heads
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    grouped = q.reshape(batch, kv_heads, group * seq, q.shape[-1])  # heads of a group share k, v
+    scores = (grouped @ k.transpose(-1, -2)).float() * scale  # [B, nKV, group * S, T]
+    scores = scores.view(batch, kv_heads, group, seq, -1).masked_fill(~mask[:, :, None], float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(v.dtype).view(batch, kv_heads, group * seq, -1)
+    return (probs @ v).view(batch, heads, seq, v.shape[-1])
+
+
 @dataclass
 class AttentionWeights:
     q: torch.Tensor  # [nH * D, H]
@@ -76,7 +98,7 @@ def attention(
     v = v.view(batch, seq, kv_heads, dim).transpose(1, 2)
     if cache is not None:
         k, v = cache.extend(k, v)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=heads != kv_heads)
+    out = scaled_attention(q, k, v, mask)
     return linear(out.transpose(1, 2).reshape(batch, seq, heads * dim), w.o)
 
 

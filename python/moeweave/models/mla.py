@@ -9,9 +9,8 @@ R qk_rope_head_dim, N qk_nope_head_dim, Dv v_head_dim.
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from moeweave.models.layers import apply_rope, rms_norm
+from moeweave.models.layers import apply_rope, rms_norm, scaled_attention
 from moeweave.models.linear import linear
 from moeweave.models.spec import ModelSpec
 
@@ -72,5 +71,5 @@ def mla_attention(
     k_pass, v = kv.split([nope, v_dim], dim=-1)
     k = torch.cat([k_pass, k_rot.expand(-1, heads, -1, -1)], dim=-1)
     query = torch.cat([q_pass, q_rot], dim=-1)
-    out = F.scaled_dot_product_attention(query, k, v, attn_mask=mask, scale=(nope + rope) ** -0.5)
+    out = scaled_attention(query, k, v, mask, scale=(nope + rope) ** -0.5)
     return linear(out.transpose(1, 2).reshape(batch, seq, heads * v_dim), w.o)
