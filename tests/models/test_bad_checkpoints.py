@@ -26,29 +26,30 @@ def test_unknown_architecture(checkpoint, tmp_path):
         load(path)
 
 
-def test_missing_tensor(checkpoint, tmp_path):
+def _edit_weights(checkpoint, tmp_path, edit):
     path = _copy(checkpoint, tmp_path)
     tensors = load_file(path / "model.safetensors")
-    del tensors["model.norm.weight"]
+    edit(tensors)
     save_file(tensors, path / "model.safetensors")
+    return path
+
+
+def test_missing_tensor(checkpoint, tmp_path):
+    path = _edit_weights(checkpoint, tmp_path, lambda t: t.pop("model.norm.weight"))
     with pytest.raises(KeyError, match=r"missing tensor 'model\.norm\.weight'"):
         load(path)
 
 
 def test_extra_tensor(checkpoint, tmp_path):
-    path = _copy(checkpoint, tmp_path)
-    tensors = load_file(path / "model.safetensors")
-    tensors["model.layers.0.surprise.weight"] = torch.zeros(3)
-    save_file(tensors, path / "model.safetensors")
+    path = _edit_weights(
+        checkpoint, tmp_path, lambda t: t.update({"model.layers.0.surprise.weight": torch.zeros(3)})
+    )
     with pytest.raises(ValueError, match=r"does not use: model\.layers\.0\.surprise\.weight"):
         load(path)
 
 
 def test_shape_mismatch(checkpoint, tmp_path):
-    path = _copy(checkpoint, tmp_path)
-    tensors = load_file(path / "model.safetensors")
-    tensors["model.norm.weight"] = torch.zeros(5)
-    save_file(tensors, path / "model.safetensors")
+    path = _edit_weights(checkpoint, tmp_path, lambda t: t.update({"model.norm.weight": torch.zeros(5)}))
     with pytest.raises(ValueError, match=r"'model\.norm\.weight' .* has shape \[5\], expected \[64\]"):
         load(path)
 
