@@ -104,8 +104,9 @@ class Checkpoint:
         if _EXPERT_LIKE.search(name) and not re.search(r"\.shared_experts?\.", name):
             raise ValueError(
                 f"{self._location[name]}: tensor {name!r} looks like an expert weight of a layout the store does "
-                f"not know (model_type {self.architecture!r}); quantised checkpoints (FP8, MXFP4) must be "
-                "dequantised to a bf16/fp32 safetensors checkpoint first"
+                f"not know (model_type {self.architecture!r}); save the model with transformers' "
+                "save_pretrained (which writes per-expert tensors), and dequantise FP8/MXFP4 checkpoints "
+                "to bf16/fp32 first"
             )
         self.dense_names.append(name)
 
