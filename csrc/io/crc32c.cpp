@@ -1,7 +1,8 @@
 // CRC-32C for the store's extent checksums: the portable slicing-by-8 variant and the dispatch
-// to the SSE4.2 variant (crc32c_sse42.cpp). Slicing-by-8 folds 8 input bytes per step through 8
+// to the SSE4.2 (crc32c_sse42.cpp) and AVX-512 VPCLMULQDQ (crc32c_avx512.cpp) variants. Slicing-by-8 folds 8 input bytes per step through 8
 // tables of 256 entries (table k advances a byte by k further zero bytes), ~1 byte/cycle; the
-// SSE4.2 path is about 8x faster and is what keeps verification a small share of a read.
+// SSE4.2 path is about 8x faster, the folding path faster still, which is what keeps
+// verification a small share of a read.
 #include <array>
 
 #include "crc32c.h"
@@ -47,12 +48,15 @@ uint32_t crc32c_raw_scalar(uint32_t crc, const uint8_t* data, uint64_t length) {
 namespace moeweave {
 
 uint32_t crc32c(uint32_t crc, const void* data, uint64_t length) {
-  // The SSE4.2 path follows the kernels' ISA level, so MOEWEAVE_ISA=scalar tests the table path.
+  // The choice follows the kernels' ISA level, so MOEWEAVE_ISA=scalar / avx2 test the table and
+  // SSE4.2 paths on a machine that has the AVX-512 one.
   static const bool has_sse42 = __builtin_cpu_supports("sse4.2");
+  static const bool has_vpclmul = has_sse42 && __builtin_cpu_supports("vpclmulqdq");
   const auto* bytes = static_cast<const uint8_t*>(data);
-  const uint32_t raw = has_sse42 && current_isa() != Isa::scalar ? io::crc32c_raw_sse42(~crc, bytes, length)
-                                                                 : io::crc32c_raw_scalar(~crc, bytes, length);
-  return ~raw;
+  const Isa isa = current_isa();
+  if (isa == Isa::avx512 && has_vpclmul) return ~io::crc32c_raw_avx512(~crc, bytes, length);
+  if (isa != Isa::scalar && has_sse42) return ~io::crc32c_raw_sse42(~crc, bytes, length);
+  return ~io::crc32c_raw_scalar(~crc, bytes, length);
 }
 
 }  // namespace moeweave

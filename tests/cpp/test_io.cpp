@@ -48,12 +48,15 @@ TEST(crc32c_matches_check_value_and_variants_agree) {
   CHECK(crc32c(0, "123456789", 9) == 0xE3069283u);
   CHECK(crc32c(0, "", 0) == 0u);
   const std::vector<uint8_t> data = random_bytes(3 * 8192 * 3 + 777, 1);
-  for (uint64_t length : {0ull, 1ull, 7ull, 8ull, 63ull, 8192ull, 24575ull, 24576ull, 24577ull, 50000ull,
+  for (uint64_t length : {0ull, 1ull, 7ull, 8ull, 63ull, 255ull, 256ull, 257ull, 511ull, 512ull, 1000ull, 8192ull,
+                          24575ull, 24576ull, 24577ull, 50000ull,
                           static_cast<unsigned long long>(data.size())}) {
     for (uint64_t start : {0ull, 3ull}) {
       if (start + length > data.size()) continue;
       const uint32_t scalar = io::crc32c_raw_scalar(0xFFFFFFFFu, data.data() + start, length);
       CHECK(io::crc32c_raw_sse42(0xFFFFFFFFu, data.data() + start, length) == scalar);
+      if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("vpclmulqdq"))
+        CHECK(io::crc32c_raw_avx512(0xFFFFFFFFu, data.data() + start, length) == scalar);
       const uint64_t half = length / 2;  // continuing from a partial crc gives the whole one
       CHECK(crc32c(crc32c(0, data.data() + start, half), data.data() + start + half, length - half) == ~scalar);
     }
