@@ -171,7 +171,7 @@ def main() -> None:
     file_size = 4 << 30
     blocks = [2 * MIB, 20 * MIB] if args.quick else [MIB // 2, 2 * MIB, 8 * MIB, 20 * MIB]
     repeats = 3 if args.quick else 5
-    per_run = 512 * MIB  # bytes read per method per repetition
+    per_run = 1024 * MIB  # bytes read per method per repetition
 
     fio = ensure_fio()
     path = data_file(file_size)
