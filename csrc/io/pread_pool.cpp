@@ -30,7 +30,14 @@ namespace {
 class PreadPool final : public Backend {
  public:
   explicit PreadPool(IoQueue* queue) : queue_(queue) {
-    for (uint32_t i = 0; i < queue->depth(); ++i) threads_.emplace_back([this] { run(); });
+    try {
+      for (uint32_t i = 0; i < queue->depth(); ++i) threads_.emplace_back([this] { run(); });
+    } catch (...) {
+      // Release the threads already started before the failure propagates to the factory.
+      queue_->shut();
+      stop();
+      throw;
+    }
   }
   ~PreadPool() override { stop(); }
 

@@ -5,7 +5,8 @@ the same input gives the same bytes; the read views feed the fused MoE op as the
 
 import pytest
 import torch
-from safetensors.torch import load_file
+import transformers
+from safetensors.torch import load_file, save_file
 
 from moeweave.quant import ExpertTable, moe_experts, quantize
 from moeweave.store import ExpertStore, write_store
@@ -84,3 +85,23 @@ def test_dense_weights_and_files_come_along(hf_checkpoint, tmp_path):
     for name in expected:
         assert torch.equal(dense[name], tensors[name]), name
     assert (tmp_path / "config.json").read_bytes() == (source / "config.json").read_bytes()
+
+
+def test_sharded_checkpoint_reads_only_its_indexed_shards(hf_checkpoint, tmp_path):
+    source = hf_checkpoint("qwen3_moe")
+    sharded = tmp_path / "sharded"
+    transformers.AutoModelForCausalLM.from_pretrained(source).save_pretrained(sharded, max_shard_size="100KB")
+    assert len(list(sharded.glob("model-*.safetensors"))) > 2
+    # A stray file in another naming, as Mistral repos ship beside their HF shards.
+    save_file(
+        {"layers.0.feed_forward.experts.0.w1.weight": torch.zeros(2, 2)}, sharded / "consolidated.safetensors"
+    )
+    write_store(source, tmp_path / "a", bits=BITS_MAP, progress=False)
+    write_store(sharded, tmp_path / "b", bits=BITS_MAP, progress=False)
+    for layer in range(2):
+        name = f"experts/layer_{layer:04d}.bin"
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    with ExpertStore(tmp_path / "a") as a, ExpertStore(tmp_path / "b") as b:
+        assert a.manifest.extents == b.manifest.extents
+        dense_a, dense_b = a.dense_weights(), b.dense_weights()
+        assert set(dense_a) == set(dense_b) and all(torch.equal(dense_a[k], dense_b[k]) for k in dense_a)

@@ -40,7 +40,14 @@ class Checkpoint:
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
-        files = sorted(self.directory.glob("*.safetensors"))
+        index = self.directory / "model.safetensors.index.json"
+        if index.is_file():
+            # The index names the shards; other safetensors files beside them (Mistral repos ship
+            # a consolidated.safetensors in their own naming) are not part of the HF checkpoint.
+            weight_map = json.loads(index.read_text())["weight_map"]
+            files = sorted({self.directory / name for name in weight_map.values()})
+        else:
+            files = sorted(self.directory.glob("*.safetensors"))
         if not files:
             pickles = sorted(p.name for p in self.directory.iterdir() if p.suffix in _PICKLE_SUFFIXES)
             if pickles:

@@ -48,6 +48,7 @@ class ReadHandle:
     def __init__(self, store: "ExpertStore", extent: Extent, buffer: torch.Tensor, read_id: int):
         self._store, self._extent, self._buffer, self._id = store, extent, buffer, read_id
         self._result: Expert | None = None
+        self.latency_ns: int | None = None  # submission to completion, once done
 
     @property
     def layer(self) -> int:
@@ -64,8 +65,9 @@ class ReadHandle:
         completion = self._store._engine.peek(self._id)
         if completion is None:
             return False
-        self._result = self._store._finish(self._id, self._extent, self._buffer, completion[0])
-        self._id = None
+        read_id, self._id = self._id, None
+        result, self.latency_ns = completion
+        self._result = self._store._finish(read_id, self._extent, self._buffer, result)
         return True
 
     def wait(self) -> Expert:
@@ -73,7 +75,7 @@ class ReadHandle:
             if self._id is None:
                 raise StoreError(f"{self._store._where(self._extent)}: the read was cancelled")
             read_id, self._id = self._id, None
-            result, _ = self._store._engine.wait(read_id)
+            result, self.latency_ns = self._store._engine.wait(read_id)
             self._result = self._store._finish(read_id, self._extent, self._buffer, result)
         return self._result
 
