@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -67,6 +68,30 @@ def test_hundreds_of_concurrent_reads(store_dir, backend):
     assert stats["bytes_completed"] == sum(len(want[key]) for key in keys)
     assert 1 <= stats["in_flight_max"] <= 16 and stats["latency_ns_mean"] > 0
     assert stats["in_flight"] == 0 and stats["queued"] == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reads_from_many_threads(store_dir, backend):
+    if backend == "uring" and not uring_available():
+        pytest.skip("io_uring_setup is refused here")
+    with ExpertStore(store_dir, backend=backend, queue_depth=4) as store:
+        want = {key: file_bytes(store_dir, store, *key) for key in store.experts()}
+
+        def worker(seed: int) -> int:
+            rng = random.Random(seed)
+            for _ in range(50):
+                key = rng.choice(store.experts())
+                assert bytes(store.read(*key).buffer.numpy()) == want[key], key
+            return 50
+
+        with ThreadPoolExecutor(8) as pool:
+            assert sum(pool.map(worker, range(8))) == 400
+        assert store.stats()["requests_completed"] == 400
+
+
+def test_default_backend_is_io_uring_where_the_kernel_allows(store_dir):
+    with ExpertStore(store_dir) as store:
+        assert store.backend == ("io_uring" if uring_available() else "pread")
 
 
 def test_queued_prefetches_cancel_and_demand_reads_overtake(store_dir):
