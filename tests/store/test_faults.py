@@ -36,6 +36,12 @@ def test_corrupt_extent_fails_its_checksum_only(store_dir):
             f.write(bytes([byte ^ 0x10]))
         with pytest.raises(StoreError, match=re.escape(f"{blob}: layer 1 expert 2: checksum mismatch")):
             store.read(1, 2)
+        handle = store.prefetch(1, 2)
+        while not handle.done():
+            pass
+        for _ in range(2):  # the handle keeps its error
+            with pytest.raises(StoreError, match="checksum mismatch"):
+                handle.wait()
         for layer, e in store.experts():  # every other expert still reads and verifies
             if (layer, e) != (1, 2):
                 store.read(layer, e)

@@ -48,6 +48,7 @@ class ReadHandle:
     def __init__(self, store: "ExpertStore", extent: Extent, buffer: torch.Tensor, read_id: int):
         self._store, self._extent, self._buffer, self._id = store, extent, buffer, read_id
         self._result: Expert | None = None
+        self._error: Exception | None = None  # why the read failed, raised by every wait()
         self.latency_ns: int | None = None  # submission to completion, once done
 
     @property
@@ -60,24 +61,26 @@ class ReadHandle:
 
     def done(self) -> bool:
         """True once wait() would not block."""
-        if self._result is not None or self._id is None:
+        if self._id is None:
             return True
         completion = self._store._engine.peek(self._id)
-        if completion is None:
-            return False
-        read_id, self._id = self._id, None
-        result, self.latency_ns = completion
-        self._result = self._store._finish(read_id, self._extent, self._buffer, result)
-        return True
+        if completion is not None:
+            self._complete(*completion)
+        return completion is not None
 
     def wait(self) -> Expert:
-        if self._result is None:
-            if self._id is None:
-                raise StoreError(f"{self._store._where(self._extent)}: the read was cancelled")
-            read_id, self._id = self._id, None
-            result, self.latency_ns = self._store._engine.wait(read_id)
-            self._result = self._store._finish(read_id, self._extent, self._buffer, result)
+        if self._id is not None:
+            self._complete(*self._store._engine.wait(self._id))
+        if self._error is not None:
+            raise self._error
         return self._result
+
+    def _complete(self, result: int, latency_ns: int) -> None:
+        read_id, self._id, self.latency_ns = self._id, None, latency_ns
+        try:
+            self._result = self._store._finish(read_id, self._extent, self._buffer, result)
+        except (StoreError, OSError) as error:
+            self._error = error
 
     def cancel(self) -> bool:
         """Drops the read if it is still queued (a stale prefetch); False once it is in flight."""
@@ -86,6 +89,7 @@ class ReadHandle:
         self._store._engine.wait(self._id)  # consume the cancelled completion
         self._store._in_flight.pop(self._id)
         self._id = None
+        self._error = StoreError(f"{self._store._where(self._extent)}: the read was cancelled")
         return True
 
     def promote(self) -> None:
@@ -129,7 +133,7 @@ class ExpertStore:
 
     @property
     def backend(self) -> str:
-        """ "io_uring" or "pread"."""
+        """The io backend in use: io_uring or pread."""
         return self._engine.backend
 
     def experts(self) -> list[tuple[int, int]]:
