@@ -95,6 +95,7 @@ def write_store(
             ):
                 shutil.copyfile(path, out / path.name)
         manifest = Manifest(checkpoint.architecture, checkpoint.config, files, extents)
+    # The manifest goes last: an interrupted conversion leaves no store a reader would accept.
     (out / MANIFEST).write_text(manifest.to_json())
     return manifest
 
