@@ -5,9 +5,12 @@ process; the io engine's own contract; CRC-32C against a bitwise reference."""
 
 import os
 import random
+import shutil
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
@@ -109,6 +112,29 @@ def test_queued_prefetches_cancel_and_demand_reads_overtake(store_dir):
             assert h.done() and h.latency_ns > 0
         assert bytes(demand.buffer.numpy()) == file_bytes(store_dir, store, 1, 1)
         assert store.stats()["requests_cancelled"] == len(cancelled)
+
+
+def test_promoted_prefetch_overtakes_the_queue(store_dir):
+    with ExpertStore(store_dir, backend="pread", queue_depth=1) as store:
+        prefetches = [store.prefetch(*store.experts()[i % 8]) for i in range(200)]
+        last = prefetches[-1]
+        last.promote()
+        last.wait()  # behind at most the read in flight, not 199 others
+        assert sum(1 for h in prefetches[:-1] if h.cancel()) > 100
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm")
+def test_store_on_tmpfs_reads_the_same(store_dir):
+    """tmpfs refused O_DIRECT before Linux 6.6 (the engine then opens files buffered); on newer
+    kernels this is one more filesystem with O_DIRECT."""
+    copy = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        shutil.copytree(store_dir, copy / "store")
+        with ExpertStore(copy / "store") as store, ExpertStore(store_dir) as original:
+            for key in store.experts():
+                assert torch.equal(store.read(*key).buffer, original.read(*key).buffer), key
+    finally:
+        shutil.rmtree(copy)
 
 
 def test_read_into_a_caller_buffer_is_zero_copy(store_dir):

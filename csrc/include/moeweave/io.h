@@ -67,7 +67,7 @@ const char* io_backend_name(const IoEngine* engine);
 int io_fallback_errno(const IoEngine* engine);
 
 // Opens a file for reading with O_DIRECT (buffered where the filesystem refuses O_DIRECT, as
-// tmpfs does) and returns its index for IoRequest::file.
+// tmpfs did before Linux 6.6) and returns its index for IoRequest::file.
 Status io_open(IoEngine* engine, const char* path, int32_t* file);
 
 // Queues one read and returns its id. -EINVAL for a misaligned offset, length or buffer or an
