@@ -40,6 +40,16 @@ Status IoQueue::push(const IoTask& task, IoPriority priority, uint64_t* id) {
 
 bool IoQueue::take(IoTask* out) {
   std::lock_guard<std::mutex> lock(mu_);
+  return take_locked(out);
+}
+
+bool IoQueue::take_blocking(IoTask* out) {
+  std::unique_lock<std::mutex> lock(mu_);
+  changed_.wait(lock, [&] { return shut_ || (!queued_.empty() && stats_.in_flight < depth_); });
+  return take_locked(out);  // false once shut: shut() empties the queue
+}
+
+bool IoQueue::take_locked(IoTask* out) {
   if (queued_.empty() || stats_.in_flight >= depth_) return false;
   const auto first = queued_.begin();
   Record& record = records_.at(first->second);
@@ -51,16 +61,6 @@ bool IoQueue::take(IoTask* out) {
   stats_.in_flight_max = std::max(stats_.in_flight_max, stats_.in_flight);
   *out = record.task;
   return true;
-}
-
-bool IoQueue::take_blocking(IoTask* out) {
-  {
-    std::unique_lock<std::mutex> lock(mu_);
-    changed_.wait(lock, [&] { return shut_ || (!queued_.empty() && stats_.in_flight < depth_); });
-    if (queued_.empty()) return false;
-  }
-  // Another taker may win the race between the two locks; then wait again.
-  return take(out) || take_blocking(out);
 }
 
 void IoQueue::finish(uint64_t id, int64_t result) {

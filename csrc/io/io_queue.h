@@ -61,6 +61,7 @@ class IoQueue {
     IoCompletion completion;
   };
 
+  bool take_locked(IoTask* out);  // take() with mu_ held
   Status consume(std::unordered_map<uint64_t, Record>::iterator it, IoCompletion* out);
   void account_occupancy(uint64_t now_ns);  // integrates in_flight over time; call before it changes
 
