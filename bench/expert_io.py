@@ -45,7 +45,10 @@ DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 def ensure_fio() -> str:
     if shutil.which("fio") is None:
         print("# fio missing: installing it with apt-get", flush=True)
-        subprocess.run(["apt-get", "install", "-y", "-q", "fio"], check=True, capture_output=True)
+        install = ["apt-get", "install", "-y", "-q", "fio"]
+        if subprocess.run(install, capture_output=True).returncode != 0:  # stale package lists
+            subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True)
+            subprocess.run(install, check=True, capture_output=True)
     return shutil.which("fio")
 
 
