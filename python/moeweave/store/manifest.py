@@ -8,7 +8,7 @@ offsets are relative to the extent's start, so the bytes can land in any aligned
 """
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -149,9 +149,17 @@ def load_manifest(directory: Path) -> Manifest:
     return manifest
 
 
+def _known(cls, entry: dict) -> dict:
+    """The fields of `entry` that `cls` has: a newer minor version may add others, to be ignored."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in entry.items() if k in names}
+
+
 def _extent(e: dict) -> Extent:
     projections = {
-        name: Projection(**{**p, "parts": {k: Part(**v) for k, v in p["parts"].items()}})
+        name: Projection(
+            **{**_known(Projection, p), "parts": {k: Part(**_known(Part, v)) for k, v in p["parts"].items()}}
+        )
         for name, p in e["projections"].items()
     }
     biases = {
