@@ -95,4 +95,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_num_threads", &moeweave::set_num_threads, py::arg("n"));
   m.def("io_uring_status", &io_uring_status, "(available, errno) from an io_uring_setup probe");
   moeweave::bindings::bind_quant(m);
+  moeweave::bindings::bind_io(m);
 }

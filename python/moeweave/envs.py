@@ -12,6 +12,7 @@ VARIABLES = {
     "MOEWEAVE_NUM_THREADS": "threads of moeweave's native pool (default: CPUs available to the process)",
     "MOEWEAVE_CUDA": "build time: AUTO (build the CUDA module when nvcc works), ON or OFF",
     "MOEWEAVE_CUDA_ARCHS": "build time: CUDA architectures, passed to CMake (default 80;90)",
+    "MOEWEAVE_IO": "expert store reads: auto (io_uring, else a pread thread pool), uring or pread (default auto)",
     "MOEWEAVE_CACHE_DIR": "where generated corpora and benchmark checkpoints go (default ~/.cache/moeweave)",
 }
 
@@ -28,6 +29,13 @@ def num_threads() -> int | None:
     if not value.isdigit() or int(value) < 1:
         raise ValueError(f"MOEWEAVE_NUM_THREADS must be a positive integer, got {value!r}")
     return int(value)
+
+
+def io_backend() -> str:
+    value = os.environ.get("MOEWEAVE_IO", "").strip().lower() or "auto"
+    if value not in ("auto", "uring", "pread"):
+        raise ValueError(f"MOEWEAVE_IO must be auto, uring or pread, got {value!r}")
+    return value
 
 
 def cache_dir() -> Path:
