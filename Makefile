@@ -21,6 +21,7 @@ install: $(DEPS)
 run: install
 	$(VENV)/bin/moeweave info
 	$(VENV)/bin/moeweave demo
+	$(VENV)/bin/moeweave run --max-new-tokens 96
 
 lint: install
 	$(VENV)/bin/ruff check python tests bench

@@ -1,0 +1,1 @@
+"""Reproducible recipes that build the models and checkpoints moeweave ships, tests and benchmarks on."""

@@ -1,0 +1,1 @@
+"""The bundled demo MoE model: offline corpus, BPE tokenizer, training, evaluation, and random-weight benchmark checkpoints."""
