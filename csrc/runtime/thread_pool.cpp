@@ -1,12 +1,15 @@
-// A small persistent fork-join pool. Workers sleep on a condition variable between jobs; a job
-// is a chunked range whose chunks are claimed through one atomic counter, so uneven chunks
-// balance themselves. The calling thread works too, which makes one thread mean "no pool".
+// A small persistent fork-join pool. A job is a chunked range whose chunks are claimed through
+// one atomic counter, so uneven chunks balance themselves; the calling thread works too, which
+// makes one thread mean "no pool". Between jobs, workers (and the caller waiting for them) spin
+// for a short while before sleeping on a condition variable: a model step issues many small
+// jobs back to back, and a futex wake-up costs more than such a job.
 #include "moeweave/thread_pool.h"
 
 #include <sched.h>
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -16,6 +19,25 @@ namespace moeweave {
 namespace {
 
 thread_local bool in_pool_task = false;
+
+constexpr auto kSpin = std::chrono::microseconds(50);
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+// True as soon as done() holds; false when kSpin passed without it.
+template <typename Done>
+bool spin_until(Done done) {
+  const auto deadline = std::chrono::steady_clock::now() + kSpin;
+  for (int i = 1;; ++i) {
+    if (done()) return true;
+    cpu_relax();
+    if (i % 256 == 0 && std::chrono::steady_clock::now() > deadline) return false;
+  }
+}
 
 int default_threads() {
   cpu_set_t set;
@@ -44,13 +66,15 @@ class Pool {
       n_ = n;
       chunks_ = chunks;
       next_.store(0);
-      pending_ = static_cast<int>(workers_.size());
-      ++generation_;
+      pending_.store(static_cast<int>(workers_.size()));
+      generation_.fetch_add(1, std::memory_order_release);
     }
     wake_.notify_all();
     work();
-    std::unique_lock<std::mutex> lock(mutex_);
-    done_.wait(lock, [this] { return pending_ == 0; });
+    if (!spin_until([this] { return pending_.load(std::memory_order_acquire) == 0; })) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      done_.wait(lock, [this] { return pending_.load() == 0; });
+    }
     fn_ = nullptr;
   }
 
@@ -68,7 +92,7 @@ class Pool {
     if (static_cast<int>(workers_.size()) == count) return;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      stop_from_ = std::min<int>(count, static_cast<int>(workers_.size()));
+      stop_from_.store(std::min<int>(count, static_cast<int>(workers_.size())));
     }
     wake_.notify_all();
     while (static_cast<int>(workers_.size()) > count) {
@@ -77,27 +101,30 @@ class Pool {
     }
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      stop_from_ = 1 << 30;
+      stop_from_.store(1 << 30);
     }
     while (static_cast<int>(workers_.size()) < count) {
       // A new worker starts at the current generation so it never replays a finished job.
       const int index = static_cast<int>(workers_.size());
-      workers_.emplace_back([this, index, start = generation_] { worker_loop(index, start); });
+      workers_.emplace_back([this, index, start = generation_.load()] { worker_loop(index, start); });
     }
   }
 
   void worker_loop(int index, uint64_t start) {
     uint64_t seen = start;
+    auto woken = [&] { return generation_.load(std::memory_order_acquire) != seen || index >= stop_from_.load(); };
     for (;;) {
-      {
+      if (!spin_until(woken)) {
         std::unique_lock<std::mutex> lock(mutex_);
-        wake_.wait(lock, [&] { return generation_ != seen || index >= stop_from_; });
-        if (index >= stop_from_) return;
-        seen = generation_;
+        wake_.wait(lock, woken);
       }
+      if (index >= stop_from_.load()) return;
+      seen = generation_.load(std::memory_order_acquire);
       work();
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (--pending_ == 0) done_.notify_one();
+      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        std::lock_guard<std::mutex> lock(mutex_);  // the caller may be about to sleep on done_
+        done_.notify_one();
+      }
     }
   }
 
@@ -109,9 +136,9 @@ class Pool {
   const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
   int64_t n_ = 0, chunks_ = 0;
   std::atomic<int64_t> next_{0};
-  int pending_ = 0;
-  uint64_t generation_ = 0;
-  int stop_from_ = 1 << 30;
+  std::atomic<int> pending_{0};
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> stop_from_{1 << 30};
 };
 
 Pool& pool() {
