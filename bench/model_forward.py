@@ -4,7 +4,8 @@ checkpoint, and how close is decode to the memory-bandwidth bound?
 The checkpoint has Qwen3-30B-A3B's layer shapes (hidden 2048, 128 experts of 768, top-8, GQA
 32/4 heads of 128) with fewer layers and a smaller vocabulary, random weights, >= 2 GB in bf16;
 it is generated once into $MOEWEAVE_CACHE_DIR. Reported, in one run: prefill and decode
-tokens/s of transformers (bf16) and of moeweave with bf16 and INT4 experts (dense weights bf16),
+tokens/s of transformers (bf16) and of moeweave with bf16 and INT4 experts (dense weights bf16,
+and INT4 experts with INT8 attention / LM-head projections),
 the decode bound = bytes touched per token / STREAM triad bandwidth, and the share of decode
 time spent in the routed experts.
 
@@ -20,7 +21,7 @@ from common import Report, Row, stream_triad_gbps
 
 from moeweave import envs
 from moeweave.models import KVCache, load
-from moeweave.quant import ExpertTable
+from moeweave.quant import ExpertTable, QuantizedWeight
 
 
 def checkpoint(layers: int, vocab: int):
@@ -62,8 +63,8 @@ def bench_transformers(path, prompt, new_tokens):
     return prefill, decode
 
 
-def bench_moeweave(path, experts, prompt, new_tokens):
-    model = load(path, experts=experts, dtype=torch.bfloat16)
+def bench_moeweave(path, experts, projections, prompt, new_tokens):
+    model = load(path, experts=experts, dtype=torch.bfloat16, projections=projections)
     expert_seconds = [0.0]
     provider = model.layers[0].mlp.experts
 
@@ -82,6 +83,10 @@ def bench_moeweave(path, experts, prompt, new_tokens):
     expert_seconds[0] = 0.0
     decode = time_decode(lambda token: model(token, cache=cache).logits[0, -1], logits, new_tokens)
     return model, provider, prefill, decode, expert_seconds[0] / new_tokens
+
+
+def nbytes(w) -> int:
+    return w.nbytes if isinstance(w, QuantizedWeight) else w.numel() * w.element_size()
 
 
 def bytes_per_decode_token(model, tables: dict[int, ExpertTable]) -> float:
@@ -118,14 +123,16 @@ def main() -> None:
         Row("transformers bf16 prefill", config, args.prompt / base_prefill, "tok/s", "itself", 1.0, None)
     )
     report.add(Row("transformers bf16 decode", config, 1 / base_decode, "tok/s", "itself", 1.0, None))
-    for experts in ("bf16", "int4"):
-        model, provider, prefill, decode, expert_time = bench_moeweave(path, experts, prompt, args.new_tokens)
+    for experts, projections in (("bf16", "float"), ("int4", "float"), ("int4", "int8")):
+        model, provider, prefill, decode, expert_time = bench_moeweave(
+            path, experts, projections, prompt, args.new_tokens
+        )
         bound = bytes_per_decode_token(model, provider.tables) / (triad * 1e9)
-        report.add(Row(f"moeweave {experts} prefill", config, args.prompt / prefill, "tok/s", "transformers bf16",
+        report.add(Row(f"moeweave {experts}/{projections} prefill", config, args.prompt / prefill, "tok/s", "transformers bf16",
                        base_prefill / prefill, None))  # fmt: skip
-        report.add(Row(f"moeweave {experts} decode", config, 1 / decode, "tok/s", "transformers bf16",
+        report.add(Row(f"moeweave {experts}/{projections} decode", config, 1 / decode, "tok/s", "transformers bf16",
                        base_decode / decode, bound / decode))  # fmt: skip
-        print(f"#   {experts}: decode {decode * 1e3:.1f} ms/token, bound {bound * 1e3:.1f} ms "
+        print(f"#   {experts} experts, {projections} projections: decode {decode * 1e3:.1f} ms/token, bound {bound * 1e3:.1f} ms "
               f"({decode / bound:.2f}x), routed experts {expert_time * 1e3:.1f} ms, rest {(decode - expert_time) * 1e3:.1f} ms")  # fmt: skip
     report.finish()
 

@@ -8,6 +8,7 @@ import torch
 
 from moeweave.models import EXPERT_FORMATS, load
 from moeweave.models.bundled import default_model_dir
+from moeweave.models.load import PROJECTION_FORMATS
 
 
 def add_arguments(parser) -> None:
@@ -17,6 +18,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--prompt", default="The history of the city", help="text to continue")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--experts", choices=EXPERT_FORMATS, default="int4", help="routed expert format")
+    parser.add_argument("--projections", choices=PROJECTION_FORMATS, default="float",
+                        help="attention / dense / LM-head projection weights: float, or INT8 (half the bytes)")  # fmt: skip
     parser.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
     parser.add_argument("--top-k", type=int, default=40)
     parser.add_argument("--top-p", type=float, default=0.95)
@@ -25,7 +28,7 @@ def add_arguments(parser) -> None:
 
 def main(args) -> None:
     path = args.model or default_model_dir()
-    model = load(path, experts=args.experts)
+    model = load(path, experts=args.experts, projections=args.projections)
     if model.tokenizer is None:
         raise SystemExit(f"moeweave run: {path} has no tokenizer.json, so a text prompt cannot be encoded")
     print(

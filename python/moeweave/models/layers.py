@@ -12,6 +12,10 @@ import torch.nn.functional as F
 from moeweave.models.linear import linear
 from moeweave.models.spec import ModelSpec
 from moeweave.ops import silu_mul
+from moeweave.quant.format import QuantizedWeight
+
+# A projection weight [N, K]: a tensor in the dense dtype, or packed INT8 (projections="int8").
+Projection = torch.Tensor | QuantizedWeight
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -60,10 +64,10 @@ def scaled_attention(
 
 @dataclass
 class AttentionWeights:
-    q: torch.Tensor  # [nH * D, H]
-    k: torch.Tensor  # [nKV * D, H]
-    v: torch.Tensor  # [nKV * D, H]
-    o: torch.Tensor  # [H, nH * D]
+    q: Projection  # [nH * D, H]
+    k: Projection  # [nKV * D, H]
+    v: Projection  # [nKV * D, H]
+    o: Projection  # [H, nH * D]
     q_bias: torch.Tensor | None = None
     k_bias: torch.Tensor | None = None
     v_bias: torch.Tensor | None = None
@@ -104,9 +108,9 @@ def attention(
 
 @dataclass
 class MLPWeights:
-    gate: torch.Tensor  # [I, H]
-    up: torch.Tensor  # [I, H]
-    down: torch.Tensor  # [H, I]
+    gate: Projection  # [I, H]
+    up: Projection  # [I, H]
+    down: Projection  # [H, I]
 
 
 def gated_mlp(w: MLPWeights, x: torch.Tensor) -> torch.Tensor:

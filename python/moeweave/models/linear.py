@@ -10,16 +10,22 @@ Dimension legend: M rows (tokens), K input features, N output features.
 import torch
 import torch.nn.functional as F
 
-from moeweave.ops.quant_matmul import bf16_matmul
+from moeweave.ops.quant_matmul import bf16_matmul, quant_matmul
+from moeweave.quant.format import QuantizedWeight
 
 # Up to this many rows the product is bound by reading the weight; beyond it torch's blocked
 # GEMM, which reuses each weight across rows, is the faster one.
 STREAMING_ROWS = 8
 
 
-def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x [..., K] @ w^T (+ bias) -> [..., N]; w [N, K]."""
+def linear(
+    x: torch.Tensor, w: torch.Tensor | QuantizedWeight, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """x [..., K] @ w^T (+ bias) -> [..., N]; w [N, K], a tensor or packed (projections="int8")."""
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    if isinstance(w, QuantizedWeight):
+        y = quant_matmul(x.reshape(rows, x.shape[-1]), w).view(*x.shape[:-1], w.n)
+        return y if bias is None else y + bias
     if not (
         0 < rows <= STREAMING_ROWS and w.dtype == torch.bfloat16 and x.dtype == torch.bfloat16 and x.is_cpu
     ):

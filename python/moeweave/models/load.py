@@ -3,7 +3,9 @@ kernels, with the routed experts in the requested format.
 
 Expert formats: "fp32" (plain torch, exact), "bf16" (fused MoE op), "int8" / "int4" / "int3" /
 "int2" (fused MoE op on packed weights; group size 64; 2 and 3 bits asymmetric with the MSE
-clipping search). Dense weights run in `dtype` (default: fp32).
+clipping search). Dense weights run in `dtype` (default: fp32); with projections="int8" the
+attention, dense-MLP, shared-expert and LM-head projections are stored as INT8 (group 64) and
+run on quant_matmul, halving the bytes a decode step reads outside the experts.
 """
 
 from pathlib import Path
@@ -21,7 +23,9 @@ from moeweave.models.spec import ModelSpec, spec_from_config
 from moeweave.quant import ExpertTable, quantize
 
 EXPERT_FORMATS = ("fp32", "bf16", "int8", "int4", "int3", "int2")
+PROJECTION_FORMATS = ("float", "int8")
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+_MLP_NAMES = ("gate_proj", "up_proj", "down_proj")
 
 
 def _expert_format(experts: str, w: torch.Tensor):
@@ -33,70 +37,92 @@ def _expert_format(experts: str, w: torch.Tensor):
     return quantize(w.float(), bits=bits, group_size=64, sym=bits >= 4)
 
 
-def _attention(ck: Checkpoint, spec: ModelSpec, prefix: str, dtype: torch.dtype) -> AttentionWeights:
+class _Reader:
+    """Takes checkpoint tensors: projections in the chosen projection format, everything else
+    (norms, biases, routers) in the dense dtype."""
+
+    def __init__(self, ck: Checkpoint, dtype: torch.dtype, projections: str):
+        self.ck, self.dtype, self.projections = ck, dtype, projections
+
+    def __call__(self, name: str, shape) -> torch.Tensor:
+        return self.ck.take(name, shape).to(self.dtype)
+
+    def projection(self, name: str, shape):
+        return self.convert(self.ck.take(name, shape))
+
+    def convert(self, w: torch.Tensor):
+        return quantize(w.float(), bits=8, group_size=64) if self.projections == "int8" else w.to(self.dtype)
+
+
+def _attention(take: _Reader, spec: ModelSpec, prefix: str) -> AttentionWeights:
     hidden, q_dim, kv_dim = (
         spec.hidden_size,
         spec.num_heads * spec.head_dim,
         spec.num_kv_heads * spec.head_dim,
     )
-
-    def take(name, shape):
-        return ck.take(f"{prefix}.{name}", shape).to(dtype)
-
     w = AttentionWeights(
-        q=take("q_proj.weight", (q_dim, hidden)),
-        k=take("k_proj.weight", (kv_dim, hidden)),
-        v=take("v_proj.weight", (kv_dim, hidden)),
-        o=take("o_proj.weight", (hidden, q_dim)),
+        q=take.projection(f"{prefix}.q_proj.weight", (q_dim, hidden)),
+        k=take.projection(f"{prefix}.k_proj.weight", (kv_dim, hidden)),
+        v=take.projection(f"{prefix}.v_proj.weight", (kv_dim, hidden)),
+        o=take.projection(f"{prefix}.o_proj.weight", (hidden, q_dim)),
     )
     if spec.qkv_bias:
-        w.q_bias, w.k_bias, w.v_bias = (
-            take("q_proj.bias", (q_dim,)),
-            take("k_proj.bias", (kv_dim,)),
-            take("v_proj.bias", (kv_dim,)),
-        )
-    if spec.qk_norm == "head":
-        w.q_norm, w.k_norm = take("q_norm.weight", (spec.head_dim,)), take("k_norm.weight", (spec.head_dim,))
-    elif spec.qk_norm == "full":
-        w.q_norm, w.k_norm = take("q_norm.weight", (q_dim,)), take("k_norm.weight", (kv_dim,))
+        w.q_bias = take(f"{prefix}.q_proj.bias", (q_dim,))
+        w.k_bias = take(f"{prefix}.k_proj.bias", (kv_dim,))
+        w.v_bias = take(f"{prefix}.v_proj.bias", (kv_dim,))
+    norm_shapes = {"head": (spec.head_dim, spec.head_dim), "full": (q_dim, kv_dim)}.get(spec.qk_norm)
+    if norm_shapes:
+        w.q_norm = take(f"{prefix}.q_norm.weight", (norm_shapes[0],))
+        w.k_norm = take(f"{prefix}.k_norm.weight", (norm_shapes[1],))
     return w
 
 
-def _mla(ck: Checkpoint, spec: ModelSpec, prefix: str, dtype: torch.dtype) -> MLAWeights:
-    hidden, heads, rope = spec.hidden_size, spec.num_heads, spec.qk_rope_head_dim
+def _mla(take: _Reader, spec: ModelSpec, prefix: str) -> MLAWeights:
+    hidden, heads, rope, latent = spec.hidden_size, spec.num_heads, spec.qk_rope_head_dim, spec.kv_lora_rank
     q_dim = heads * (spec.qk_nope_head_dim + rope)
-
-    def take(name, shape):
-        return ck.take(f"{prefix}.{name}", shape).to(dtype)
-
     w = MLAWeights(
-        kv_a=take("kv_a_proj_with_mqa.weight", (spec.kv_lora_rank + rope, hidden)),
-        kv_norm=take("kv_a_layernorm.weight", (spec.kv_lora_rank,)),
-        kv_b=take("kv_b_proj.weight", (heads * (spec.qk_nope_head_dim + spec.v_head_dim), spec.kv_lora_rank)),
-        o=take("o_proj.weight", (hidden, heads * spec.v_head_dim)),
+        kv_a=take.projection(f"{prefix}.kv_a_proj_with_mqa.weight", (latent + rope, hidden)),
+        kv_norm=take(f"{prefix}.kv_a_layernorm.weight", (latent,)),
+        kv_b=take.projection(
+            f"{prefix}.kv_b_proj.weight", (heads * (spec.qk_nope_head_dim + spec.v_head_dim), latent)
+        ),
+        o=take.projection(f"{prefix}.o_proj.weight", (hidden, heads * spec.v_head_dim)),
     )
     if spec.q_lora_rank is None:
-        w.q = take("q_proj.weight", (q_dim, hidden))
+        w.q = take.projection(f"{prefix}.q_proj.weight", (q_dim, hidden))
     else:
-        w.q_a = take("q_a_proj.weight", (spec.q_lora_rank, hidden))
-        w.q_norm = take("q_a_layernorm.weight", (spec.q_lora_rank,))
-        w.q_b = take("q_b_proj.weight", (q_dim, spec.q_lora_rank))
+        w.q_a = take.projection(f"{prefix}.q_a_proj.weight", (spec.q_lora_rank, hidden))
+        w.q_norm = take(f"{prefix}.q_a_layernorm.weight", (spec.q_lora_rank,))
+        w.q_b = take.projection(f"{prefix}.q_b_proj.weight", (q_dim, spec.q_lora_rank))
         if spec.qkv_bias:
-            w.q_a_bias = take("q_a_proj.bias", (spec.q_lora_rank,))
+            w.q_a_bias = take(f"{prefix}.q_a_proj.bias", (spec.q_lora_rank,))
     if spec.qkv_bias:
-        w.kv_a_bias = take("kv_a_proj_with_mqa.bias", (spec.kv_lora_rank + rope,))
+        w.kv_a_bias = take(f"{prefix}.kv_a_proj_with_mqa.bias", (latent + rope,))
     return w
 
 
-def _mlp(
-    ck: Checkpoint, prefix: str, names: tuple[str, str, str], hidden: int, inter: int, dtype
-) -> MLPWeights:
+def _mlp(take: _Reader, prefix: str, names: tuple[str, str, str], hidden: int, inter: int) -> MLPWeights:
     gate, up, down = names
     return MLPWeights(
-        gate=ck.take(f"{prefix}.{gate}.weight", (inter, hidden)).to(dtype),
-        up=ck.take(f"{prefix}.{up}.weight", (inter, hidden)).to(dtype),
-        down=ck.take(f"{prefix}.{down}.weight", (hidden, inter)).to(dtype),
+        gate=take.projection(f"{prefix}.{gate}.weight", (inter, hidden)),
+        up=take.projection(f"{prefix}.{up}.weight", (inter, hidden)),
+        down=take.projection(f"{prefix}.{down}.weight", (hidden, inter)),
     )
+
+
+def _moe_block(take: _Reader, spec: ModelSpec, index: int, moe: str) -> MoEBlock:
+    hidden = spec.hidden_size
+    block = MoEBlock(spec, index, take(f"{moe}.gate.weight", (spec.num_experts, hidden)), None)
+    if spec.router == "deepseek_v3":
+        block.correction_bias = take.ck.take(
+            f"{moe}.gate.e_score_correction_bias", (spec.num_experts,)
+        ).float()
+    if spec.shared_expert_intermediate_size:
+        block.shared = _mlp(take, f"{moe}.{spec.shared_expert_name}", _MLP_NAMES, hidden,
+                            spec.shared_expert_intermediate_size)  # fmt: skip
+        if spec.shared_expert_gated:
+            block.shared_gate = take(f"{moe}.shared_expert_gate.weight", (1, hidden))
+    return block
 
 
 def _load_tokenizer(path: Path):
@@ -107,15 +133,21 @@ def _load_tokenizer(path: Path):
     return Tokenizer.from_file(str(path / "tokenizer.json"))
 
 
-def load(path: str | Path, experts: str = "bf16", dtype: torch.dtype = torch.float32) -> MoEModel:
+def load(
+    path: str | Path, experts: str = "bf16", dtype: torch.dtype = torch.float32, projections: str = "float"
+) -> MoEModel:
     """Load a Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V2 or DeepSeek-V3 checkpoint
     (config.json + safetensors)."""
     if experts not in EXPERT_FORMATS:
         raise ValueError(f"load: experts must be one of {EXPERT_FORMATS}, got {experts!r}")
+    if projections not in PROJECTION_FORMATS:
+        raise ValueError(f"load: projections must be one of {PROJECTION_FORMATS}, got {projections!r}")
     ck = Checkpoint(path)
     spec = spec_from_config(ck.config)
-    hidden = spec.hidden_size
-    embed = ck.take("model.embed_tokens.weight", (spec.vocab_size, hidden)).to(dtype)
+    take = _Reader(ck, dtype, projections)
+    hidden, inter = spec.hidden_size, spec.moe_intermediate_size
+    expert_shapes = [(inter, hidden), (inter, hidden), (hidden, inter)]
+    embed = take("model.embed_tokens.weight", (spec.vocab_size, hidden))
     layers, expert_weights = [], {}
     for index in tqdm(range(spec.num_layers), desc=f"loading {Path(path).name}", unit="layer", leave=False):
         prefix = f"model.layers.{index}"
@@ -124,43 +156,19 @@ def load(path: str | Path, experts: str = "bf16", dtype: torch.dtype = torch.flo
             expert_weights[index] = [
                 tuple(
                     _expert_format(experts, ck.take(f"{moe}.experts.{e}.{name}.weight", shape))
-                    for name, shape in zip(
-                        spec.expert_names,
-                        [(spec.moe_intermediate_size, hidden)] * 2 + [(hidden, spec.moe_intermediate_size)],
-                        strict=True,
-                    )
+                    for name, shape in zip(spec.expert_names, expert_shapes, strict=True)
                 )
                 for e in range(spec.num_experts)
             ]
-            block = MoEBlock(
-                spec, index, ck.take(f"{moe}.gate.weight", (spec.num_experts, hidden)).to(dtype), None
-            )
-            if spec.shared_expert_intermediate_size:
-                block.shared = _mlp(ck, f"{moe}.{spec.shared_expert_name}", ("gate_proj", "up_proj", "down_proj"), hidden,
-                                    spec.shared_expert_intermediate_size, dtype)  # fmt: skip
-                if spec.router == "deepseek_v3":
-                    block.correction_bias = ck.take(
-                        f"{moe}.gate.e_score_correction_bias", (spec.num_experts,)
-                    ).float()
-                if spec.shared_expert_gated:
-                    block.shared_gate = ck.take(f"{moe}.shared_expert_gate.weight", (1, hidden)).to(dtype)
-            mlp = block
+            mlp = _moe_block(take, spec, index, moe)
         else:
-            mlp = _mlp(
-                ck,
-                f"{prefix}.mlp",
-                ("gate_proj", "up_proj", "down_proj"),
-                hidden,
-                spec.dense_intermediate_size,
-                dtype,
-            )
+            mlp = _mlp(take, f"{prefix}.mlp", _MLP_NAMES, hidden, spec.dense_intermediate_size)
+        attention = _mla if spec.attention == "mla" else _attention
         layers.append(
             DecoderLayer(
-                input_norm=ck.take(f"{prefix}.input_layernorm.weight", (hidden,)).to(dtype),
-                attention=(_mla if spec.attention == "mla" else _attention)(
-                    ck, spec, f"{prefix}.self_attn", dtype
-                ),
-                post_attention_norm=ck.take(f"{prefix}.post_attention_layernorm.weight", (hidden,)).to(dtype),
+                input_norm=take(f"{prefix}.input_layernorm.weight", (hidden,)),
+                attention=attention(take, spec, f"{prefix}.self_attn"),
+                post_attention_norm=take(f"{prefix}.post_attention_layernorm.weight", (hidden,)),
                 mlp=mlp,
             )
         )
@@ -172,11 +180,11 @@ def load(path: str | Path, experts: str = "bf16", dtype: torch.dtype = torch.flo
     for layer in layers:
         if isinstance(layer.mlp, MoEBlock):
             layer.mlp.experts = provider
-    norm = ck.take("model.norm.weight", (hidden,)).to(dtype)
+    norm = take("model.norm.weight", (hidden,))
     if "lm_head.weight" in ck or not spec.tie_word_embeddings:
-        lm_head = ck.take("lm_head.weight", (spec.vocab_size, hidden)).to(dtype)
+        lm_head = take.projection("lm_head.weight", (spec.vocab_size, hidden))
     else:
-        lm_head = embed
+        lm_head = take.convert(embed)
     extra = [name for name in ck.untaken() if not name.endswith(_IGNORED_SUFFIXES)]
     if extra:
         shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")

@@ -10,21 +10,21 @@ from dataclasses import dataclass
 
 import torch
 
-from moeweave.models.layers import apply_rope, rms_norm, scaled_attention
+from moeweave.models.layers import Projection, apply_rope, rms_norm, scaled_attention
 from moeweave.models.linear import linear
 from moeweave.models.spec import ModelSpec
 
 
 @dataclass
 class MLAWeights:
-    kv_a: torch.Tensor  # [C + R, H]
+    kv_a: Projection  # [C + R, H]
     kv_norm: torch.Tensor  # [C]
-    kv_b: torch.Tensor  # [nH * (N + Dv), C]
-    o: torch.Tensor  # [H, nH * Dv]
-    q: torch.Tensor | None = None  # [nH * (N + R), H] when q_lora_rank is None
-    q_a: torch.Tensor | None = None  # [q_lora_rank, H]
+    kv_b: Projection  # [nH * (N + Dv), C]
+    o: Projection  # [H, nH * Dv]
+    q: Projection | None = None  # [nH * (N + R), H] when q_lora_rank is None
+    q_a: Projection | None = None  # [q_lora_rank, H]
     q_norm: torch.Tensor | None = None  # [q_lora_rank]
-    q_b: torch.Tensor | None = None  # [nH * (N + R), q_lora_rank]
+    q_b: Projection | None = None  # [nH * (N + R), q_lora_rank]
     q_a_bias: torch.Tensor | None = None
     kv_a_bias: torch.Tensor | None = None
 
