@@ -119,43 +119,27 @@ void quant_avx512(const QuantMatrix& w, const QuantActs& a, int64_t tile_begin, 
   }
 }
 
-// RB weight rows times MB activation rows: RB * MB independent FMA chains, so even a single
-// activation row (decode) keeps several FMAs in flight instead of waiting on one chain.
-template <int RB, int MB>
-void bf16_block(const uint16_t* w, int64_t k, const float* x, int64_t i0, int64_t r0, float* y, int64_t ldy) {
-  __m512 acc[RB][MB];
-  for (int a = 0; a < RB; ++a)
-    for (int b = 0; b < MB; ++b) acc[a][b] = _mm512_setzero_ps();
+template <int MB>
+void bf16_rows(const uint16_t* w, int64_t k, const float* x, int64_t i0, int64_t r, float* y, int64_t ldy) {
+  __m512 acc[MB];
+  for (int b = 0; b < MB; ++b) acc[b] = _mm512_setzero_ps();
   for (int64_t c = 0; c < k; c += 16) {
     const __mmask16 m = lanes(k - c);
-    __m512 xv[MB];
-    for (int b = 0; b < MB; ++b) xv[b] = _mm512_maskz_loadu_ps(m, x + (i0 + b) * k + c);
-    for (int a = 0; a < RB; ++a) {
-      const __m512 wv = load_bf16(w + (r0 + a) * k + c, m);
-      for (int b = 0; b < MB; ++b) acc[a][b] = _mm512_fmadd_ps(wv, xv[b], acc[a][b]);
-    }
+    const __m512 wv = load_bf16(w + r * k + c, m);
+    for (int b = 0; b < MB; ++b) acc[b] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, x + (i0 + b) * k + c), acc[b]);
   }
-  for (int a = 0; a < RB; ++a)
-    for (int b = 0; b < MB; ++b) y[(i0 + b) * ldy + r0 + a] = _mm512_reduce_add_ps(acc[a][b]);
-}
-
-template <int MB>
-void bf16_rows(const uint16_t* w, int64_t k, const float* x, int64_t i0, int64_t row_begin, int64_t row_end,
-               float* y, int64_t ldy) {
-  constexpr int kRows = MB == 1 ? 4 : 2;
-  int64_t r = row_begin;
-  for (; r + kRows <= row_end; r += kRows) bf16_block<kRows, MB>(w, k, x, i0, r, y, ldy);
-  for (; r < row_end; ++r) bf16_block<1, MB>(w, k, x, i0, r, y, ldy);
+  for (int b = 0; b < MB; ++b) y[(i0 + b) * ldy + r] = _mm512_reduce_add_ps(acc[b]);
 }
 
 void bf16_avx512(const uint16_t* w, int64_t k, const float* x, int64_t m, int64_t row_begin,
                  int64_t row_end, float* y, int64_t ldy) {
-  for (int64_t i0 = 0; i0 < m; i0 += 4) switch (m - i0) {
-      case 1: bf16_rows<1>(w, k, x, i0, row_begin, row_end, y, ldy); break;
-      case 2: bf16_rows<2>(w, k, x, i0, row_begin, row_end, y, ldy); break;
-      case 3: bf16_rows<3>(w, k, x, i0, row_begin, row_end, y, ldy); break;
-      default: bf16_rows<4>(w, k, x, i0, row_begin, row_end, y, ldy); break;
-    }
+  for (int64_t r = row_begin; r < row_end; ++r)
+    for (int64_t i0 = 0; i0 < m; i0 += 4) switch (m - i0) {
+        case 1: bf16_rows<1>(w, k, x, i0, r, y, ldy); break;
+        case 2: bf16_rows<2>(w, k, x, i0, r, y, ldy); break;
+        case 3: bf16_rows<3>(w, k, x, i0, r, y, ldy); break;
+        default: bf16_rows<4>(w, k, x, i0, r, y, ldy); break;
+      }
 }
 
 }  // namespace
