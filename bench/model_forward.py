@@ -93,14 +93,10 @@ def bytes_per_decode_token(model, tables: dict[int, ExpertTable]) -> float:
     """Weights a decode step reads: every dense weight once (embedding: one row) plus top-k
     experts per MoE layer at their stored size (the KV cache is small at these lengths)."""
     spec = model.spec
-    dense = (
-        model.lm_head.numel() * model.lm_head.element_size() + spec.hidden_size * model.embed.element_size()
-    )
+    dense = nbytes(model.lm_head) + spec.hidden_size * model.embed.element_size()
     for layer in model.layers:
-        for name in ("q", "k", "v", "o"):
-            w = getattr(layer.attention, name)
-            dense += w.numel() * w.element_size()
-        dense += layer.mlp.router.numel() * layer.mlp.router.element_size()
+        dense += sum(nbytes(getattr(layer.attention, name)) for name in ("q", "k", "v", "o"))
+        dense += nbytes(layer.mlp.router)
     experts = sum(spec.top_k * table.nbytes / len(table) for table in tables.values())
     return dense + experts
 
