@@ -58,7 +58,7 @@ def test_pickle_only_checkpoint_is_refused(checkpoint, tmp_path):
     path = _copy(checkpoint, tmp_path)
     (path / "model.safetensors").unlink()
     torch.save({"w": torch.zeros(1)}, path / "pytorch_model.bin")
-    with pytest.raises(ValueError, match="only pickled weights"):
+    with pytest.raises(ValueError, match="only pickle weights"):
         load(path)
 
 

@@ -14,12 +14,13 @@ they stay with the dense weights. Pickle checkpoints are refused: loading one ru
 """
 
 import contextlib
-import json
 import re
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
+
+from moeweave.formats.hf_checkpoint import read_config, safetensors_files
 
 _PER_EXPERT = [
     (re.compile(r"^(?:.*\.)?layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.(w1|w3|w2)\.weight$"),
@@ -31,7 +32,6 @@ _FUSED = re.compile(
     r"^(?:.*\.)?layers\.(\d+)\.mlp\.experts\.(gate_up_proj|gate_up_proj_bias|down_proj|down_proj_bias)$"
 )
 _EXPERT_LIKE = re.compile(r"\.experts\.")
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _FUSED_ARCHITECTURES = ("gpt_oss",)
 
 
@@ -40,26 +40,8 @@ class Checkpoint:
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
-        index = self.directory / "model.safetensors.index.json"
-        if index.is_file():
-            # The index names the shards; other safetensors files beside them (Mistral repos ship
-            # a consolidated.safetensors in their own naming) are not part of the HF checkpoint.
-            weight_map = json.loads(index.read_text())["weight_map"]
-            files = sorted({self.directory / name for name in weight_map.values()})
-        else:
-            files = sorted(self.directory.glob("*.safetensors"))
-        if not files:
-            pickles = sorted(p.name for p in self.directory.iterdir() if p.suffix in _PICKLE_SUFFIXES)
-            if pickles:
-                raise ValueError(
-                    f"{self.directory}: holds only pickle weights ({', '.join(pickles)}); moeweave never "
-                    "unpickles (it can run arbitrary code). Convert the checkpoint to safetensors first."
-                )
-            raise ValueError(f"{self.directory}: no *.safetensors files")
-        config_path = self.directory / "config.json"
-        if not config_path.is_file():
-            raise ValueError(f"{config_path}: missing; a Hugging Face checkpoint needs its config")
-        self.config = json.loads(config_path.read_text())
+        files = safetensors_files(self.directory)
+        self.config = read_config(self.directory)
         self.architecture = self.config.get("model_type", "unknown")
 
         self._stack = contextlib.ExitStack()

@@ -1,0 +1,1 @@
+"""File formats moeweave reads: Hugging Face checkpoint directories (safetensors only)."""
