@@ -1,7 +1,6 @@
 // quant_matmul's dispatcher and the shared pieces (matmul_common.h): activations are quantised
 // once per call, then output tiles of 16 rows are spread over the thread pool.
 #include <algorithm>
-#include <cmath>
 
 #include "matmul_common.h"
 #include "moeweave/half.h"
@@ -19,31 +18,15 @@ const QuantMatmulKernels& quant_matmul_kernels() {
 QuantActs quantize_activations(DType dtype, const void* x, int64_t m, int64_t k, int64_t ldx, int64_t stride,
                                QuantActsBuffer& buffer) {
   const int64_t units = stride / kQuantUnitCols;
-  buffer.q.assign(m * stride, 0);
+  buffer.q.resize(m * stride);
   buffer.scale.resize(m * units);
   buffer.sum.resize(m * units);
+  const QuantMatmulKernels& kernels = quant_matmul_kernels();
+  const size_t x_bytes = dtype_size(dtype);
   parallel_for(m, std::max<int64_t>(1, 65536 / std::max<int64_t>(k, 1)), [&](int64_t begin, int64_t end) {
-    float row[kQuantUnitCols];
-    for (int64_t i = begin; i < end; ++i)
-      for (int64_t u = 0; u < units; ++u) {
-        float amax = 0.0f;
-        for (int c = 0; c < kQuantUnitCols; ++c) {
-          const int64_t col = u * kQuantUnitCols + c;
-          row[c] = col >= k ? 0.0f
-                   : dtype == DType::bf16 ? bf16_to_float(static_cast<const uint16_t*>(x)[i * ldx + col])
-                                          : static_cast<const float*>(x)[i * ldx + col];
-          amax = std::max(amax, std::fabs(row[c]));
-        }
-        const float scale = amax / 127.0f, inverse = amax > 0.0f ? 127.0f / amax : 0.0f;
-        int32_t total = 0;
-        for (int c = 0; c < kQuantUnitCols; ++c) {
-          const int32_t v = std::clamp(int32_t(std::lrint(row[c] * inverse)), -127, 127);
-          buffer.q[i * stride + u * kQuantUnitCols + c] = int8_t(v);
-          total += v;
-        }
-        buffer.scale[i * units + u] = scale;
-        buffer.sum[i * units + u] = total;
-      }
+    kernels.quantize_rows(dtype, static_cast<const char*>(x) + begin * ldx * x_bytes, end - begin, k, ldx, stride,
+                          buffer.q.data() + begin * stride, buffer.scale.data() + begin * units,
+                          buffer.sum.data() + begin * units);
   });
   return buffer.view(m, stride);
 }

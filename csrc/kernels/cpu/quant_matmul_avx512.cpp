@@ -142,8 +142,39 @@ void bf16_avx512(const uint16_t* w, int64_t k, const float* x, int64_t m, int64_
       }
 }
 
+// Two 16-lane halves per 32-column unit; cvtps_epi32 rounds to nearest even like nearbyint in
+// the scalar variant, so both produce the same bytes.
+void quantize_rows_avx512(DType dtype, const void* x, int64_t rows, int64_t k, int64_t ldx, int64_t stride,
+                          int8_t* q, float* scale, int32_t* sum) {
+  const int64_t units = stride / kQuantUnitCols;
+  const __m512 sign_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t u = 0; u < units; ++u) {
+      __m512 half[2];
+      for (int h = 0; h < 2; ++h) {
+        const int64_t col = u * kQuantUnitCols + 16 * h;
+        const __mmask16 m = col < k ? lanes(k - col) : __mmask16(0);
+        half[h] = dtype == DType::bf16 ? load_bf16(static_cast<const uint16_t*>(x) + i * ldx + col, m)
+                                       : load_f32(static_cast<const float*>(x) + i * ldx + col, m);
+      }
+      const float amax = _mm512_reduce_max_ps(
+          _mm512_max_ps(_mm512_and_ps(half[0], sign_mask), _mm512_and_ps(half[1], sign_mask)));
+      const __m512 inverse = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+      __m512i total = _mm512_setzero_si512();
+      for (int h = 0; h < 2; ++h) {
+        __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(half[h], inverse));
+        v = _mm512_max_epi32(_mm512_min_epi32(v, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
+        total = _mm512_add_epi32(total, v);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i * stride + u * kQuantUnitCols + 16 * h),
+                         _mm512_cvtepi32_epi8(v));
+      }
+      scale[i * units + u] = amax / 127.0f;
+      sum[i * units + u] = _mm512_reduce_add_epi32(total);
+    }
+}
+
 }  // namespace
 
-const QuantMatmulKernels kQuantMatmulAvx512 = {quant_avx512, bf16_avx512};
+const QuantMatmulKernels kQuantMatmulAvx512 = {quant_avx512, bf16_avx512, quantize_rows_avx512};
 
 }  // namespace moeweave::cpu

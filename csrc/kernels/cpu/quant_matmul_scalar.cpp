@@ -1,5 +1,8 @@
 // Scalar quantised matmul: the integer dot products and scale algebra of the SIMD kernels,
 // written out element by element. Portable, slow, and the native reference for the others.
+#include <algorithm>
+#include <cmath>
+
 #include "quant_unpack.h"
 #include "variants.h"
 
@@ -54,6 +57,30 @@ void bf16_scalar(const uint16_t* w, int64_t k, const float* x, int64_t m, int64_
 
 }  // namespace
 
-const QuantMatmulKernels kQuantMatmulScalar = {quant_scalar, bf16_scalar};
+void quantize_rows_scalar(DType dtype, const void* x, int64_t rows, int64_t k, int64_t ldx, int64_t stride,
+                          int8_t* q, float* scale, int32_t* sum) {
+  const int64_t units = stride / kQuantUnitCols;
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t u = 0; u < units; ++u) {
+      float row[kQuantUnitCols];
+      float amax = 0.0f;
+      for (int c = 0; c < kQuantUnitCols; ++c) {
+        const int64_t col = u * kQuantUnitCols + c;
+        row[c] = col >= k ? 0.0f : load_scalar(x, dtype, i * ldx + col);
+        amax = std::max(amax, std::fabs(row[c]));
+      }
+      const float inverse = amax > 0.0f ? 127.0f / amax : 0.0f;
+      int32_t total = 0;
+      for (int c = 0; c < kQuantUnitCols; ++c) {
+        const int32_t v = std::clamp(int32_t(std::nearbyint(row[c] * inverse)), -127, 127);
+        q[i * stride + u * kQuantUnitCols + c] = int8_t(v);
+        total += v;
+      }
+      scale[i * units + u] = amax / 127.0f;
+      sum[i * units + u] = total;
+    }
+}
+
+const QuantMatmulKernels kQuantMatmulScalar = {quant_scalar, bf16_scalar, quantize_rows_scalar};
 
 }  // namespace moeweave::cpu

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "moeweave/dtype.h"
 #include "moeweave/isa.h"
 #include "moeweave/quant_formats.h"
 
@@ -40,7 +41,16 @@ struct QuantMatmulKernels {
   // y[i, r] = sum_c w[r, c] x[i, c] for rows r in [row_begin, row_end) of a bf16 w [n, k].
   void (*bf16)(const uint16_t* w, int64_t k, const float* x, int64_t m, int64_t row_begin,
                int64_t row_end, float* y, int64_t ldy);
+  // The QuantActs rows of x [rows, k] (f32 or bf16, row stride ldx): per 32-column unit,
+  // scale = max|x| / 127 and q = round-to-nearest-even(x * 127 / max|x|), zero past k up to
+  // `stride`. Every variant gives bit-identical results.
+  void (*quantize_rows)(DType dtype, const void* x, int64_t rows, int64_t k, int64_t ldx, int64_t stride,
+                        int8_t* q, float* scale, int32_t* sum);
 };
+
+// The portable row quantiser (quant_matmul_scalar.cpp), also the AVX2 table's.
+void quantize_rows_scalar(DType dtype, const void* x, int64_t rows, int64_t k, int64_t ldx, int64_t stride,
+                          int8_t* q, float* scale, int32_t* sum);
 
 extern const QuantMatmulKernels kQuantMatmulScalar, kQuantMatmulAvx2, kQuantMatmulAvx512;
 extern const SiluMulKernels kSiluMulScalar, kSiluMulAvx2, kSiluMulAvx512;
