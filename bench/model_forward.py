@@ -3,7 +3,7 @@ checkpoint, and how close is decode to the memory-bandwidth bound?
 
 The checkpoint has Qwen3-30B-A3B's layer shapes (hidden 2048, 128 experts of 768, top-8, GQA
 32/4 heads of 128) with fewer layers and a smaller vocabulary, random weights, >= 2 GB in bf16;
-it is generated once into $MOEWEAVE_CACHE_DIR. Reported, in one run: prefill and decode
+it is generated once into $MOEWEAVE_CACHE_DIR by the demo-model recipe's random-checkpoint writer. Reported, in one run: prefill and decode
 tokens/s of transformers (bf16) and of moeweave with bf16 and INT4 experts (dense weights bf16,
 and INT4 experts with INT8 attention / LM-head projections),
 the decode bound = bytes touched per token / STREAM triad bandwidth, and the share of decode
@@ -22,19 +22,17 @@ from common import Report, Row, stream_triad_gbps
 from moeweave import envs
 from moeweave.models import KVCache, load
 from moeweave.quant import ExpertTable, QuantizedWeight
+from moeweave.recipes.demo_model.random_checkpoint import preset_config, write_random_checkpoint
 
 
 def checkpoint(layers: int, vocab: int):
+    """The recipe's Qwen3-30B-A3B preset with fewer layers and a smaller vocabulary, written once."""
     path = envs.cache_dir() / f"bench-qwen3-30b-a3b-shapes-{layers}l-{vocab}v"
     if not (path / "config.json").exists():
-        config = transformers.Qwen3MoeConfig(
-            vocab_size=vocab, hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768, num_hidden_layers=layers,
-            num_attention_heads=32, num_key_value_heads=4, head_dim=128, num_experts=128, num_experts_per_tok=8,
-            norm_topk_prob=True, eos_token_id=None,
-        )  # fmt: skip
-        torch.manual_seed(0)
-        model = transformers.Qwen3MoeForCausalLM._from_config(config, dtype=torch.bfloat16)
-        model.save_pretrained(path)
+        config = preset_config(
+            "qwen3-30b-a3b", layers, vocab_size=vocab, bos_token_id=None, eos_token_id=None
+        )
+        write_random_checkpoint(config, path)
     return path
 
 
