@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include <cstring>
+#include <sstream>
 #include <string>
 
 #include "bind_cpu.h"
@@ -54,6 +55,54 @@ void reroute(const py::capsule& ids_c, const py::capsule& adapter_c, const py::c
   ids.fail("[" + std::to_string(t) + ", " + std::to_string(k) + "] = " + std::to_string(id) + " is outside [0, " + std::to_string(E) + ")");
 }
 
+// q [B, nH, S, Dk], k [B, nKV, T, Dk], v [B, nKV, T, Dv] (views: last dim contiguous),
+// mask [B, S, T] bool, out [B, nH, S, Dv].
+void attention(const py::capsule& q_c, const py::capsule& k_c, const py::capsule& v_c, const py::capsule& mask_c,
+               const py::capsule& out_c, double scale) {
+  TensorArg q("attention", "q", q_c), k("attention", "k", k_c), v("attention", "v", v_c),
+      mask("attention", "mask", mask_c), out("attention", "out", out_c);
+  q.expect(kDLCPU, 4, {DType::f32, DType::f16, DType::bf16});
+  k.expect_rows(kDLCPU, 4, {q.dtype()});
+  v.expect_rows(kDLCPU, 4, {q.dtype()});
+  mask.expect(kDLCPU, 3, {DType::u8});
+  out.expect(kDLCPU, 4, {q.dtype()});
+  const int64_t B = q.size(0), H = q.size(1), S = q.size(2), KV = k.size(1), T = k.size(2);
+  auto expect_shape = [](const TensorArg& t, std::vector<int64_t> shape) {
+    std::ostringstream s;
+    for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "[") << shape[i];
+    if (t.shape() != shape) t.fail("must have shape " + s.str() + "], got " + t.shape_text());
+  };
+  expect_shape(k, {B, KV, T, q.size(3)});
+  expect_shape(v, {B, KV, T, v.size(3)});
+  expect_shape(mask, {B, S, T});
+  expect_shape(out, {B, H, S, v.size(3)});
+  if (KV == 0 || H % KV) k.fail("has " + std::to_string(KV) + " heads, which must divide the " + std::to_string(H) + " query heads");
+  const moeweave::AttentionArgs args{q.dtype(), q.data<void>(), k.data<void>(), v.data<void>(), mask.data<uint8_t>(),
+                                     out.data<void>(), B, H, KV, S, T, q.size(3), v.size(3),
+                                     {k.stride(0), k.stride(1), k.stride(2)}, {v.stride(0), v.stride(1), v.stride(2)},
+                                     static_cast<float>(scale)};
+  moeweave::Status status;
+  {
+    py::gil_scoped_release release;
+    status = moeweave::attention(args);
+  }
+  if (status != 0) throw py::value_error("attention: invalid arguments");
+}
+
+// x [..., H], weight [H], out like x.
+void rms_norm(const py::capsule& x_c, const py::capsule& weight_c, const py::capsule& out_c, double eps) {
+  TensorArg x("rms_norm", "x", x_c), weight("rms_norm", "weight", weight_c), out("rms_norm", "out", out_c);
+  x.expect(kDLCPU, -1, {DType::f32, DType::f16, DType::bf16});
+  weight.expect(kDLCPU, 1, {x.dtype()});
+  out.expect(kDLCPU, -1, {x.dtype()}).expect_same(x);
+  const int64_t h = x.ndim() ? x.size(x.ndim() - 1) : 1;
+  if (weight.size(0) != h) weight.fail("must have " + std::to_string(h) + " entries (x's last dim), got " + weight.shape_text());
+  if (h == 0) return;
+  py::gil_scoped_release release;
+  moeweave::rms_norm(x.dtype(), x.data<void>(), weight.data<void>(), out.data<void>(), x.numel() / h, h,
+                     static_cast<float>(eps));
+}
+
 Isa parse_isa(const std::string& name) {
   for (int i = 0; i < moeweave::kNumIsas; ++i)
     if (name == moeweave::isa_name(static_cast<Isa>(i))) return static_cast<Isa>(i);
@@ -88,6 +137,10 @@ PYBIND11_MODULE(_C, m) {
         "out = silu(gate) * up, elementwise (contiguous CPU tensors of one float dtype)");
   m.def("reroute", &reroute, py::arg("topk_ids"), py::arg("tok_adapter"), py::arg("remap"), py::arg("out"),
         "out[t, k] = remap[tok_adapter[t] + 1, topk_ids[t, k]] (int32)");
+  m.def("attention", &attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("mask"), py::arg("out"),
+        py::arg("scale"), "Grouped-query attention of q over (cached) k and v, written to out");
+  m.def("rms_norm", &rms_norm, py::arg("x"), py::arg("weight"), py::arg("out"), py::arg("eps"),
+        "RMSNorm of x's last dim with the roundings of transformers");
   m.def("supported_isas", &supported_isas, "ISA levels this CPU can run, lowest first");
   m.def("current_isa", [] { return std::string(moeweave::isa_name(moeweave::current_isa())); });
   m.def("set_isa", &set_isa, py::arg("name"), "Dispatch CPU kernels to this ISA level");

@@ -27,13 +27,13 @@ class TensorArg {
     const DLTensor& t = managed_->dl_tensor;
     data_ = static_cast<char*>(t.data) + t.byte_offset;
     shape_.assign(t.shape, t.shape + t.ndim);
+    strides_.resize(t.ndim);
     contiguous_ = true;
-    if (t.strides) {
-      int64_t expected = 1;
-      for (int i = t.ndim - 1; i >= 0; --i) {
-        if (t.shape[i] != 1 && t.strides[i] != expected) contiguous_ = false;
-        expected *= t.shape[i];
-      }
+    int64_t expected = 1;
+    for (int i = t.ndim - 1; i >= 0; --i) {
+      strides_[i] = t.strides ? t.strides[i] : expected;
+      if (t.shape[i] != 1 && strides_[i] != expected) contiguous_ = false;
+      expected *= t.shape[i];
     }
   }
   TensorArg(const TensorArg&) = delete;
@@ -49,6 +49,7 @@ class TensorArg {
   }
   int ndim() const { return static_cast<int>(shape_.size()); }
   int64_t size(int dim) const { return shape_.at(dim); }
+  int64_t stride(int dim) const { return strides_.at(dim); }  // in elements
   const std::vector<int64_t>& shape() const { return shape_; }
   template <typename T>
   T* data() const { return static_cast<T*>(data_); }
@@ -68,9 +69,16 @@ class TensorArg {
 
   // Checks shared by every op argument: device kind, contiguity, rank and element type.
   const TensorArg& expect(int device_type, int ndim, std::initializer_list<DType> dtypes) const {
+    expect_rows(device_type, ndim, dtypes);
+    if (!contiguous_) fail("must be contiguous");
+    return *this;
+  }
+
+  // As expect, for a strided view whose innermost dim alone must be contiguous.
+  const TensorArg& expect_rows(int device_type, int ndim, std::initializer_list<DType> dtypes) const {
     if (managed_->dl_tensor.device.device_type != device_type)
       fail(device_type == kDLCPU ? "must be a CPU tensor" : "must be a CUDA tensor");
-    if (!contiguous_) fail("must be contiguous");
+    if (!shape_.empty() && shape_.back() != 1 && strides_.back() != 1) fail("must be contiguous in its last dim");
     if (ndim >= 0 && this->ndim() != ndim) fail("must have " + std::to_string(ndim) + " dims, got " + shape_text());
     bool known = false;
     for (DType d : dtypes) known |= d == dtype();
@@ -102,6 +110,7 @@ class TensorArg {
   DLManagedTensor* managed_ = nullptr;
   void* data_ = nullptr;
   std::vector<int64_t> shape_;
+  std::vector<int64_t> strides_;
   bool contiguous_ = true;
 };
 

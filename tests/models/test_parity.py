@@ -125,7 +125,14 @@ def test_incremental_decode_equals_full_forward(checkpoint, experts):
     cache = KVCache()
     pieces = [model(ids[:, :5], cache=cache).logits]
     pieces += [model(ids[:, t : t + 1], cache=cache).logits for t in range(5, 12)]
-    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-4, atol=1e-4)
+    if experts == "fp32":
+        torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-4, atol=1e-4)
+        return
+    # Quantised experts round their activations to int8 per 32 columns: a last-bit difference
+    # between the decode and full-sequence attention kernels can move one rounding step, which
+    # shifts logits by ~1 % of their range. A cache bug moves them by their whole range.
+    error = (torch.cat(pieces, dim=1) - full).abs().amax(-1) / full.abs().amax(-1)  # [B, S]
+    assert error.max() < 5e-2 and error.median() < 1e-3, error
 
 
 def test_sampling_is_reproducible_with_a_seed(checkpoint):

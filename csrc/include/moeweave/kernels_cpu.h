@@ -42,6 +42,31 @@ struct ExpertSlot {
 Status moe_experts(const ExpertSlot* slots, int64_t num_slots, DType x_dtype, const void* x, int64_t T,
                    int64_t H, const int32_t* ids, const float* weights, int64_t K, float* y, int64_t* bad_index);
 
+// RMSNorm of rows x [rows, h] with weight [h], all in `dtype` (f32, f16 or bf16), contiguous:
+//   out = weight * dtype(x * rsqrt(mean(x^2) + eps)), in fp32 with the roundings of transformers.
+Status rms_norm(DType dtype, const void* x, const void* weight, void* out, int64_t rows, int64_t h, float eps);
+
+// Attention of S queries per sequence over T cached keys and values, with grouped heads (query
+// head h reads key/value head h / (heads / kv_heads)):
+//   out[b, h, s] = sum_t p_t v[b, h', t],  p = softmax over the t with mask[b, s, t] != 0 of
+//                  scale * q[b, h, s] . k[b, h', t]
+// in fp32, rounded once to `dtype`. A query that may attend to no key gets zeros. The cache
+// tensors may be views into larger buffers: only their innermost dim must be contiguous.
+struct AttentionArgs {
+  DType dtype;          // of q, k, v and out: f32, f16 or bf16
+  const void* q;        // [B, heads, S, dk], contiguous
+  const void* k;        // [B, kv_heads, T, dk], strides below
+  const void* v;        // [B, kv_heads, T, dv], strides below
+  const uint8_t* mask;  // [B, S, T], contiguous; nonzero = may attend
+  void* out;            // [B, heads, S, dv], contiguous
+  int64_t batch, heads, kv_heads, queries, keys, dk, dv;
+  int64_t k_strides[3], v_strides[3];  // in elements, for the B, kv_heads and T dims
+  float scale;
+};
+
+// -EINVAL for an unsupported dtype, heads not a multiple of kv_heads, or a non-positive size.
+Status attention(const AttentionArgs& args);
+
 // 0 when this kernel lets the process set up an io_uring instance, else -errno
 // (-EPERM under Docker's default seccomp profile, -ENOSYS on old kernels).
 Status io_uring_probe();

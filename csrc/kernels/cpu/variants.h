@@ -7,6 +7,7 @@
 
 #include "moeweave/dtype.h"
 #include "moeweave/isa.h"
+#include "moeweave/kernels_cpu.h"
 #include "moeweave/quant_formats.h"
 
 namespace moeweave::cpu {
@@ -52,6 +53,10 @@ struct QuantMatmulKernels {
 void quantize_rows_scalar(DType dtype, const void* x, int64_t rows, int64_t k, int64_t ldx, int64_t stride,
                           int8_t* q, float* scale, int32_t* sum);
 
+// Flat query rows [row_begin, row_end) of attention (row = (b * heads + h) * S + s).
+using AttentionKernel = void (*)(const AttentionArgs& args, int64_t row_begin, int64_t row_end);
+
+extern const AttentionKernel kAttentionScalar, kAttentionAvx2, kAttentionAvx512;
 extern const QuantMatmulKernels kQuantMatmulScalar, kQuantMatmulAvx2, kQuantMatmulAvx512;
 extern const SiluMulKernels kSiluMulScalar, kSiluMulAvx2, kSiluMulAvx512;
 extern const RerouteKernel kRerouteScalar, kRerouteAvx2, kRerouteAvx512;

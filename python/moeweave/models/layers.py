@@ -11,7 +11,9 @@ import torch.nn.functional as F
 
 from moeweave.models.linear import linear
 from moeweave.models.spec import ModelSpec
-from moeweave.ops import silu_mul
+from moeweave.ops import attention as attention_op
+from moeweave.ops import reference, silu_mul
+from moeweave.ops import rms_norm as rms_norm_op
 from moeweave.quant.format import QuantizedWeight
 
 # A projection weight [N, K]: a tensor in the dense dtype, or packed INT8 (projections="int8").
@@ -19,18 +21,32 @@ Projection = torch.Tensor | QuantizedWeight
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """As transformers: normalise in fp32, cast back, then scale."""
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(x.dtype)
+    """As transformers: normalise in fp32, cast back, then scale (moeweave's op when x and the
+    weight share a dtype, which is how models are loaded)."""
+    if weight.dtype == x.dtype:
+        return rms_norm_op(x, weight, eps)
+    return reference.rms_norm(x, weight, eps)
 
 
-def rope_tables(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
-    """cos, sin [S, D] for the given positions [S] (the half-split layout of transformers)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-    freqs = positions.float()[:, None] * inv_freq[None, :]  # [S, D / 2]
-    emb = torch.cat([freqs, freqs], dim=-1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+class RopeTable:
+    """cos, sin [S, D] of consecutive positions (the half-split layout of transformers), computed
+    once per position and then sliced. Evaluating cos and sin every decode step would hand them to
+    MKL's threaded VML, whose OpenMP threads then spin on the cores moeweave's pool computes on."""
+
+    def __init__(self, head_dim: int, theta: float, dtype: torch.dtype):
+        exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+        self.inv_freq = 1.0 / (theta**exponents)  # [D / 2]
+        self.dtype = dtype
+        self.cos = self.sin = torch.empty(0, head_dim, dtype=dtype)
+
+    def __call__(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows for positions start .. start + count - 1; the table doubles when it runs out."""
+        if start + count > self.cos.shape[0]:
+            positions = torch.arange(max(2 * (start + count), 256))
+            freqs = positions.float()[:, None] * self.inv_freq[None, :]  # [P, D / 2]
+            emb = torch.cat([freqs, freqs], dim=-1)
+            self.cos, self.sin = emb.cos().to(self.dtype), emb.sin().to(self.dtype)
+        return self.cos[start : start + count], self.sin[start : start + count]
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -46,20 +62,14 @@ def scaled_attention(
     """softmax(q k^T * scale + mask) v with grouped heads: q [B, nH, S, Dk], k [B, nKV, T, Dk],
     v [B, nKV, T, Dv], mask [B, 1, S, T] bool -> [B, nH, S, Dv].
 
-    Decode steps (a few queries) use two small matmuls over the cache as it lies in memory:
-    torch's fused CPU kernel costs milliseconds per call on strided cache views there."""
-    heads, kv_heads, seq = q.shape[1], k.shape[1], q.shape[2]
-    if seq > 8:
-        return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, scale=scale, enable_gqa=heads != kv_heads
-        )
-    batch, group = q.shape[0], heads // kv_heads
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    grouped = q.reshape(batch, kv_heads, group * seq, q.shape[-1])  # heads of a group share k, v
-    scores = (grouped @ k.transpose(-1, -2)).float() * scale  # [B, nKV, group * S, T]
-    scores = scores.view(batch, kv_heads, group, seq, -1).masked_fill(~mask[:, :, None], float("-inf"))
-    probs = torch.softmax(scores, dim=-1).to(v.dtype).view(batch, kv_heads, group * seq, -1)
-    return (probs @ v).view(batch, heads, seq, v.shape[-1])
+    Decode steps on CPU (a few queries) use moeweave's attention op over the cache views as they
+    lie in memory: torch's kernels cost milliseconds per call there, on strided views and while
+    their OpenMP threads compete with moeweave's pool for the cores."""
+    if q.shape[2] <= 8 and q.is_cpu:
+        return attention_op(q, k, v, mask, scale)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+    )
 
 
 @dataclass

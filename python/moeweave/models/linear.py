@@ -21,14 +21,14 @@ STREAMING_ROWS = 8
 def linear(
     x: torch.Tensor, w: torch.Tensor | QuantizedWeight, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """x [..., K] @ w^T (+ bias) -> [..., N]; w [N, K], a tensor or packed (projections="int8")."""
+    """x [..., K] @ w^T (+ bias) -> [..., N] in x's dtype; w [N, K], a tensor or packed
+    (projections="int8"). An fp32 x with a bf16 w gives the fp32 product (the model's logits)."""
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
     if isinstance(w, QuantizedWeight):
         y = quant_matmul(x.reshape(rows, x.shape[-1]), w).view(*x.shape[:-1], w.n)
         return y if bias is None else y + bias
-    if not (
-        0 < rows <= STREAMING_ROWS and w.dtype == torch.bfloat16 and x.dtype == torch.bfloat16 and x.is_cpu
-    ):
-        return F.linear(x, w, bias)
-    y = bf16_matmul(x.reshape(rows, x.shape[-1]), w).view(*x.shape[:-1], w.shape[0])
-    return y if bias is None else y + bias
+    streaming = 0 < rows <= STREAMING_ROWS and w.dtype == torch.bfloat16 and x.is_cpu
+    if streaming and x.dtype in (torch.bfloat16, torch.float32):
+        y = bf16_matmul(x.reshape(rows, x.shape[-1]), w).view(*x.shape[:-1], w.shape[0])
+        return y if bias is None else y + bias
+    return F.linear(x.to(w.dtype), w, bias).to(x.dtype)

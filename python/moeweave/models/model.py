@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from moeweave.models.layers import AttentionWeights, MLPWeights, attention, gated_mlp, rms_norm, rope_tables
+from moeweave.models.layers import AttentionWeights, MLPWeights, RopeTable, attention, gated_mlp, rms_norm
 from moeweave.models.linear import linear
 from moeweave.models.mla import MLAWeights, mla_attention
 from moeweave.models.moe_block import MoEBlock
@@ -62,7 +62,7 @@ class KVCache:
 
 @dataclass
 class CausalLMOutput:
-    logits: torch.Tensor  # [B, S, V]
+    logits: torch.Tensor  # [B, S, V] fp32
     cache: KVCache | None
 
 
@@ -77,6 +77,7 @@ class MoEModel:
         self.tokenizer = tokenizer
         self.dtype = embed.dtype
         self.eos_token_id: int | list[int] | None = None
+        self.rope = RopeTable(spec.rope_dim, spec.rope_theta, embed.dtype)
 
     @torch.inference_mode()
     def __call__(
@@ -86,7 +87,7 @@ class MoEModel:
         cache: KVCache | None = None,
     ) -> CausalLMOutput:
         """input_ids [B, S]; attention_mask [B, S] for these tokens (1 = real, 0 = left padding);
-        cache from a previous call continues the same sequences. Returns logits [B, S, V] and
+        cache from a previous call continues the same sequences. Returns fp32 logits [B, S, V] and
         the extended cache (when one was passed)."""
         batch, seq = input_ids.shape
         past = cache.length if cache is not None else 0
@@ -108,7 +109,7 @@ class MoEModel:
             torch.arange(past + seq)[None, :] == positions[:, None]
         )
         mask = mask[:, None]
-        cos, sin = rope_tables(positions, self.spec.rope_dim, self.spec.rope_theta, self.dtype)
+        cos, sin = self.rope(past, seq)
         h = F.embedding(input_ids, self.embed)  # [B, S, H]
         eps = self.spec.rms_norm_eps
         for index, layer in enumerate(self.layers):
@@ -122,7 +123,8 @@ class MoEModel:
                 h = h + layer.mlp(x.reshape(batch * seq, -1)).view(batch, seq, -1)
             else:
                 h = h + gated_mlp(layer.mlp, x)
-        logits = linear(rms_norm(h, self.norm, eps), self.lm_head)
+        # fp32 logits: the LM head accumulates in fp32, and sampling wants that precision.
+        logits = linear(rms_norm(h, self.norm, eps).float(), self.lm_head)
         return CausalLMOutput(logits=logits, cache=cache)
 
     def generate(self, prompt, **kwargs):

@@ -5,7 +5,9 @@ Dimension legend used across ops: T tokens, K experts per token, E routed expert
 A adapters loaded, H hidden size, I expert intermediate size.
 """
 
+from moeweave.ops.attention import attention
 from moeweave.ops.reroute import reroute
+from moeweave.ops.rms_norm import rms_norm
 from moeweave.ops.silu_mul import silu_mul
 
-__all__ = ["reroute", "silu_mul"]
+__all__ = ["attention", "reroute", "rms_norm", "silu_mul"]

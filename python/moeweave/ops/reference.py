@@ -53,3 +53,24 @@ def moe_experts(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Ten
         h = F.silu(xf[token] @ gate.t()) * (xf[token] @ up.t())  # [n_e, I]
         y.index_add_(0, token, (h @ down.t()) * topk_weights[token, slot, None].float())
     return y.to(x.dtype)
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """softmax(q k^T * scale, masked) v in fp32 with grouped heads; q [B, nH, S, Dk], k [B, nKV,
+    T, Dk], v [B, nKV, T, Dv], mask [B, S, T] bool -> [B, nH, S, Dv] in q's dtype. Rows that may
+    attend to nothing are zeros."""
+    group = q.shape[1] // k.shape[1]
+    k, v = (t.float().repeat_interleave(group, dim=1) for t in (k, v))
+    scores = (q.float() @ k.transpose(-1, -2)) * scale  # [B, nH, S, T]
+    scores = scores.masked_fill(~mask[:, None], float("-inf"))
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    return (probs @ v).to(q.dtype)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """weight * dtype(x * rsqrt(mean(x^2) + eps)), normalised in fp32 (transformers' RMSNorm)."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)

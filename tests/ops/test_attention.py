@@ -1,0 +1,126 @@
+"""moeweave::attention against torch's scaled_dot_product_attention (fp32), under every ISA
+level: grouped heads, cache views into larger buffers, masks, Dk != Dv."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from moeweave.ops import attention, reference
+
+# Both sides accumulate in fp32; the half types add one rounding of the output.
+TOLERANCE = {
+    torch.float32: dict(rtol=1e-5, atol=1e-5),
+    torch.float16: dict(rtol=1e-3, atol=1e-3),
+    torch.bfloat16: dict(rtol=8e-3, atol=8e-3),
+}
+# (batch, heads, kv_heads, queries, keys, dk, dv)
+SHAPES = [
+    (1, 32, 4, 1, 160, 128, 128),  # a Qwen3-30B-A3B decode step
+    (2, 8, 2, 3, 37, 40, 24),  # odd sizes, Dk != Dv (MLA's 192 / 128 in small)
+    (3, 4, 4, 8, 5, 19, 19),  # multi-head, more queries than some rows can see
+    (1, 6, 1, 2, 1, 16, 8),  # multi-query, a single cached key
+]
+
+
+def oracle(q, k, v, mask, scale=None):
+    out = F.scaled_dot_product_attention(
+        q.float(), k.float(), v.float(), attn_mask=mask, scale=scale, enable_gqa=True
+    )
+    return out.nan_to_num(0.0)  # rows that may see nothing: NaN there, zeros here
+
+
+def cache_views(batch, kv_heads, keys, dim, dtype, generator):
+    """k or v as a decode step sees it: the first `keys` positions of a larger cache buffer."""
+    buffer = torch.randn(batch, kv_heads, keys + 29, dim, generator=generator).to(dtype)
+    return buffer[:, :, :keys]
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCE))
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_matches_sdpa(isa, dtype, shape):
+    batch, heads, kv_heads, queries, keys, dk, dv = shape
+    generator = torch.Generator().manual_seed(sum(shape))
+    q = (torch.randn(batch, heads, queries, dk, generator=generator) * 2).to(dtype)
+    k = cache_views(batch, kv_heads, keys, dk, dtype, generator)
+    v = cache_views(batch, kv_heads, keys, dv, dtype, generator)
+    mask = torch.rand(batch, 1, queries, keys, generator=generator) > 0.3
+    out = attention(q, k, v, mask)
+    assert out.shape == (batch, heads, queries, dv) and out.dtype == dtype
+    torch.testing.assert_close(out.float(), oracle(q, k, v, mask), **TOLERANCE[dtype])
+
+
+def test_causal_decode_step_with_custom_scale(isa):
+    generator = torch.Generator().manual_seed(1)
+    q = torch.randn(2, 4, 3, 32, generator=generator)
+    k, v = (cache_views(2, 2, 10, 32, torch.float32, generator) for _ in range(2))
+    mask = torch.ones(10, 10, dtype=torch.bool).tril()[-3:].expand(2, 1, 3, 10)
+    out = attention(q, k, v, mask, scale=0.3)
+    torch.testing.assert_close(out, oracle(q, k, v, mask, scale=0.3), **TOLERANCE[torch.float32])
+
+
+def test_fully_masked_row_gives_zeros_and_large_scores_stay_finite(isa):
+    q = torch.randn(1, 2, 2, 16) * 100
+    k, v = torch.randn(1, 1, 7, 16) * 100, torch.randn(1, 1, 7, 16)
+    mask = torch.ones(1, 1, 2, 7, dtype=torch.bool)
+    mask[0, 0, 1] = False
+    out = attention(q, k, v, mask)
+    assert torch.isfinite(out).all() and (out[:, :, 1] == 0).all()
+    torch.testing.assert_close(out, oracle(q, k, v, mask), **TOLERANCE[torch.float32])
+
+
+def test_many_rows_spread_over_threads_agree_with_the_twin():
+    generator = torch.Generator().manual_seed(2)
+    q = torch.randn(4, 16, 8, 64, generator=generator).bfloat16()
+    k, v = (cache_views(4, 4, 300, 64, torch.bfloat16, generator) for _ in range(2))
+    mask = torch.rand(4, 1, 8, 300, generator=generator) > 0.1
+    out = attention(q, k, v, mask)
+    torch.testing.assert_close(
+        out, reference.attention(q, k, v, mask[:, 0], 64**-0.5), **TOLERANCE[torch.bfloat16]
+    )
+
+
+def test_opcheck():
+    q, k, v = torch.randn(1, 4, 2, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 6)
+    mask = torch.rand(1, 2, 5) > 0.2
+    torch.library.opcheck(torch.ops.moeweave.attention.default, (q, k, v, mask, 0.5))
+
+
+def test_torch_compile_fullgraph():
+    @torch.compile(fullgraph=True)
+    def step(q, k, v, mask):
+        return attention(q * 2, k, v, mask)
+
+    q, k, v = torch.randn(1, 4, 1, 8), torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8)
+    mask = torch.ones(1, 1, 1, 6, dtype=torch.bool)
+    torch.testing.assert_close(step(q, k, v, mask), oracle(q * 2, k, v, mask), **TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize(
+    ("q", "k", "v", "mask", "message"),
+    [
+        (torch.randn(1, 4, 1, 8), torch.randn(1, 3, 5, 8), torch.randn(1, 3, 5, 8),
+         torch.ones(1, 1, 5, dtype=torch.bool), "3 key/value heads do not divide 4"),
+        (torch.randn(1, 4, 1, 8), torch.randn(1, 2, 5, 7), torch.randn(1, 2, 5, 8),
+         torch.ones(1, 1, 5, dtype=torch.bool), "k must be"),
+        (torch.randn(1, 4, 1, 8), torch.randn(1, 2, 5, 8).double(), torch.randn(1, 2, 5, 8),
+         torch.ones(1, 1, 5, dtype=torch.bool), "'k' must have the dtype of 'q'"),
+        (torch.randn(1, 4, 1, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8),
+         torch.ones(1, 1, 4, dtype=torch.bool), "'mask' must be bool"),
+        (torch.randn(1, 4, 1, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8),
+         torch.ones(1, 1, 5), "'mask' must be bool"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_named(q, k, v, mask, message):
+    with pytest.raises(ValueError, match=message):
+        attention(q, k, v, mask)
+
+
+def test_native_binding_names_a_bad_cache_view():
+    from moeweave import _native
+    from moeweave.ops._launch import capsules
+
+    q, out = torch.randn(1, 2, 1, 8), torch.empty(1, 2, 1, 8)
+    k = torch.randn(1, 1, 8, 5).transpose(-1, -2)  # [1, 1, 5, 8], last dim strided
+    mask = torch.ones(1, 1, 5, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="attention: 'k' must be contiguous in its last dim"):
+        _native.module_for("cpu").attention(*capsules(q, k, k, mask, out), 1.0)
