@@ -6,8 +6,8 @@ The checkpoint has Qwen3-30B-A3B's layer shapes (hidden 2048, 128 experts of 768
 it is generated once into $MOEWEAVE_CACHE_DIR by the demo-model recipe's random-checkpoint writer. Reported, in one run: prefill and decode
 tokens/s of transformers (bf16) and of moeweave with bf16 and INT4 experts (dense weights bf16,
 and INT4 experts with INT8 attention / LM-head projections),
-the decode bound = bytes touched per token / STREAM triad bandwidth, and the share of decode
-time spent in the routed experts.
+the decode bound = bytes touched per token / STREAM triad bandwidth, and where decode time goes
+per stage (dense projections, attention, routing, routed experts, the rest).
 
     python bench/model_forward.py [--layers 2] [--prompt 128] [--new-tokens 32]
 """
@@ -21,6 +21,9 @@ from common import Report, Row, stream_triad_gbps
 
 from moeweave import envs
 from moeweave.models import KVCache, load
+from moeweave.models import layers as layers_module
+from moeweave.models import model as model_module
+from moeweave.models.moe_block import MoEBlock
 from moeweave.quant import ExpertTable, QuantizedWeight
 from moeweave.recipes.demo_model.random_checkpoint import preset_config, write_random_checkpoint
 
@@ -61,26 +64,52 @@ def bench_transformers(path, prompt, new_tokens):
     return prefill, decode
 
 
+class StageTimer:
+    """Wall time per decode stage, by wrapping the functions the model calls for each: dense
+    projections (attention q/k/v/o and the LM head), attention over the cache, routing (router
+    matmul and top-k), routed experts. The rest is norms, RoPE, residuals, cache appends, Python."""
+
+    def __init__(self, model):
+        self.seconds: dict[str, float] = {}
+        self.patches = [
+            (module, "linear", "dense projections") for module in (layers_module, model_module)
+        ] + [(layers_module, "scaled_attention", "attention"), (MoEBlock, "route", "routing")]
+        for owner, name, stage in self.patches:
+            setattr(owner, name, self.timed(stage, getattr(owner, name)))
+        provider = model.layers[0].mlp.experts
+        for layer in model.layers:
+            layer.mlp.experts = self.timed("routed experts", provider)
+
+    def timed(self, stage, fn):
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            result = fn(*args, **kwargs)
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+            return result
+
+        call.inner = fn
+        return call
+
+    def restore(self):
+        for owner, name, _ in self.patches:
+            setattr(owner, name, getattr(owner, name).inner)
+
+
 def bench_moeweave(path, experts, projections, prompt, new_tokens):
     model = load(path, experts=experts, dtype=torch.bfloat16, projections=projections)
-    expert_seconds = [0.0]
     provider = model.layers[0].mlp.experts
-
-    def timed(layer, x, ids, weights):
-        start = time.perf_counter()
-        y = provider(layer, x, ids, weights)
-        expert_seconds[0] += time.perf_counter() - start
-        return y
-
-    for layer in model.layers:
-        layer.mlp.experts = timed
     cache = KVCache()
     start = time.perf_counter()
     logits = model(prompt, cache=cache).logits[0, -1]
     prefill = time.perf_counter() - start
-    expert_seconds[0] = 0.0
     decode = time_decode(lambda token: model(token, cache=cache).logits[0, -1], logits, new_tokens)
-    return model, provider, prefill, decode, expert_seconds[0] / new_tokens
+    # A second decode run with the stage timers in place: they add a little time of their own.
+    timer = StageTimer(model)
+    timed_decode = time_decode(lambda token: model(token, cache=cache).logits[0, -1], logits, new_tokens)
+    timer.restore()
+    stages = {stage: seconds / new_tokens for stage, seconds in timer.seconds.items()}
+    stages["rest"] = timed_decode - sum(stages.values())
+    return model, provider, prefill, decode, stages
 
 
 def nbytes(w) -> int:
@@ -118,7 +147,7 @@ def main() -> None:
     )
     report.add(Row("transformers bf16 decode", config, 1 / base_decode, "tok/s", "itself", 1.0, None))
     for experts, projections in (("bf16", "float"), ("int4", "float"), ("int4", "int8")):
-        model, provider, prefill, decode, expert_time = bench_moeweave(
+        model, provider, prefill, decode, stages = bench_moeweave(
             path, experts, projections, prompt, args.new_tokens
         )
         bound = bytes_per_decode_token(model, provider.tables) / (triad * 1e9)
@@ -126,8 +155,9 @@ def main() -> None:
                        base_prefill / prefill, None))  # fmt: skip
         report.add(Row(f"moeweave {experts}/{projections} decode", config, 1 / decode, "tok/s", "transformers bf16",
                        base_decode / decode, bound / decode))  # fmt: skip
-        print(f"#   {experts} experts, {projections} projections: decode {decode * 1e3:.1f} ms/token, bound {bound * 1e3:.1f} ms "
-              f"({decode / bound:.2f}x), routed experts {expert_time * 1e3:.1f} ms, rest {(decode - expert_time) * 1e3:.1f} ms")  # fmt: skip
+        breakdown = ", ".join(f"{stage} {seconds * 1e3:.2f}" for stage, seconds in stages.items())
+        print(f"#   {experts} experts, {projections} projections: decode {decode * 1e3:.2f} ms/token, bound {bound * 1e3:.2f} ms "
+              f"({decode / bound:.2f}x); per stage (ms): {breakdown}")  # fmt: skip
     report.finish()
 
 
