@@ -50,62 +50,88 @@ inline __m512 load_scales(const void* base, DType dtype, int64_t index) {
   }
 }
 
-// Rows i0 .. i0 + MB - 1 of y for one tile t.
-template <int BITS, int MB>
-void tile(const QuantMatrix& w, const QuantActs& a, int64_t t, int64_t i0, float* y, int64_t ldy) {
+// Rows i0 .. i0 + MB - 1 of y for the NT tiles t[0..NT). Several tiles at once (from far apart
+// in memory) give a core several sequential streams for its hardware prefetchers: one stream
+// per core does not keep enough reads in flight to reach DRAM bandwidth.
+template <int BITS, int MB, int NT>
+void tile(const QuantMatrix& w, const QuantActs& a, const int64_t* t, int64_t i0, float* y, int64_t ldy) {
   const int64_t kp = quant_padded(w.k, w.group_size), groups = kp / w.group_size;
   const int64_t units = kp / kQuantUnitCols, act_units = a.stride / kQuantUnitCols;
   const int64_t units_per_group = w.group_size / kQuantUnitCols;
   constexpr int kUnitBytes = quant_unit_bytes(BITS);
   constexpr int kChains = MB == 1 ? 4 : 2;
-  const uint8_t* unit = w.packed + t * units * kUnitBytes;
+  const uint8_t* unit[NT];
+  for (int n = 0; n < NT; ++n) unit[n] = w.packed + t[n] * units * kUnitBytes;
   const __m512 implied_zero = _mm512_set1_ps(float(1 << (BITS - 1)));
-  __m512 acc[MB];
-  for (int b = 0; b < MB; ++b) acc[b] = _mm512_setzero_ps();
+  __m512 acc[NT][MB];
+  for (int n = 0; n < NT; ++n)
+    for (int b = 0; b < MB; ++b) acc[n][b] = _mm512_setzero_ps();
   for (int64_t g = 0; g < groups; ++g) {
-    __m512 inner[MB];
+    __m512 inner[NT][MB];
     float zterm[MB];
-    for (int b = 0; b < MB; ++b) inner[b] = _mm512_setzero_ps(), zterm[b] = 0.0f;
-    for (int64_t u = g * units_per_group; u < (g + 1) * units_per_group; ++u, unit += kUnitBytes) {
-      // vpdpbusd has a latency of several cycles: quads rotate over kChains accumulators per
-      // row so that consecutive dot products do not wait on each other.
-      __m512i dot[kChains][MB];
-      for (int c = 0; c < kChains; ++c)
-        for (int b = 0; b < MB; ++b) dot[c][b] = _mm512_setzero_si512();
-      for_each_quad<BITS>(unit, [&](int j, __m512i q) {
-        for (int b = 0; b < MB; ++b) {
-          int32_t x4;
-          std::memcpy(&x4, a.q + (i0 + b) * a.stride + u * kQuantUnitCols + 4 * j, 4);
-          dot[j % kChains][b] = _mm512_dpbusd_epi32(dot[j % kChains][b], q, _mm512_set1_epi32(x4));
-        }
-      });
-      for (int b = 0; b < MB; ++b) {
-        __m512i total = dot[0][b];
-        for (int c = 1; c < kChains; ++c) total = _mm512_add_epi32(total, dot[c][b]);
-        const float sx = a.scale[(i0 + b) * act_units + u];
-        inner[b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), _mm512_set1_ps(sx), inner[b]);
-        zterm[b] += sx * float(a.sum[(i0 + b) * act_units + u]);
-      }
+    for (int b = 0; b < MB; ++b) {
+      zterm[b] = 0.0f;
+      for (int n = 0; n < NT; ++n) inner[n][b] = _mm512_setzero_ps();
     }
-    const int64_t sbase = (t * groups + g) * kQuantTileRows;
-    const __m512 scale = load_scales(w.scales, w.scale_dtype, sbase);
-    const __m512 zero = w.zeros ? load_scales(w.zeros, w.scale_dtype, sbase) : implied_zero;
-    for (int b = 0; b < MB; ++b)
-      acc[b] = _mm512_fmadd_ps(scale, _mm512_fnmadd_ps(zero, _mm512_set1_ps(zterm[b]), inner[b]), acc[b]);
+    for (int64_t u = g * units_per_group; u < (g + 1) * units_per_group; ++u) {
+      for (int n = 0; n < NT; ++n) {
+        // vpdpbusd has a latency of several cycles: quads rotate over kChains accumulators per
+        // row so that consecutive dot products do not wait on each other.
+        __m512i dot[kChains][MB];
+        for (int c = 0; c < kChains; ++c)
+          for (int b = 0; b < MB; ++b) dot[c][b] = _mm512_setzero_si512();
+        for_each_quad<BITS>(unit[n], [&](int j, __m512i q) {
+          for (int b = 0; b < MB; ++b) {
+            int32_t x4;
+            std::memcpy(&x4, a.q + (i0 + b) * a.stride + u * kQuantUnitCols + 4 * j, 4);
+            dot[j % kChains][b] = _mm512_dpbusd_epi32(dot[j % kChains][b], q, _mm512_set1_epi32(x4));
+          }
+        });
+        unit[n] += kUnitBytes;
+        for (int b = 0; b < MB; ++b) {
+          __m512i total = dot[0][b];
+          for (int c = 1; c < kChains; ++c) total = _mm512_add_epi32(total, dot[c][b]);
+          const float sx = a.scale[(i0 + b) * act_units + u];
+          inner[n][b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), _mm512_set1_ps(sx), inner[n][b]);
+        }
+      }
+      for (int b = 0; b < MB; ++b) zterm[b] += a.scale[(i0 + b) * act_units + u] * float(a.sum[(i0 + b) * act_units + u]);
+    }
+    for (int n = 0; n < NT; ++n) {
+      const int64_t sbase = (t[n] * groups + g) * kQuantTileRows;
+      const __m512 scale = load_scales(w.scales, w.scale_dtype, sbase);
+      const __m512 zero = w.zeros ? load_scales(w.zeros, w.scale_dtype, sbase) : implied_zero;
+      for (int b = 0; b < MB; ++b)
+        acc[n][b] = _mm512_fmadd_ps(scale, _mm512_fnmadd_ps(zero, _mm512_set1_ps(zterm[b]), inner[n][b]), acc[n][b]);
+    }
   }
-  const __mmask16 rows = lanes(w.n - t * kQuantTileRows);
-  for (int b = 0; b < MB; ++b) _mm512_mask_storeu_ps(y + (i0 + b) * ldy + t * kQuantTileRows, rows, acc[b]);
+  for (int n = 0; n < NT; ++n) {
+    const __mmask16 rows = lanes(w.n - t[n] * kQuantTileRows);
+    for (int b = 0; b < MB; ++b) _mm512_mask_storeu_ps(y + (i0 + b) * ldy + t[n] * kQuantTileRows, rows, acc[n][b]);
+  }
 }
 
+// A single activation row (decode) pairs tile i of the range with tile i + half; more rows reuse
+// each unpacked quad across rows instead, which is worth more than a second stream.
 template <int BITS>
 void tiles(const QuantMatrix& w, const QuantActs& a, int64_t tile_begin, int64_t tile_end, float* y,
            int64_t ldy) {
+  if (a.m == 1) {
+    const int64_t count = tile_end - tile_begin, half = (count + 1) / 2;
+    for (int64_t i = 0; i < count / 2; ++i) {
+      const int64_t pair[2] = {tile_begin + i, tile_begin + half + i};
+      tile<BITS, 1, 2>(w, a, pair, 0, y, ldy);
+    }
+    const int64_t middle = tile_begin + count / 2;
+    if (count % 2) tile<BITS, 1, 1>(w, a, &middle, 0, y, ldy);
+    return;
+  }
   for (int64_t t = tile_begin; t < tile_end; ++t)
     for (int64_t i0 = 0; i0 < a.m; i0 += 4) switch (a.m - i0) {
-        case 1: tile<BITS, 1>(w, a, t, i0, y, ldy); break;
-        case 2: tile<BITS, 2>(w, a, t, i0, y, ldy); break;
-        case 3: tile<BITS, 3>(w, a, t, i0, y, ldy); break;
-        default: tile<BITS, 4>(w, a, t, i0, y, ldy); break;
+        case 1: tile<BITS, 1, 1>(w, a, &t, i0, y, ldy); break;
+        case 2: tile<BITS, 2, 1>(w, a, &t, i0, y, ldy); break;
+        case 3: tile<BITS, 3, 1>(w, a, &t, i0, y, ldy); break;
+        default: tile<BITS, 4, 1>(w, a, &t, i0, y, ldy); break;
       }
 }
 
