@@ -14,7 +14,8 @@ The page cache is dropped before every run when /proc/sys/vm/drop_caches is writ
 the O_DIRECT figures are cold; mmap is then flagged warm). fio is installed from Debian if
 missing. Methods alternate within each repetition, so drift on a shared machine hits all alike;
 each figure is the median over the repetitions. Ratios are against fio (the device's limit,
-measured in this run) and, for ours, against the single-thread pread loop.
+measured in this run) and, for ours, against the single-thread pread loop: the median over
+repetitions of the ratio within each repetition, which cancels the drift between repetitions.
 
     python bench/expert_io.py              # 4 GiB file, 0.5/2/8/20 MiB extents, QD 8 (a few minutes)
     python bench/expert_io.py --quick      # 2 and 20 MiB extents, 3 repetitions
@@ -166,6 +167,17 @@ def crc_bytes_per_second(block: int) -> float:
     return len(buffers) * block / (time.perf_counter() - start)
 
 
+def paired(samples: dict, block: int, method: str, baseline: str) -> float:
+    """Median over repetitions of method / baseline within the same repetition: the two ran
+    minutes apart at most, so the disk's drift between repetitions cancels."""
+    ratios = [a / b for a, b in zip(samples[(block, method)], samples[(block, baseline)], strict=True)]
+    print(
+        f"#   {block / MIB:g} MiB {method} / {baseline} per repetition: "
+        + " ".join(f"{r:.2f}" for r in ratios)
+    )
+    return statistics.median(ratios)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -215,30 +227,21 @@ def main() -> None:
     report.header()
     for block in blocks:
         median = {m: statistics.median(samples[(block, m)]) for m in methods}
+
         config = f"{block / MIB:g} MiB, QD {args.qd}{'' if cold else ', page cache warm'}"
         for method in methods:
             value = median[method]
             if method == "io_uring + crc32c":
                 report.add(
-                    Row(
-                        method,
-                        config,
-                        value,
-                        "GB/s",
-                        "io_uring (ours)",
-                        value / median["io_uring (ours)"],
-                        value / median["fio"],
-                    )
-                )
+                    Row(method, config, value, "GB/s", "io_uring (ours)", paired(samples, block, method, "io_uring (ours)"), value / median["fio"])
+                )  # fmt: skip
                 continue
-            report.add(
-                Row(method, config, value, "GB/s", "fio", value / median["fio"], value / median["fio"])
-            )
+            vs_fio = paired(samples, block, method, "fio") if method != "fio" else 1.0
+            report.add(Row(method, config, value, "GB/s", "fio", vs_fio, value / median["fio"]))
             if method.endswith("(ours)"):
-                ratio = value / median["pread loop"]
                 report.add(
-                    Row(method, config, value, "GB/s", "pread loop (QD 1)", ratio, value / median["fio"])
-                )
+                    Row(method, config, value, "GB/s", "pread loop (QD 1)", paired(samples, block, method, "pread loop"), value / median["fio"])
+                )  # fmt: skip
         # Serial cost of verification: what share of a read's time the checksum would add if it
         # did not overlap with the reads still in flight.
         share = median["fio"] / crc_gbps

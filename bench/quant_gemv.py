@@ -4,9 +4,10 @@ matmuls it contains?
 
 Every configuration cycles over enough distinct weight matrices that the working set is >= 4x
 the L3 cache, as an MoE decode does, so every figure is a DRAM figure. Reported per (shape, M,
-bits): weight bytes read per second, the ratio to the STREAM triad bandwidth measured in this
-run, and speed ratios against fp32 and bf16 torch.matmul, torch's _weight_int8pack_mm and
-_weight_int4pack_mm_for_cpu on the same shape and M.
+bits): weight bytes read per second, the ratio to the STREAM triad bandwidth measured just
+before that shape, and speed ratios against fp32 and bf16 torch.matmul, torch's _weight_int8pack_mm and
+_weight_int4pack_mm_for_cpu on the same shape and M; at M = 1 also the bytes per second of
+torch's int4 kernel itself, which bounds what any speed-up over it can be.
 
     python bench/quant_gemv.py            # all shapes (several minutes)
     python bench/quant_gemv.py --quick    # two shapes, M in {1, 16}
@@ -67,10 +68,17 @@ def torch_baselines(n: int, k: int, m: int, generator: torch.Generator) -> dict[
     return out
 
 
-def bench_matmuls(
-    report: Report, triad: float, shapes: dict, ms: list[int], generator: torch.Generator
-) -> None:
+def int4pack_bytes(n: int, k: int) -> int:
+    """What _weight_int4pack_mm_for_cpu reads: the packed nibbles plus bf16 scales and zeros."""
+    return n * k // 2 + (k // GROUP) * n * 2 * 2
+
+
+def bench_matmuls(report: Report, shapes: dict, ms: list[int], generator: torch.Generator) -> None:
     for name, (n, k) in shapes.items():
+        # The triad is remeasured per shape: on this shared VM it drifts by 2x within minutes,
+        # and a ratio is only meaningful against the bandwidth of the same moment.
+        triad = stream_triad_gbps()
+        print(f"# triad before {name}: {triad:.1f} GB/s", flush=True)
         for m in ms:
             baselines = torch_baselines(n, k, m, generator)
             x = torch.randn(m, k, generator=generator)
@@ -94,10 +102,17 @@ def bench_matmuls(
                             gbps / triad,
                         )
                     )
+            if m == 1:  # how close torch's own int4 kernel comes to the bandwidth limit
+                torch_gbps = int4pack_bytes(n, k) / baselines["torch int4pack"] / 1e9
+                report.add(
+                    Row("torch int4pack", f"{name} [{n}x{k}] M=1", torch_gbps, "GB/s", "itself", 1.0, torch_gbps / triad)
+                )  # fmt: skip
 
 
-def bench_moe(report: Report, triad: float, generator: torch.Generator) -> None:
+def bench_moe(report: Report, generator: torch.Generator) -> None:
     """Qwen3-30B-A3B's MoE layer (128 experts of [768, 2048], top-8) at 4 bits."""
+    triad = stream_triad_gbps()
+    print(f"# triad before the MoE layer: {triad:.1f} GB/s", flush=True)
     hidden, inter, num_experts, top_k = 2048, 768, 128, 8
     base = [quantize(torch.randn(*shape, generator=generator), bits=4, group_size=GROUP, method="rtn")
             for shape in ((inter, hidden), (inter, hidden), (hidden, inter))]  # fmt: skip
@@ -147,8 +162,8 @@ def main() -> None:
     report = Report(__file__, {"stream_triad_GBps": triad})
     report.header()
     generator = torch.Generator().manual_seed(0)
-    bench_matmuls(report, triad, shapes, ms, generator)
-    bench_moe(report, triad, generator)
+    bench_matmuls(report, shapes, ms, generator)
+    bench_moe(report, generator)
     report.finish()
 
 
