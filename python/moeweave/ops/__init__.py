@@ -1,5 +1,7 @@
-"""moeweave's torch ops (``torch.ops.moeweave.*``), each with a native CPU and CUDA kernel, a
-fake implementation for torch.compile, and a plain-torch twin in ``moeweave.ops.reference``.
+"""moeweave's torch ops (``torch.ops.moeweave.*``), each with a native CPU kernel, a fake
+implementation for torch.compile, and a plain-torch twin in ``moeweave.ops.reference``.
+silu_mul, reroute and the quantised ops also have CUDA kernels; the decode-step ops attention
+and rms_norm run their twin on CUDA tensors.
 
 Dimension legend used across ops: T tokens, K experts per token, E routed experts of a layer,
 A adapters loaded, H hidden size, I expert intermediate size.
