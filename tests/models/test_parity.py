@@ -163,3 +163,15 @@ def test_bf16_decode_on_moeweave_kernels_matches_torch(checkpoint, monkeypatch):
     expected = decode()
     error = (got - expected).abs().amax(-1)[0] / expected.abs().max()
     assert int((error >= 0.05).sum()) <= 1, error  # bf16 rounding may flip one near-tied route
+
+
+def test_logits_to_keep_matches_transformers(checkpoint):
+    _, path = checkpoint
+    ids, mask = _padded_batch(97)
+    with torch.no_grad():
+        expected = _oracle(path)(ids, attention_mask=mask, logits_to_keep=3).logits
+    got = load(path, experts="fp32")(ids, attention_mask=mask, logits_to_keep=3).logits
+    assert got.shape == expected.shape == (3, 3, 97)
+    real = mask[:, -3:].bool()  # left padding: the outputs at padded positions are not defined
+    error = (got - expected).abs().amax(-1)[real] / expected[real].abs().max()
+    assert error.max() < TOLERANCE["fp32"], error

@@ -67,7 +67,7 @@ def generate(
     eos = set(eos) if isinstance(eos, list) else {eos}
     cache, tokens, streamed = KVCache(), [], ""
     start = time.perf_counter()
-    logits = model(ids, cache=cache).logits[0, -1]
+    logits = model(ids, cache=cache, logits_to_keep=1).logits[0, -1]
     prefill = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(max_new_tokens):

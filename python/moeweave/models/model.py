@@ -85,10 +85,13 @@ class MoEModel:
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        logits_to_keep: int = 0,
     ) -> CausalLMOutput:
         """input_ids [B, S]; attention_mask [B, S] for these tokens (1 = real, 0 = left padding);
         cache from a previous call continues the same sequences. Returns fp32 logits [B, S, V] and
-        the extended cache (when one was passed)."""
+        the extended cache (when one was passed). logits_to_keep = n > 0 computes logits for the
+        last n positions only ([B, n, V]), as transformers does: a prompt's LM head over every
+        position costs S x V x H multiply-adds that generation never reads."""
         batch, seq = input_ids.shape
         past = cache.length if cache is not None else 0
         new_mask = (
@@ -124,6 +127,7 @@ class MoEModel:
             else:
                 h = h + gated_mlp(layer.mlp, x)
         # fp32 logits: the LM head accumulates in fp32, and sampling wants that precision.
+        h = h[:, -logits_to_keep:] if logits_to_keep > 0 else h
         logits = linear(rms_norm(h, self.norm, eps).float(), self.lm_head)
         return CausalLMOutput(logits=logits, cache=cache)
 
