@@ -2,7 +2,8 @@
 // a quad of packed bytes times 4 broadcast activation bytes is one vpdpbusd and no horizontal
 // reduction is ever needed: unpack (an and or a shift per quad), dot, and once per 32-column
 // unit a convert + FMA with the activation scale; once per group the weight scales and zeros.
-// Up to 4 activation rows share each unpacked quad (MB), which is what makes prefill cheap.
+// Up to 4 activation rows share each unpacked quad (MB) and two tiles each broadcast activation
+// word (NT), which is what makes prefill cheap.
 #include <cstring>
 
 #include "simd_avx512.h"
@@ -13,32 +14,25 @@ namespace {
 
 using namespace avx512;
 
-template <int BITS, typename F>
-inline void for_each_quad(const uint8_t* unit, F&& fn) {
+// Quad j (0..7) of a packed unit, unpacked to one byte per value. The unit's 64-byte lines are
+// reloaded per quad; they are in L1, and the loads fold into the and/shift.
+template <int BITS>
+inline __m512i quad(const uint8_t* unit, int j) {
   if constexpr (BITS == 8) {
-    for (int j = 0; j < 8; ++j) fn(j, _mm512_loadu_si512(unit + 64 * j));
+    return _mm512_loadu_si512(unit + 64 * j);
   } else if constexpr (BITS == 4) {
-    const __m512i nibble = _mm512_set1_epi8(0x0f);
-    for (int c = 0; c < 4; ++c) {
-      const __m512i v = _mm512_loadu_si512(unit + 64 * c);
-      fn(2 * c, _mm512_and_si512(v, nibble));
-      fn(2 * c + 1, _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble));
-    }
+    const __m512i v = _mm512_loadu_si512(unit + 64 * (j / 2));
+    return _mm512_and_si512(j % 2 ? _mm512_srli_epi16(v, 4) : v, _mm512_set1_epi8(0x0f));
   } else {
     // 2 bits, or the low 2 bits of 3-bit values whose third bit arrives as a byte mask.
-    const __m512i two = _mm512_set1_epi8(3);
-    for (int c = 0; c < 2; ++c) {
-      const __m512i v = _mm512_loadu_si512(unit + 64 * c);
-      for (int i = 0; i < 4; ++i) {
-        __m512i q = _mm512_and_si512(_mm512_srli_epi16(v, 2 * i), two);
-        if constexpr (BITS == 3) {
-          uint64_t high;
-          std::memcpy(&high, unit + 128 + 8 * (4 * c + i), 8);
-          q = _mm512_mask_add_epi8(q, _cvtu64_mask64(high), q, _mm512_set1_epi8(4));
-        }
-        fn(4 * c + i, q);
-      }
+    const __m512i v = _mm512_loadu_si512(unit + 64 * (j / 4));
+    __m512i q = _mm512_and_si512(_mm512_srli_epi16(v, 2 * (j % 4)), _mm512_set1_epi8(3));
+    if constexpr (BITS == 3) {
+      uint64_t high;
+      std::memcpy(&high, unit + 128 + 8 * j, 8);
+      q = _mm512_mask_add_epi8(q, _cvtu64_mask64(high), q, _mm512_set1_epi8(4));
     }
+    return q;
   }
 }
 
@@ -50,16 +44,19 @@ inline __m512 load_scales(const void* base, DType dtype, int64_t index) {
   }
 }
 
-// Rows i0 .. i0 + MB - 1 of y for the NT tiles t[0..NT). Several tiles at once (from far apart
-// in memory) give a core several sequential streams for its hardware prefetchers: one stream
-// per core does not keep enough reads in flight to reach DRAM bandwidth.
+// Rows i0 .. i0 + MB - 1 of y for the NT tiles t[0..NT). Each broadcast activation word feeds NT
+// tiles and each unpacked quad MB rows, which keeps loads below the dot products' rate. With one
+// row, the NT tiles come from far apart in memory instead: several sequential streams per core
+// keep enough reads in flight to reach DRAM bandwidth, one does not.
 template <int BITS, int MB, int NT>
 void tile(const QuantMatrix& w, const QuantActs& a, const int64_t* t, int64_t i0, float* y, int64_t ldy) {
   const int64_t kp = quant_padded(w.k, w.group_size), groups = kp / w.group_size;
   const int64_t units = kp / kQuantUnitCols, act_units = a.stride / kQuantUnitCols;
   const int64_t units_per_group = w.group_size / kQuantUnitCols;
   constexpr int kUnitBytes = quant_unit_bytes(BITS);
-  constexpr int kChains = MB == 1 ? 4 : 2;
+  // vpdpbusd has a latency of several cycles: consecutive quads rotate over kChains sets of
+  // accumulators, so that about 8 independent dot products are in flight.
+  constexpr int kChains = NT * MB >= 8 ? 1 : NT * MB >= 4 ? 2 : 4;
   const uint8_t* unit[NT];
   for (int n = 0; n < NT; ++n) unit[n] = w.packed + t[n] * units * kUnitBytes;
   const __m512 implied_zero = _mm512_set1_ps(float(1 << (BITS - 1)));
@@ -74,28 +71,31 @@ void tile(const QuantMatrix& w, const QuantActs& a, const int64_t* t, int64_t i0
       for (int n = 0; n < NT; ++n) inner[n][b] = _mm512_setzero_ps();
     }
     for (int64_t u = g * units_per_group; u < (g + 1) * units_per_group; ++u) {
-      for (int n = 0; n < NT; ++n) {
-        // vpdpbusd has a latency of several cycles: quads rotate over kChains accumulators per
-        // row so that consecutive dot products do not wait on each other.
-        __m512i dot[kChains][MB];
-        for (int c = 0; c < kChains; ++c)
-          for (int b = 0; b < MB; ++b) dot[c][b] = _mm512_setzero_si512();
-        for_each_quad<BITS>(unit[n], [&](int j, __m512i q) {
-          for (int b = 0; b < MB; ++b) {
-            int32_t x4;
-            std::memcpy(&x4, a.q + (i0 + b) * a.stride + u * kQuantUnitCols + 4 * j, 4);
-            dot[j % kChains][b] = _mm512_dpbusd_epi32(dot[j % kChains][b], q, _mm512_set1_epi32(x4));
-          }
-        });
-        unit[n] += kUnitBytes;
+      __m512i dot[kChains][NT][MB];
+      for (int c = 0; c < kChains; ++c)
+        for (int n = 0; n < NT; ++n)
+          for (int b = 0; b < MB; ++b) dot[c][n][b] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+      for (int j = 0; j < kQuantQuadsPerUnit; ++j) {
+        __m512i q[NT];
+        for (int n = 0; n < NT; ++n) q[n] = quad<BITS>(unit[n], j);
         for (int b = 0; b < MB; ++b) {
-          __m512i total = dot[0][b];
-          for (int c = 1; c < kChains; ++c) total = _mm512_add_epi32(total, dot[c][b]);
-          const float sx = a.scale[(i0 + b) * act_units + u];
+          int32_t x4;
+          std::memcpy(&x4, a.q + (i0 + b) * a.stride + u * kQuantUnitCols + 4 * j, 4);
+          const __m512i xb = _mm512_set1_epi32(x4);
+          for (int n = 0; n < NT; ++n) dot[j % kChains][n][b] = _mm512_dpbusd_epi32(dot[j % kChains][n][b], q[n], xb);
+        }
+      }
+      for (int n = 0; n < NT; ++n) unit[n] += kUnitBytes;
+      for (int b = 0; b < MB; ++b) {
+        const float sx = a.scale[(i0 + b) * act_units + u];
+        zterm[b] += sx * float(a.sum[(i0 + b) * act_units + u]);
+        for (int n = 0; n < NT; ++n) {
+          __m512i total = dot[0][n][b];
+          for (int c = 1; c < kChains; ++c) total = _mm512_add_epi32(total, dot[c][n][b]);
           inner[n][b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), _mm512_set1_ps(sx), inner[n][b]);
         }
       }
-      for (int b = 0; b < MB; ++b) zterm[b] += a.scale[(i0 + b) * act_units + u] * float(a.sum[(i0 + b) * act_units + u]);
     }
     for (int n = 0; n < NT; ++n) {
       const int64_t sbase = (t[n] * groups + g) * kQuantTileRows;
@@ -111,8 +111,8 @@ void tile(const QuantMatrix& w, const QuantActs& a, const int64_t* t, int64_t i0
   }
 }
 
-// A single activation row (decode) pairs tile i of the range with tile i + half; more rows reuse
-// each unpacked quad across rows instead, which is worth more than a second stream.
+// A single activation row (decode) pairs tile i of the range with tile i + half (two streams);
+// more rows pair adjacent tiles (each broadcast activation word used twice).
 template <int BITS>
 void tiles(const QuantMatrix& w, const QuantActs& a, int64_t tile_begin, int64_t tile_end, float* y,
            int64_t ldy) {
@@ -126,13 +126,16 @@ void tiles(const QuantMatrix& w, const QuantActs& a, int64_t tile_begin, int64_t
     if (count % 2) tile<BITS, 1, 1>(w, a, &middle, 0, y, ldy);
     return;
   }
-  for (int64_t t = tile_begin; t < tile_end; ++t)
+  for (int64_t t = tile_begin; t < tile_end; t += 2) {
+    const int64_t pair[2] = {t, t + 1};
+    const bool both = t + 1 < tile_end;
     for (int64_t i0 = 0; i0 < a.m; i0 += 4) switch (a.m - i0) {
-        case 1: tile<BITS, 1, 1>(w, a, &t, i0, y, ldy); break;
-        case 2: tile<BITS, 2, 1>(w, a, &t, i0, y, ldy); break;
-        case 3: tile<BITS, 3, 1>(w, a, &t, i0, y, ldy); break;
-        default: tile<BITS, 4, 1>(w, a, &t, i0, y, ldy); break;
+        case 1: both ? tile<BITS, 1, 2>(w, a, pair, i0, y, ldy) : tile<BITS, 1, 1>(w, a, pair, i0, y, ldy); break;
+        case 2: both ? tile<BITS, 2, 2>(w, a, pair, i0, y, ldy) : tile<BITS, 2, 1>(w, a, pair, i0, y, ldy); break;
+        case 3: both ? tile<BITS, 3, 2>(w, a, pair, i0, y, ldy) : tile<BITS, 3, 1>(w, a, pair, i0, y, ldy); break;
+        default: both ? tile<BITS, 4, 2>(w, a, pair, i0, y, ldy) : tile<BITS, 4, 1>(w, a, pair, i0, y, ldy); break;
       }
+  }
 }
 
 void quant_avx512(const QuantMatrix& w, const QuantActs& a, int64_t tile_begin, int64_t tile_end,
