@@ -14,6 +14,9 @@ namespace {
 
 using namespace avx2;
 
+// Prefetch distance of each tile stream, as in the AVX-512 kernel.
+constexpr int kPrefetchBytes = 2048;
+
 inline __m256i fours_where_set(uint32_t bits) {
   const __m256i spread = _mm256_shuffle_epi8(
       _mm256_set1_epi32(int(bits)),
@@ -92,6 +95,9 @@ void half_tile(const QuantMatrix& w, const QuantActs& a, int64_t t, int half, in
     for (int64_t u = g * units_per_group; u < (g + 1) * units_per_group; ++u, unit += kUnitBytes) {
       __m256i dot[MB];
       for (int b = 0; b < MB; ++b) dot[b] = _mm256_setzero_si256();
+      if (half == 0)  // the second half reads the same lines again, from cache
+        for (int line = 0; line < kUnitBytes; line += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(unit) + kPrefetchBytes + line, _MM_HINT_T0);
       for_each_quad<BITS>(unit, half, [&](int j, __m256i q) {
         for (int b = 0; b < MB; ++b) {
           int32_t x4;
