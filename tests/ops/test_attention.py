@@ -124,3 +124,17 @@ def test_native_binding_names_a_bad_cache_view():
     mask = torch.ones(1, 1, 5, dtype=torch.uint8)
     with pytest.raises(ValueError, match="attention: 'k' must be contiguous in its last dim"):
         _native.module_for("cpu").attention(*capsules(q, k, k, mask, out), 1.0)
+
+
+def test_masked_cache_slots_are_never_read(isa):
+    """Masked keys may hold anything (a preallocated, partly written cache): NaN there must not
+    reach the output."""
+    generator = torch.Generator().manual_seed(4)
+    q = torch.randn(1, 4, 2, 16, generator=generator)
+    k, v = torch.randn(1, 2, 9, 16, generator=generator), torch.randn(1, 2, 9, 16, generator=generator)
+    mask = torch.ones(1, 1, 2, 9, dtype=torch.bool)
+    mask[..., 6:] = False
+    poisoned_k, poisoned_v = k.clone(), v.clone()
+    poisoned_k[:, :, 6:], poisoned_v[:, :, 6:] = float("nan"), float("inf")
+    out = attention(q, poisoned_k, poisoned_v, mask)
+    torch.testing.assert_close(out, oracle(q, k, v, mask), **TOLERANCE[torch.float32])

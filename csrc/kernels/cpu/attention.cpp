@@ -1,9 +1,10 @@
-// attention's dispatcher: checks the shapes, picks the ISA table and spreads query rows over the
-// thread pool.
+// attention's dispatcher: checks the shapes, picks the ISA table and spreads work items (groups
+// of query heads sharing a key/value head) over the thread pool.
 #include <algorithm>
 
 #include "moeweave/kernels_cpu.h"
 #include "moeweave/thread_pool.h"
+#include "attention_rows.h"
 #include "variants.h"
 
 namespace moeweave {
@@ -15,9 +16,9 @@ Status attention(const AttentionArgs& a) {
     return -EINVAL;
   const cpu::AttentionKernel kernel =
       cpu::for_isa(current_isa(), cpu::kAttentionScalar, cpu::kAttentionAvx2, cpu::kAttentionAvx512);
-  // A row costs about keys * (dk + dv) multiply-adds; keep a chunk above ~32k of them.
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, a.keys * (a.dk + a.dv)));
-  parallel_for(a.batch * a.heads * a.queries, grain, [&](int64_t b, int64_t e) { kernel(a, b, e); });
+  // An item costs about 4 * keys * (dk + dv) multiply-adds; keep a chunk above ~32k of them.
+  const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(1, a.keys * (a.dk + a.dv)));
+  parallel_for(cpu::attention_items_count(a), grain, [&](int64_t b, int64_t e) { kernel(a, b, e); });
   return kOk;
 }
 

@@ -1,8 +1,10 @@
 // The ISA-independent body of the attention kernels. attention_{scalar,avx2,avx512}.cpp each
-// instantiate attention_rows<Ops> with their own vector primitives:
-//   Ops::dot(dtype, q, row, d)        sum_i q[i] * row[i]       (q fp32, row in `dtype`)
-//   Ops::axpy(dtype, p, row, acc, d)  acc[i] += p * row[i]
-//   Ops::exp_shifted(x, n, shift)     x[i] = exp(x[i] - shift)
+// instantiate attention_items<Ops> with their own vector primitives:
+//   Ops::to_float(dtype, row, out, d)       out[i] = row[i] as fp32   (row in `dtype`)
+//   Ops::scores(q, keys, n, d, out)         out[j] = sum_i q[i] keys[j, i] for j < n <= kKeyBlock
+//   Ops::accumulate(p, values, n, d, acc)   acc[i] += sum_j p[j] values[j, i]
+//   Ops::exp_shifted(x, n, shift)           x[i] = exp(x[i] - shift)
+// (keys [n, d] and values [n, d] are fp32 rows of a converted block.)
 // Everything here has internal linkage, so each ISA file keeps its own copy.
 #pragma once
 
@@ -15,6 +17,15 @@
 
 namespace moeweave::cpu {
 namespace {
+
+// Query heads of one key/value head handled by one work item, and keys converted per block.
+constexpr int64_t kHeadsPerItem = 4;
+constexpr int64_t kKeyBlock = 16;
+
+inline int64_t attention_items_count(const AttentionArgs& a) {
+  const int64_t group = a.heads / a.kv_heads;
+  return a.batch * a.kv_heads * a.queries * ((group + kHeadsPerItem - 1) / kHeadsPerItem);
+}
 
 inline float element_to_float(DType dtype, const char* base, int64_t i) {
   switch (dtype) {
@@ -32,42 +43,84 @@ inline void store_element(DType dtype, char* base, int64_t i, float value) {
   }
 }
 
-// One query row at a time: scores over the visible keys, a max-shifted softmax, then the
-// probability-weighted sum of value rows. Query heads of one group are consecutive rows, so the
-// keys and values they share are still in cache when the next head reads them.
+// Rows t0 .. t0 + n - 1 of a key or value cache (row stride in bytes) as fp32 [n, d]; zeros
+// for the keys the query may not see.
 template <typename Ops>
-void attention_rows(const AttentionArgs& a, int64_t row_begin, int64_t row_end) {
+void convert_block(DType dtype, const char* cache, int64_t row_bytes, const uint8_t* visible, int64_t t0, int64_t n,
+                   int64_t d, float* block) {
+  for (int64_t t = 0; t < n; ++t) {
+    if (visible[t])
+      Ops::to_float(dtype, cache + (t0 + t) * row_bytes, block + t * d, d);
+    else
+      std::fill(block + t * d, block + (t + 1) * d, 0.0f);
+  }
+}
+
+// Work item = (batch b, key/value head, query s, a chunk of up to kHeadsPerItem of the query
+// heads that share that key/value head). Keys and values are converted to fp32 once per block
+// of kKeyBlock and reused by every head of the chunk; per head: the block's scores, a
+// max-shifted softmax over the visible keys (masked probabilities are exactly 0), and the
+// probability-weighted sum of the value block. A masked key's rows are zeros in the block, never
+// read from the cache: masked slots may hold anything, NaN included.
+template <typename Ops>
+void attention_items(const AttentionArgs& a, int64_t item_begin, int64_t item_end) {
+  const int64_t group = a.heads / a.kv_heads, chunks = (group + kHeadsPerItem - 1) / kHeadsPerItem;
+  const int64_t esize = static_cast<int64_t>(dtype_size(a.dtype));
   thread_local std::vector<float> scratch;
-  scratch.resize(a.keys + a.dk + a.dv);
-  float* scores = scratch.data();  // [T]
-  float* query = scores + a.keys;  // [dk]
-  float* acc = query + a.dk;       // [dv]
-  const int64_t esize = static_cast<int64_t>(dtype_size(a.dtype)), group = a.heads / a.kv_heads;
-  for (int64_t row = row_begin; row < row_end; ++row) {
-    const int64_t s = row % a.queries, h = row / a.queries % a.heads, b = row / (a.queries * a.heads);
-    const char* q = static_cast<const char*>(a.q) + row * a.dk * esize;
-    for (int64_t i = 0; i < a.dk; ++i) query[i] = element_to_float(a.dtype, q, i) * a.scale;
-    const char* k = static_cast<const char*>(a.k) + (b * a.k_strides[0] + h / group * a.k_strides[1]) * esize;
-    const char* v = static_cast<const char*>(a.v) + (b * a.v_strides[0] + h / group * a.v_strides[1]) * esize;
-    const uint8_t* visible = a.mask + (b * a.queries + s) * a.keys;
-    float best = -INFINITY;
-    for (int64_t t = 0; t < a.keys; ++t) {
-      scores[t] = visible[t] ? Ops::dot(a.dtype, query, k + t * a.k_strides[2] * esize, a.dk) : -INFINITY;
-      best = std::max(best, scores[t]);
+  scratch.resize(kHeadsPerItem * (a.keys + a.dk + a.dv) + kKeyBlock * std::max(a.dk, a.dv));
+  float* scores = scratch.data();                     // [heads of the item, T]
+  float* query = scores + kHeadsPerItem * a.keys;     // [heads of the item, dk]
+  float* acc = query + kHeadsPerItem * a.dk;          // [heads of the item, dv]
+  float* block = acc + kHeadsPerItem * a.dv;          // [kKeyBlock, dk or dv]
+  for (int64_t item = item_begin; item < item_end; ++item) {
+    const int64_t chunk = item % chunks, s = item / chunks % a.queries;
+    const int64_t kv = item / (chunks * a.queries) % a.kv_heads, b = item / (chunks * a.queries * a.kv_heads);
+    const int64_t first = kv * group + chunk * kHeadsPerItem;  // first query head of the item
+    const int64_t count = std::min(kHeadsPerItem, (kv + 1) * group - first);
+    auto row = [&](int64_t g) { return (b * a.heads + first + g) * a.queries + s; };  // flat query row
+    for (int64_t g = 0; g < count; ++g) {
+      Ops::to_float(a.dtype, static_cast<const char*>(a.q) + row(g) * a.dk * esize, query + g * a.dk, a.dk);
+      for (int64_t i = 0; i < a.dk; ++i) query[g * a.dk + i] *= a.scale;
     }
-    std::fill(acc, acc + a.dv, 0.0f);
-    float total = 0.0f;
-    if (best > -INFINITY) {
-      Ops::exp_shifted(scores, a.keys, best);
-      for (int64_t t = 0; t < a.keys; ++t) {
-        if (!visible[t]) continue;  // vector exp saturates near 1e-38 instead of reaching 0
-        total += scores[t];
-        Ops::axpy(a.dtype, scores[t], v + t * a.v_strides[2] * esize, acc, a.dv);
+    const char* k = static_cast<const char*>(a.k) + (b * a.k_strides[0] + kv * a.k_strides[1]) * esize;
+    const char* v = static_cast<const char*>(a.v) + (b * a.v_strides[0] + kv * a.v_strides[1]) * esize;
+    const uint8_t* visible = a.mask + (b * a.queries + s) * a.keys;
+
+    for (int64_t t0 = 0; t0 < a.keys; t0 += kKeyBlock) {
+      const int64_t n = std::min(kKeyBlock, a.keys - t0);
+      convert_block<Ops>(a.dtype, k, a.k_strides[2] * esize, visible + t0, t0, n, a.dk, block);
+      for (int64_t g = 0; g < count; ++g) {
+        float* out = scores + g * a.keys + t0;
+        Ops::scores(query + g * a.dk, block, n, a.dk, out);
+        for (int64_t t = 0; t < n; ++t) out[t] = visible[t0 + t] ? out[t] : -INFINITY;
       }
     }
-    const float norm = total > 0.0f ? 1.0f / total : 0.0f;
-    char* out = static_cast<char*>(a.out) + row * a.dv * esize;
-    for (int64_t i = 0; i < a.dv; ++i) store_element(a.dtype, out, i, acc[i] * norm);
+    float total[kHeadsPerItem];
+    for (int64_t g = 0; g < count; ++g) {
+      float* p = scores + g * a.keys;
+      const float best = *std::max_element(p, p + a.keys);
+      total[g] = 0.0f;
+      if (best == -INFINITY) {  // sees no key: zero weights, zero output
+        std::fill(p, p + a.keys, 0.0f);
+        continue;
+      }
+      Ops::exp_shifted(p, a.keys, best);
+      for (int64_t t = 0; t < a.keys; ++t) {
+        p[t] = visible[t] ? p[t] : 0.0f;  // vector exp saturates near 1e-38 instead of reaching 0
+        total[g] += p[t];
+      }
+    }
+    std::fill(acc, acc + count * a.dv, 0.0f);
+    for (int64_t t0 = 0; t0 < a.keys; t0 += kKeyBlock) {
+      const int64_t n = std::min(kKeyBlock, a.keys - t0);
+      convert_block<Ops>(a.dtype, v, a.v_strides[2] * esize, visible + t0, t0, n, a.dv, block);
+      for (int64_t g = 0; g < count; ++g) Ops::accumulate(scores + g * a.keys + t0, block, n, a.dv, acc + g * a.dv);
+    }
+    for (int64_t g = 0; g < count; ++g) {
+      const float norm = total[g] > 0.0f ? 1.0f / total[g] : 0.0f;
+      char* out = static_cast<char*>(a.out) + row(g) * a.dv * esize;
+      for (int64_t i = 0; i < a.dv; ++i) store_element(a.dtype, out, i, acc[g * a.dv + i] * norm);
+    }
   }
 }
 
