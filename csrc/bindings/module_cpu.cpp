@@ -103,6 +103,22 @@ void rms_norm(const py::capsule& x_c, const py::capsule& weight_c, const py::cap
                      static_cast<float>(eps));
 }
 
+// x [B, S, H, D], cos and sin [S, D], out like x.
+void rope(const py::capsule& x_c, const py::capsule& cos_c, const py::capsule& sin_c, const py::capsule& out_c) {
+  TensorArg x("rope", "x", x_c), cos("rope", "cos", cos_c), sin("rope", "sin", sin_c), out("rope", "out", out_c);
+  x.expect(kDLCPU, 4, {DType::f32, DType::f16, DType::bf16});
+  cos.expect(kDLCPU, 2, {x.dtype()});
+  sin.expect(kDLCPU, 2, {x.dtype()}).expect_same(cos);
+  out.expect(kDLCPU, 4, {x.dtype()}).expect_same(x);
+  if (cos.size(0) != x.size(1) || cos.size(1) != x.size(3))
+    cos.fail("must be [" + std::to_string(x.size(1)) + ", " + std::to_string(x.size(3)) + "] (x's S and D), got " + cos.shape_text());
+  if (x.size(3) % 2) x.fail("must have an even head dim, got " + x.shape_text());
+  if (x.numel() == 0) return;
+  py::gil_scoped_release release;
+  moeweave::rope(x.dtype(), x.data<void>(), cos.data<void>(), sin.data<void>(), out.data<void>(), x.size(0), x.size(1),
+                 x.size(2), x.size(3));
+}
+
 Isa parse_isa(const std::string& name) {
   for (int i = 0; i < moeweave::kNumIsas; ++i)
     if (name == moeweave::isa_name(static_cast<Isa>(i))) return static_cast<Isa>(i);
@@ -141,6 +157,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("scale"), "Grouped-query attention of q over (cached) k and v, written to out");
   m.def("rms_norm", &rms_norm, py::arg("x"), py::arg("weight"), py::arg("out"), py::arg("eps"),
         "RMSNorm of x's last dim with the roundings of transformers");
+  m.def("rope", &rope, py::arg("x"), py::arg("cos"), py::arg("sin"), py::arg("out"),
+        "Rotary position embedding (half-split) with transformers' roundings");
   m.def("supported_isas", &supported_isas, "ISA levels this CPU can run, lowest first");
   m.def("current_isa", [] { return std::string(moeweave::isa_name(moeweave::current_isa())); });
   m.def("set_isa", &set_isa, py::arg("name"), "Dispatch CPU kernels to this ISA level");

@@ -46,6 +46,12 @@ Status moe_experts(const ExpertSlot* slots, int64_t num_slots, DType x_dtype, co
 //   out = weight * dtype(x * rsqrt(mean(x^2) + eps)), in fp32 with the roundings of transformers.
 Status rms_norm(DType dtype, const void* x, const void* weight, void* out, int64_t rows, int64_t h, float eps);
 
+// Rotary position embedding, half-split layout: for x [B, S, heads, d] and cos, sin [S, d], all
+// in `dtype` and contiguous, out = dtype(x * cos) + dtype(rotate_half(x) * sin), rounded again,
+// with rotate_half(x) = [-x[d/2:], x[:d/2]] (transformers' roundings). d must be even.
+Status rope(DType dtype, const void* x, const void* cos, const void* sin, void* out, int64_t batch, int64_t seq,
+            int64_t heads, int64_t d);
+
 // Attention of S queries per sequence over T cached keys and values, with grouped heads (query
 // head h reads key/value head h / (heads / kv_heads)):
 //   out[b, h, s] = sum_t p_t v[b, h', t],  p = softmax over the t with mask[b, s, t] != 0 of

@@ -14,6 +14,7 @@ from moeweave.models.spec import ModelSpec
 from moeweave.ops import attention as attention_op
 from moeweave.ops import reference, silu_mul
 from moeweave.ops import rms_norm as rms_norm_op
+from moeweave.ops import rope as rope_op
 from moeweave.quant.format import QuantizedWeight
 
 # A projection weight [N, K]: a tensor in the dense dtype, or packed INT8 (projections="int8").
@@ -107,8 +108,8 @@ def attention(
     k = k.view(batch, seq, kv_heads, dim)
     if spec.qk_norm == "head":
         q, k = rms_norm(q, w.q_norm, spec.rms_norm_eps), rms_norm(k, w.k_norm, spec.rms_norm_eps)
-    q = apply_rope(q.transpose(1, 2), cos, sin)  # [B, nH, S, D]
-    k = apply_rope(k.transpose(1, 2), cos, sin)  # [B, nKV, S, D]
+    q = rope_op(q, cos, sin).transpose(1, 2)  # [B, nH, S, D]
+    k = rope_op(k, cos, sin).transpose(1, 2)  # [B, nKV, S, D]
     v = v.view(batch, seq, kv_heads, dim).transpose(1, 2)
     if cache is not None:
         k, v = cache.extend(k, v)

@@ -1,7 +1,7 @@
 """moeweave's torch ops (``torch.ops.moeweave.*``), each with a native CPU kernel, a fake
 implementation for torch.compile, and a plain-torch twin in ``moeweave.ops.reference``.
-silu_mul, reroute and the quantised ops also have CUDA kernels; the decode-step ops attention
-and rms_norm run their twin on CUDA tensors.
+silu_mul, reroute and the quantised ops also have CUDA kernels; the decode-step ops attention,
+rms_norm and rope run their twin on CUDA tensors.
 
 Dimension legend used across ops: T tokens, K experts per token, E routed experts of a layer,
 A adapters loaded, H hidden size, I expert intermediate size.
@@ -10,6 +10,7 @@ A adapters loaded, H hidden size, I expert intermediate size.
 from moeweave.ops.attention import attention
 from moeweave.ops.reroute import reroute
 from moeweave.ops.rms_norm import rms_norm
+from moeweave.ops.rope import rope
 from moeweave.ops.silu_mul import silu_mul
 
-__all__ = ["attention", "reroute", "rms_norm", "silu_mul"]
+__all__ = ["attention", "reroute", "rms_norm", "rope", "silu_mul"]
