@@ -42,3 +42,20 @@ def test_demo_agrees_with_reference():
     text = _cli("demo")
     assert "max |ours - reference| = 0" in text
     assert "equal to reference: True" in text
+
+
+def test_cli_quiets_openmp_spinning_before_torch_loads():
+    """The command sets OMP_WAIT_POLICY=PASSIVE for torch's OpenMP runtime (read once, when
+    torch loads) unless the user chose a policy."""
+    probe = (
+        "import os, sys; from moeweave.cli import main; main(['info', '--json']); "
+        "sys.stderr.write(os.environ['OMP_WAIT_POLICY'])"
+    )
+    for preset, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+        if preset:
+            env["OMP_WAIT_POLICY"] = preset
+        done = subprocess.run(
+            [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+        )
+        assert done.stderr.endswith(expected)
