@@ -1,6 +1,7 @@
 """`moeweave run`: generate text with an MoE checkpoint (default: the bundled demo model) on
 moeweave's own model execution, streaming tokens as they come, then the speed."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -9,6 +10,22 @@ import torch
 from moeweave.models import EXPERT_FORMATS, load
 from moeweave.models.bundled import default_model_dir
 from moeweave.models.load import PROJECTION_FORMATS
+
+DENSE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def checkpoint_dtype(path: Path) -> torch.dtype:
+    """The dtype config.json records for the weights: bfloat16 stays bfloat16 (half the bytes a
+    decode step reads); anything else runs in float32, the CPU's only other fast dtype here."""
+    config = path / "config.json"
+    if not config.exists():  # load() reports the missing file
+        return torch.float32
+    fields = json.loads(config.read_text())
+    return (
+        DENSE_DTYPES["bfloat16"]
+        if (fields.get("dtype") or fields.get("torch_dtype")) == "bfloat16"
+        else torch.float32
+    )
 
 
 def add_arguments(parser) -> None:
@@ -20,6 +37,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--experts", choices=EXPERT_FORMATS, default="int4", help="routed expert format")
     parser.add_argument("--projections", choices=PROJECTION_FORMATS, default="float",
                         help="attention / dense / LM-head projection weights: float, or INT8 (half the bytes)")  # fmt: skip
+    parser.add_argument("--dtype", choices=["auto", *DENSE_DTYPES], default="auto",
+                        help="dense weights: the checkpoint's own dtype (config.json), float32 or bfloat16")  # fmt: skip
     parser.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
     parser.add_argument("--top-k", type=int, default=40)
     parser.add_argument("--top-p", type=float, default=0.95)
@@ -28,11 +47,13 @@ def add_arguments(parser) -> None:
 
 def main(args) -> None:
     path = args.model or default_model_dir()
-    model = load(path, experts=args.experts, projections=args.projections)
+    dtype = checkpoint_dtype(path) if args.dtype == "auto" else DENSE_DTYPES[args.dtype]
+    model = load(path, experts=args.experts, dtype=dtype, projections=args.projections)
     if model.tokenizer is None:
         raise SystemExit(f"moeweave run: {path} has no tokenizer.json, so a text prompt cannot be encoded")
     print(
-        f"# {path} ({model.spec.architecture}, {args.experts} experts, {torch.get_num_threads()} torch threads)"
+        f"# {path} ({model.spec.architecture}, {args.experts} experts, {str(dtype).removeprefix('torch.')} dense "
+        f"weights, {torch.get_num_threads()} torch threads)"
     )
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
