@@ -40,6 +40,30 @@ def next_token(
     return int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator))
 
 
+class TextStream:
+    """Text of a growing token list, a piece at a time, decoding only the last few tokens per
+    step (decoding everything every step is quadratic in the length). Each step decodes the
+    window from `prefix` twice, with and without the newest tokens, and emits the difference:
+    tokenizers that treat a sequence's first token specially (SentencePiece drops its leading
+    space) then agree with the full decode, and a piece ending in an incomplete UTF-8 character
+    waits for the next token."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.tokens: list[int] = []
+        self.prefix = self.read = 0  # tokens[prefix:read] was decoded and emitted
+
+    def push(self, token: int) -> str:
+        """Appends one token; returns the text it completes ('' while a character is partial)."""
+        self.tokens.append(token)
+        emitted = self.tokenizer.decode(self.tokens[self.prefix : self.read])
+        text = self.tokenizer.decode(self.tokens[self.prefix :])
+        if len(text) <= len(emitted) or text.endswith("\ufffd"):
+            return ""
+        self.prefix, self.read = self.read, len(self.tokens)
+        return text[len(emitted) :]
+
+
 def generate(
     model: MoEModel,
     prompt: str | list[int] | torch.Tensor,
@@ -65,7 +89,8 @@ def generate(
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     eos = model.eos_token_id
     eos = set(eos) if isinstance(eos, list) else {eos}
-    cache, tokens, streamed = KVCache(), [], ""
+    cache, tokens = KVCache(), []
+    stream = TextStream(tokenizer) if on_text is not None and tokenizer is not None else None
     start = time.perf_counter()
     logits = model(ids, cache=cache, logits_to_keep=1).logits[0, -1]
     prefill = time.perf_counter() - start
@@ -73,11 +98,8 @@ def generate(
     for _ in range(max_new_tokens):
         token = next_token(logits, temperature, top_k, top_p, generator)
         tokens.append(token)
-        if on_text is not None and tokenizer is not None:
-            text = tokenizer.decode(tokens)
-            if not text.endswith("\ufffd"):  # wait for a multi-byte character to complete
-                on_text(text[len(streamed) :])
-                streamed = text
+        if stream is not None and (piece := stream.push(token)):
+            on_text(piece)
         if stop_at_eos and token in eos:
             break
         if len(tokens) < max_new_tokens:
