@@ -4,28 +4,16 @@
 // tensor ops round them.
 #include <algorithm>
 
-#include "moeweave/half.h"
+#include "element_types.h"
 #include "moeweave/kernels_cpu.h"
 #include "moeweave/thread_pool.h"
 
 namespace moeweave {
 namespace {
 
-struct F32 {
-  using T = float;
-  static float load(T v) { return v; }
-  static T store(float v) { return v; }
-};
-struct BF16 {
-  using T = uint16_t;
-  static float load(T v) { return bf16_to_float(v); }
-  static T store(float v) { return float_to_bf16(v); }
-};
-struct F16 {
-  using T = uint16_t;
-  static float load(T v) { return f16_to_float(v); }
-  static T store(float v) { return float_to_f16(v); }
-};
+using cpu::BF16;
+using cpu::F16;
+using cpu::F32;
 
 template <typename E>
 float rounded(float v) {

@@ -1,0 +1,29 @@
+// Element types of the portable kernels (rms_norm.cpp, rope.cpp): how a value of each float
+// dtype is loaded to and stored from fp32, with PyTorch's rounding (half.h).
+#pragma once
+
+#include <cstdint>
+
+#include "moeweave/half.h"
+
+namespace moeweave::cpu {
+
+struct F32 {
+  using T = float;
+  static float load(T v) { return v; }
+  static T store(float v) { return v; }
+};
+
+struct BF16 {
+  using T = uint16_t;
+  static float load(T v) { return bf16_to_float(v); }
+  static T store(float v) { return float_to_bf16(v); }
+};
+
+struct F16 {
+  using T = uint16_t;
+  static float load(T v) { return f16_to_float(v); }
+  static T store(float v) { return float_to_f16(v); }
+};
+
+}  // namespace moeweave::cpu
