@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "moeweave/dtype.h"
 #include "moeweave/half.h"
 
 namespace moeweave::cpu {
@@ -25,5 +26,16 @@ struct F16 {
   static float load(T v) { return f16_to_float(v); }
   static T store(float v) { return float_to_f16(v); }
 };
+
+// Calls fn(E{}) with the element type of `dtype`; false for a dtype that has none.
+template <typename Fn>
+bool with_element_type(DType dtype, Fn&& fn) {
+  switch (dtype) {
+    case DType::f32: fn(F32{}); return true;
+    case DType::bf16: fn(BF16{}); return true;
+    case DType::f16: fn(F16{}); return true;
+    default: return false;
+  }
+}
 
 }  // namespace moeweave::cpu

@@ -11,10 +11,6 @@
 namespace moeweave {
 namespace {
 
-using cpu::BF16;
-using cpu::F16;
-using cpu::F32;
-
 template <typename E>
 void rows(const void* x_, const void* w_, void* out_, int64_t begin, int64_t end, int64_t h, float eps) {
   using T = typename E::T;
@@ -40,15 +36,12 @@ void rows(const void* x_, const void* w_, void* out_, int64_t begin, int64_t end
 
 Status rms_norm(DType dtype, const void* x, const void* weight, void* out, int64_t rows_count, int64_t h, float eps) {
   if (h <= 0 || rows_count < 0) return -EINVAL;
-  void (*fn)(const void*, const void*, void*, int64_t, int64_t, int64_t, float);
-  switch (dtype) {
-    case DType::f32: fn = rows<F32>; break;
-    case DType::bf16: fn = rows<BF16>; break;
-    case DType::f16: fn = rows<F16>; break;
-    default: return -EINVAL;
-  }
-  parallel_for(rows_count, std::max<int64_t>(1, 16384 / h), [&](int64_t b, int64_t e) { fn(x, weight, out, b, e, h, eps); });
-  return kOk;
+  const bool known = cpu::with_element_type(dtype, [&](auto element) {
+    using E = decltype(element);
+    parallel_for(rows_count, std::max<int64_t>(1, 16384 / h),
+                 [&](int64_t b, int64_t e) { rows<E>(x, weight, out, b, e, h, eps); });
+  });
+  return known ? kOk : -EINVAL;
 }
 
 }  // namespace moeweave

@@ -11,10 +11,6 @@
 namespace moeweave {
 namespace {
 
-using cpu::BF16;
-using cpu::F16;
-using cpu::F32;
-
 template <typename E>
 float rounded(float v) {
   return E::load(E::store(v));
@@ -43,16 +39,12 @@ void rows(const void* x_, const void* cos_, const void* sin_, void* out_, int64_
 Status rope(DType dtype, const void* x, const void* cos, const void* sin, void* out, int64_t batch, int64_t seq,
             int64_t heads, int64_t d) {
   if (d <= 0 || d % 2 || batch < 0 || seq < 0 || heads < 0) return -EINVAL;
-  void (*fn)(const void*, const void*, const void*, void*, int64_t, int64_t, int64_t, int64_t, int64_t);
-  switch (dtype) {
-    case DType::f32: fn = rows<F32>; break;
-    case DType::bf16: fn = rows<BF16>; break;
-    case DType::f16: fn = rows<F16>; break;
-    default: return -EINVAL;
-  }
-  parallel_for(batch * seq * heads, std::max<int64_t>(1, 16384 / d),
-               [&](int64_t b, int64_t e) { fn(x, cos, sin, out, b, e, heads, seq, d); });
-  return kOk;
+  const bool known = cpu::with_element_type(dtype, [&](auto element) {
+    using E = decltype(element);
+    parallel_for(batch * seq * heads, std::max<int64_t>(1, 16384 / d),
+                 [&](int64_t b, int64_t e) { rows<E>(x, cos, sin, out, b, e, heads, seq, d); });
+  });
+  return known ? kOk : -EINVAL;
 }
 
 }  // namespace moeweave
