@@ -35,6 +35,11 @@ ARCHITECTURES = {
                     dict(MLA, n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
                          intermediate_size=96, n_shared_experts=1, first_k_dense_replace=1, n_group=4,
                          topk_group=2, routed_scaling_factor=2.5)),
+    # The same with RoPE on half-split instead of interleaved pairs.
+    "deepseek_v3_half_split": (transformers.DeepseekV3Config, transformers.DeepseekV3ForCausalLM,
+                               dict(MLA, n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
+                                    intermediate_size=96, n_shared_experts=1, first_k_dense_replace=1, n_group=4,
+                                    topk_group=2, routed_scaling_factor=2.5, rope_interleave=False)),
 }  # fmt: skip
 
 

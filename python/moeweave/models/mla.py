@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 import torch
 
-from moeweave.models.layers import Projection, apply_rope, rms_norm, scaled_attention
+from moeweave.models.layers import Projection, rms_norm, scaled_attention
 from moeweave.models.linear import linear
 from moeweave.models.spec import ModelSpec
+from moeweave.ops import rope as rope_op
 
 
 @dataclass
@@ -40,6 +41,11 @@ def rope_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.stack([even * cos - odd * sin, odd * cos + even * sin], dim=-1).flatten(-2)
 
 
+def rope_half_split(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """moeweave::rope on x [B, heads, S, R] (the op takes [B, S, heads, R])."""
+    return rope_op(x.transpose(1, 2), cos, sin).transpose(1, 2)
+
+
 def mla_attention(
     spec: ModelSpec,
     w: MLAWeights,
@@ -62,7 +68,7 @@ def mla_attention(
     latent, k_rot = linear(x, w.kv_a, w.kv_a_bias).split([spec.kv_lora_rank, rope], dim=-1)
     latent = rms_norm(latent, w.kv_norm, spec.rms_norm_eps).view(batch, 1, seq, spec.kv_lora_rank)
     k_rot = k_rot.view(batch, 1, seq, rope)
-    rotate = rope_pairs if spec.rope_interleave else apply_rope
+    rotate = rope_pairs if spec.rope_interleave else rope_half_split
     q_rot, k_rot = rotate(q_rot, cos, sin), rotate(k_rot, cos, sin)
     if cache is not None:
         latent, k_rot = cache.extend(latent, k_rot)
