@@ -103,7 +103,7 @@ def run_engine(path: Path, backend: str, qd: int, block: int, plan: list[int], v
             position += 1
         while in_flight:
             read_id, slot = in_flight.pop(0)
-            result, _ = engine.wait(read_id)
+            result = engine.wait(read_id)[0]
             if result != block:
                 raise RuntimeError(f"{path}: read of {block} bytes returned {result}")
             if verify:

@@ -78,7 +78,14 @@ Status io_cancel(IoEngine* engine, uint64_t id) { return engine->queue.cancel(id
 
 Status io_promote(IoEngine* engine, uint64_t id) { return engine->queue.promote(id); }
 
+void io_pause(IoEngine* engine, bool paused) {
+  engine->queue.set_paused(paused);
+  if (!paused) engine->backend->kick();
+}
+
 void io_stats(const IoEngine* engine, IoStats* out) { engine->queue.stats(out); }
+
+void io_shut(IoEngine* engine) { engine->queue.shut(); }
 
 Status io_close(IoEngine* engine) {
   engine->queue.shut();

@@ -27,7 +27,7 @@ Status IoQueue::push(const IoTask& task, IoPriority priority, uint64_t* id) {
     std::lock_guard<std::mutex> lock(mu_);
     if (shut_) return -ESHUTDOWN;
     const uint64_t new_id = next_id_++;
-    Record record{task, priority, State::kQueued, monotonic_ns(), {0, 0}};
+    Record record{task, priority, State::kQueued, monotonic_ns(), {0, 0, 0}};
     record.task.id = new_id;
     records_.emplace(new_id, record);
     queued_.emplace(std::make_pair(priority, new_id), new_id);
@@ -45,17 +45,18 @@ bool IoQueue::take(IoTask* out) {
 
 bool IoQueue::take_blocking(IoTask* out) {
   std::unique_lock<std::mutex> lock(mu_);
-  changed_.wait(lock, [&] { return shut_ || (!queued_.empty() && stats_.in_flight < depth_); });
+  changed_.wait(lock, [&] { return shut_ || (!paused_ && !queued_.empty() && stats_.in_flight < depth_); });
   return take_locked(out);  // false once shut: shut() empties the queue
 }
 
 bool IoQueue::take_locked(IoTask* out) {
-  if (queued_.empty() || stats_.in_flight >= depth_) return false;
+  if (paused_ || queued_.empty() || stats_.in_flight >= depth_) return false;
   const auto first = queued_.begin();
   Record& record = records_.at(first->second);
   queued_.erase(first);
   account_occupancy(monotonic_ns());
   record.state = State::kInFlight;
+  record.completion.issue_index = ++issued_;
   --stats_.queued;
   ++stats_.in_flight;
   stats_.in_flight_max = std::max(stats_.in_flight_max, stats_.in_flight);
@@ -71,7 +72,7 @@ void IoQueue::finish(uint64_t id, int64_t result) {
     account_occupancy(now);
     --stats_.in_flight;
     record.state = State::kDone;
-    record.completion = {result, now - record.submitted_ns};
+    record.completion = {result, now - record.submitted_ns, record.completion.issue_index};
     if (result < 0) {
       ++stats_.requests_failed;
     } else {
@@ -120,7 +121,7 @@ Status IoQueue::cancel(uint64_t id) {
     if (it->second.state != State::kQueued) return -EBUSY;
     queued_.erase(std::make_pair(it->second.priority, id));
     it->second.state = State::kCancelled;
-    it->second.completion = {-ECANCELED, 0};
+    it->second.completion = {-ECANCELED, 0, 0};
     --stats_.queued;
     ++stats_.requests_cancelled;
   }
@@ -147,6 +148,14 @@ void IoQueue::stats(IoStats* out) const {
   out->occupancy_mean = now > start_ns_ ? area / static_cast<double>(now - start_ns_) : 0.0;
 }
 
+void IoQueue::set_paused(bool paused) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    paused_ = paused;
+  }
+  changed_.notify_all();
+}
+
 void IoQueue::shut() {
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -154,7 +163,7 @@ void IoQueue::shut() {
     for (const auto& [key, id] : queued_) {
       Record& record = records_.at(id);
       record.state = State::kCancelled;
-      record.completion = {-ECANCELED, 0};
+      record.completion = {-ECANCELED, 0, 0};
       ++stats_.requests_cancelled;
     }
     stats_.queued = 0;

@@ -46,6 +46,9 @@ class IoQueue {
   Status promote(uint64_t id);
   void stats(IoStats* out) const;
 
+  // While paused, take() issues nothing; reads stay queued in order.
+  void set_paused(bool paused);
+
   // Refuses new reads, cancels queued ones and wakes blocked takers.
   void shut();
   // Blocks until no read is in flight.
@@ -72,6 +75,8 @@ class IoQueue {
   std::map<std::pair<IoPriority, uint64_t>, uint64_t> queued_;  // (priority, id) -> id
   uint64_t next_id_ = 1;
   bool shut_ = false;
+  bool paused_ = false;
+  uint64_t issued_ = 0;  // reads handed to the backend so far: the next one's issue_index - 1
   IoStats stats_{};
   uint64_t start_ns_;
   uint64_t occupancy_since_ns_;

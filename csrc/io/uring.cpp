@@ -3,9 +3,16 @@
 // in io_uring_enter(GETEVENTS), reports completions to the IoQueue and refills the ring, so
 // queued prefetches keep the device busy while the caller computes. A short read (which a
 // regular file gives only at its end) is resubmitted for the rest until the kernel returns 0.
+//
+// Setup proves the ring works with one no-op submitted and waited for: a seccomp profile may
+// allow io_uring_setup but refuse io_uring_enter, and then every read would fail. Should the
+// reaper later meet an error it cannot recover from, the backend is dead: reads in the kernel are
+// still collected from the completion ring (their buffers must not be released while the kernel
+// may write them) and fail with that error, as does every read queued then or later.
 #include <linux/io_uring.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -69,6 +76,8 @@ class Uring final : public Backend {
     cq_tail_ = at<unsigned>(cq_ring_, params.cq_off.tail);
     cq_mask_ = *at<unsigned>(cq_ring_, params.cq_off.ring_mask);
     cqes_ = at<io_uring_cqe>(cq_ring_, params.cq_off.cqes);
+    const Status probe = nop_round_trip();
+    if (probe != kOk) return probe;
     try {
       reaper_ = std::thread([this] { reap(); });
     } catch (const std::system_error& error) {
@@ -81,6 +90,10 @@ class Uring final : public Backend {
 
   void kick() override {
     std::lock_guard<std::mutex> lock(sq_mu_);
+    if (dead_error_ != 0) {
+      fail_queued();
+      return;
+    }
     submit(fill());
   }
 
@@ -88,8 +101,10 @@ class Uring final : public Backend {
     if (reaper_.joinable()) {
       {
         std::lock_guard<std::mutex> lock(sq_mu_);
-        prepare(IORING_OP_NOP, kWakeId, -1, nullptr, 0, 0);
-        submit(1);
+        if (dead_error_ == 0) {  // a dead reaper is already on its way out
+          prepare(IORING_OP_NOP, kWakeId, -1, nullptr, 0, 0);
+          submit(1);
+        }
       }
       reaper_.join();
     }
@@ -121,6 +136,28 @@ class Uring final : public Backend {
     sqe->off = offset;
     sqe->user_data = id;
     __atomic_store_n(sq_tail_, tail + 1, __ATOMIC_RELEASE);
+  }
+
+  // Before the reaper starts: submits one no-op and waits for its completion, so a ring the
+  // process may create but not use is refused here (and io_init falls back to the pread pool).
+  Status nop_round_trip() {
+    prepare(IORING_OP_NOP, kWakeId, -1, nullptr, 0, 0);
+    int entered;
+    do {
+      entered = sys_enter(ring_fd_, 1, 1, IORING_ENTER_GETEVENTS);
+    } while (entered < 0 && errno == EINTR);
+    if (entered < 0) return -errno;
+    const unsigned head = *cq_head_;
+    if (head == __atomic_load_n(cq_tail_, __ATOMIC_ACQUIRE)) return -EIO;  // waited, yet nothing came
+    const int result = cqes_[head & cq_mask_].res;
+    __atomic_store_n(cq_head_, head + 1, __ATOMIC_RELEASE);
+    return result < 0 ? result : kOk;
+  }
+
+  // Caller holds sq_mu_ and the backend is dead: fails every queued read with its error.
+  void fail_queued() {
+    IoTask task;
+    while (queue_->take(&task)) queue_->finish(task.id, -dead_error_);
   }
 
   // Caller holds sq_mu_. Moves queued reads onto the ring while the queue has free slots;
@@ -163,8 +200,10 @@ class Uring final : public Backend {
     bool stopping = false;
     while (!stopping) {
       if (sys_enter(ring_fd_, 0, 1, IORING_ENTER_GETEVENTS) < 0 && errno != EINTR && errno != EAGAIN &&
-          errno != EBUSY)
+          errno != EBUSY) {
+        die(errno);
         return;
+      }
       std::lock_guard<std::mutex> lock(sq_mu_);
       unsigned head = *cq_head_;
       const unsigned tail = __atomic_load_n(cq_tail_, __ATOMIC_ACQUIRE);
@@ -193,6 +232,30 @@ class Uring final : public Backend {
     }
   }
 
+  // The reaper cannot wait for completions any more (io_uring_enter failed with `error`): from
+  // now on every read fails with it. Reads the kernel holds are collected by polling the
+  // completion ring, which needs no syscall, before they are reported, so no caller releases a
+  // buffer the kernel may still write.
+  void die(int error) {
+    std::unique_lock<std::mutex> lock(sq_mu_);
+    dead_error_ = error;
+    fail_queued();
+    while (true) {
+      unsigned head = *cq_head_;
+      const unsigned tail = __atomic_load_n(cq_tail_, __ATOMIC_ACQUIRE);
+      for (; head != tail; ++head) {
+        const uint64_t id = cqes_[head & cq_mask_].user_data;
+        if (id != kWakeId && progress_.erase(id)) queue_->finish(id, -error);
+      }
+      __atomic_store_n(cq_head_, head, __ATOMIC_RELEASE);
+      if (progress_.empty()) return;
+      lock.unlock();
+      const timespec pause{0, 1000000};  // 1 ms: the reads left are in the device's hands
+      nanosleep(&pause, nullptr);
+      lock.lock();
+    }
+  }
+
   IoQueue* queue_;
   int ring_fd_ = -1;
   void* sq_ring_ = nullptr;
@@ -202,8 +265,9 @@ class Uring final : public Backend {
   unsigned *sq_tail_ = nullptr, *cq_head_ = nullptr, *cq_tail_ = nullptr;
   unsigned sq_mask_ = 0, cq_mask_ = 0;
   io_uring_cqe* cqes_ = nullptr;
-  std::mutex sq_mu_;  // guards the submission ring, progress_ and the completion ring's head
+  std::mutex sq_mu_;  // guards the submission ring, progress_, dead_error_ and the completion ring's head
   std::unordered_map<uint64_t, Progress> progress_;
+  int dead_error_ = 0;  // errno that killed the reaper; 0 while it lives
   std::thread reaper_;
 };
 

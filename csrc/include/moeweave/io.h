@@ -5,8 +5,13 @@
 // prefetch that became stale can be cancelled while it is still queued.
 //
 // Two backends behind the same calls: io_uring through raw syscalls (csrc/io/uring.cpp), and a
-// pread thread pool (csrc/io/pread_pool.cpp) used when io_uring_setup is refused (EPERM under
-// Docker's default seccomp profile, ENOSYS on old kernels) or when the caller asks for it.
+// pread thread pool (csrc/io/pread_pool.cpp) used when io_uring is refused (io_uring_setup or a
+// first no-op submission fails: EPERM under Docker's default seccomp profile, ENOSYS on old
+// kernels) or when the caller asks for it.
+//
+// Every call but io_close may run concurrently with every other; io_close must be the last call.
+// A caller that closes while other threads may still be inside calls uses io_shut first (it wakes
+// them), waits until they have returned, then calls io_close.
 #pragma once
 
 #include <cstdint>
@@ -40,6 +45,7 @@ struct IoRequest {
 struct IoCompletion {
   int64_t result;       // bytes read (less than length only at end of file), or -errno
   uint64_t latency_ns;  // submission to completion, queueing included
+  uint64_t issue_index; // this was the n-th read handed to the backend (1-based; 0: never issued)
 };
 
 // Counters since io_init. Occupancy is the time-average of reads in flight.
@@ -58,8 +64,10 @@ struct IoStats {
 
 struct IoEngine;
 
-// Creates an engine. kAuto takes io_uring and falls back to the pread pool when io_uring_setup
-// fails; kUring returns that failure instead. -EINVAL for queue_depth 0 or above 4096.
+// Creates an engine. kAuto takes io_uring and falls back to the pread pool when io_uring_setup or
+// a first no-op submission and wait fails; kUring returns that failure instead. -EINVAL for
+// queue_depth 0 or above 4096. Should the io_uring completion thread later meet an error it
+// cannot recover from, every read pending then and every later read fails with that error.
 Status io_init(const IoParams& params, IoEngine** out);
 
 // The backend in use ("io_uring" or "pread") and, for kAuto, the errno that made it fall back.
@@ -89,9 +97,18 @@ Status io_cancel(IoEngine* engine, uint64_t id);
 // Makes a queued read a demand read (a prefetch the model now waits for). -EBUSY once issued.
 Status io_promote(IoEngine* engine, uint64_t id);
 
+// While paused, reads are queued but none is issued (those in flight finish); resuming issues
+// them in priority order. Lets a caller submit a batch and have it scheduled as one.
+void io_pause(IoEngine* engine, bool paused);
+
 void io_stats(const IoEngine* engine, IoStats* out);
 
-// Cancels queued reads, waits for those in flight, closes the files and frees the engine.
+// Refuses new reads (-ESHUTDOWN) and cancels queued ones, waking their waiters; reads in flight
+// complete. Idempotent, and safe while other threads are inside any call but io_close.
+void io_shut(IoEngine* engine);
+
+// Shuts, waits for reads in flight, closes the files and frees the engine. No other call may be
+// in progress or follow.
 Status io_close(IoEngine* engine);
 
 // CRC-32C (Castagnoli) of `length` bytes, continuing from `crc` (0 to start): the standard

@@ -4,10 +4,13 @@ io_uring is refused; MOEWEAVE_IO picks), verifies its CRC-32C, and returns its p
 views into the read buffer, in the format the MoE kernels consume (no copy).
 
 A failed read (checksum mismatch, truncated blob, io error) raises for that expert only; the
-store stays usable for every other expert.
+store stays usable for every other expert. close() may be called from any thread while others
+read: their pending reads and every later call raise StoreError "store closed".
 """
 
+import contextlib
 import errno
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,13 +46,17 @@ class Expert:
 
 
 class ReadHandle:
-    """A read in progress. wait() returns the Expert (or raises for this expert only)."""
+    """A read in progress. wait() returns the Expert (or raises for this expert only, the same
+    error on every call)."""
 
     def __init__(self, store: "ExpertStore", extent: Extent, buffer: torch.Tensor, read_id: int):
         self._store, self._extent, self._buffer, self._id = store, extent, buffer, read_id
         self._result: Expert | None = None
         self._error: Exception | None = None  # why the read failed, raised by every wait()
         self.latency_ns: int | None = None  # submission to completion, once done
+        # The read was the n-th one the io engine issued (1-based), once done: the order the
+        # scheduler chose (priorities, promotions). None when it was never issued.
+        self.issue_index: int | None = None
 
     @property
     def layer(self) -> int:
@@ -63,39 +70,50 @@ class ReadHandle:
         """True once wait() would not block."""
         if self._id is None:
             return True
-        completion = self._store._engine.peek(self._id)
+        completion = self._engine_call(self._store._engine.peek)
         if completion is not None:
             self._complete(*completion)
         return completion is not None
 
     def wait(self) -> Expert:
         if self._id is not None:
-            self._complete(*self._store._engine.wait(self._id))
+            self._complete(*self._engine_call(self._store._engine.wait))
         if self._error is not None:
             raise self._error
         return self._result
 
-    def _complete(self, result: int, latency_ns: int) -> None:
-        read_id, self._id, self.latency_ns = self._id, None, latency_ns
+    def _engine_call(self, method):
+        """method(read id); a store closed meanwhile fails this read for good."""
+        try:
+            return method(self._id)
+        except self._store._closed_error:
+            self._fail(StoreError(f"{self._store._where(self._extent)}: store closed"))
+            raise self._error from None
+
+    def _fail(self, error: Exception) -> None:
+        self._store._in_flight.pop(self._id, None)
+        self._id, self._error = None, error
+
+    def _complete(self, result: int, latency_ns: int, issue_index: int) -> None:
+        read_id, self._id = self._id, None
+        self.latency_ns, self.issue_index = latency_ns, issue_index or None
         try:
             self._result = self._store._finish(read_id, self._extent, self._buffer, result)
-        except (StoreError, OSError) as error:
+        except Exception as error:  # kept, so every wait() raises it, not only the first
             self._error = error
 
     def cancel(self) -> bool:
         """Drops the read if it is still queued (a stale prefetch); False once it is in flight."""
-        if self._id is None or not self._store._engine.cancel(self._id):
+        if self._id is None or not self._engine_call(self._store._engine.cancel):
             return False
-        self._store._engine.wait(self._id)  # consume the cancelled completion
-        self._store._in_flight.pop(self._id)
-        self._id = None
-        self._error = StoreError(f"{self._store._where(self._extent)}: the read was cancelled")
+        self._engine_call(self._store._engine.wait)  # consume the cancelled completion
+        self._fail(StoreError(f"{self._store._where(self._extent)}: the read was cancelled"))
         return True
 
     def promote(self) -> None:
         """The model now needs this expert: move it ahead of the queued prefetches."""
         if self._id is not None:
-            self._store._engine.promote(self._id)
+            self._engine_call(self._store._engine.promote)
 
 
 class ExpertStore:
@@ -110,8 +128,13 @@ class ExpertStore:
         self._extents = {(e.layer, e.expert): e for e in self.manifest.extents}
         module = _native.require_cpu_module()
         self._crc32c = module.crc32c
+        self._closed_error = module.IoEngineClosed
         self._engine = module.IoEngine(backend or envs.io_backend(), queue_depth)
-        self._files = [self._engine.open(str(self.path / name)) for name in self.manifest.files]
+        try:
+            self._files = [self._engine.open(str(self.path / name)) for name in self.manifest.files]
+        except OSError:
+            self._engine.close()
+            raise
         # Buffers of reads not yet waited for: the kernel may still write into them, so they must
         # outlive a handle that is dropped unwaited.
         self._in_flight: dict[int, torch.Tensor] = {}
@@ -123,9 +146,35 @@ class ExpertStore:
         self.close()
 
     def close(self) -> None:
-        """Waits for reads in flight and releases the files; the store cannot read afterwards."""
+        """Cancels queued reads, waits for those in flight and releases the files. Safe to call
+        twice and while other threads read: their pending reads, and every later call, raise
+        StoreError "store closed"."""
         self._engine.close()
         self._in_flight.clear()
+
+    def _closed(self) -> StoreError:
+        return StoreError(f"{self.path}: store closed")
+
+    @contextlib.contextmanager
+    def _open_engine(self) -> Iterator:
+        """The io engine, for one call that must fail with "store closed" once close() began."""
+        try:
+            yield self._engine
+        except self._closed_error:
+            raise self._closed() from None
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Reads submitted inside are queued, not issued, until the block ends; then they go in
+        priority order (demand reads and promoted prefetches first). Reads already in flight
+        finish meanwhile. Waiting inside the block for a read submitted inside it never returns."""
+        with self._open_engine() as engine:
+            engine.pause(True)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(self._closed_error):  # closed meanwhile: nothing to resume
+                self._engine.pause(False)
 
     @property
     def config(self) -> dict:
@@ -134,7 +183,8 @@ class ExpertStore:
     @property
     def backend(self) -> str:
         """The io backend in use: io_uring or pread."""
-        return self._engine.backend
+        with self._open_engine() as engine:
+            return engine.backend
 
     def experts(self) -> list[tuple[int, int]]:
         """Every stored (layer, expert), sorted."""
@@ -153,13 +203,14 @@ class ExpertStore:
         extent(layer, expert).length bytes (e.g. an expert cache slot); by default a new one."""
         extent = self.extent(layer, expert)
         buffer = aligned_empty(extent.length) if into is None else into[: extent.length]
-        read_id = self._engine.submit(
-            self._files[extent.file],
-            extent.offset,
-            extent.length,
-            torch.utils.dlpack.to_dlpack(buffer),
-            priority,
-        )
+        with self._open_engine() as engine:
+            read_id = engine.submit(
+                self._files[extent.file],
+                extent.offset,
+                extent.length,
+                torch.utils.dlpack.to_dlpack(buffer),
+                priority,
+            )
         self._in_flight[read_id] = buffer
         return ReadHandle(self, extent, buffer, read_id)
 
@@ -169,20 +220,25 @@ class ExpertStore:
 
     def dense_weights(self) -> dict[str, torch.Tensor]:
         """The non-expert weights, by their checkpoint names."""
+        if self._engine.closed:
+            raise self._closed()
         return load_file(self.path / self.manifest.dense_file)
 
     def stats(self) -> dict:
         """The io engine's counters: requests and bytes completed, latency, queue occupancy."""
-        return self._engine.stats()
+        with self._open_engine() as engine:
+            return engine.stats()
 
     def _where(self, extent: Extent) -> str:
         return f"{self.path / self.manifest.files[extent.file]}: layer {extent.layer} expert {extent.expert}"
 
     def _finish(self, read_id: int, extent: Extent, buffer: torch.Tensor, result: int) -> Expert:
-        self._in_flight.pop(read_id)
+        self._in_flight.pop(read_id, None)
         where = self._where(extent)
         if result == -errno.ECANCELED:
-            raise StoreError(f"{where}: the read was cancelled")
+            raise StoreError(
+                f"{where}: store closed" if self._engine.closed else f"{where}: the read was cancelled"
+            )
         if result < 0:
             raise OSError(-result, f"{where}: read failed: {errno.errorcode.get(-result, -result)}")
         if result < extent.length:
