@@ -1,7 +1,7 @@
 // Bindings of the expert reader's io engine (part of moeweave._C): a pybind11 class over the C
 // API of moeweave/io.h with close() and context-manager support, and crc32c. Read buffers cross
 // as DLPack capsules of 1-D uint8 CPU tensors; the Python caller keeps the tensor alive until the
-// read is waited for (moeweave.store.io does). The GIL is released around every call that may
+// read is waited for (moeweave.store.reader does). The GIL is released around every call that may
 // block or touch the kernel.
 //
 // close() may race with calls on other threads: each call holds a use of the engine for its
