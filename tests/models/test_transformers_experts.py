@@ -47,3 +47,16 @@ def test_bad_format_is_refused(checkpoint):
     _, path = checkpoint
     with pytest.raises(ValueError, match="experts must be one of"):
         use_moeweave_experts(_oracle(path), experts="int5")
+
+
+def test_non_finite_expert_weights_are_refused_by_name(checkpoint):
+    _, path = checkpoint
+    model = use_moeweave_experts(_oracle(path), experts="int4")
+    experts = next(m for m in model.modules() if hasattr(m, "gate_up_proj"))
+    inter = experts.down_proj.shape[-1]
+    with torch.no_grad():
+        experts.gate_up_proj[1, inter + 2, 5] = float("nan")
+        with pytest.raises(
+            ValueError, match=r"expert 1 up \(gate_up_proj\[1, \d+:\]\): non-finite value nan at \[2, 5\]"
+        ):
+            model(torch.tensor([[3, 4, 5]]))

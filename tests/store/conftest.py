@@ -2,11 +2,14 @@
 and saved with save_pretrained: the on-disk layouts the store must understand, written by the
 library that defines them. Built once per session."""
 
+import json
+
 import pytest
 import torch
 import transformers
 
 from moeweave.quant import QuantizedWeight
+from moeweave.store.manifest import UNSIGNED, sign
 
 COMMON = dict(
     hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, vocab_size=128,
@@ -76,3 +79,23 @@ def same_quantized():
             assert torch.equal(got.zeros, want.zeros), where
 
     return assert_same_quantized
+
+
+@pytest.fixture
+def edit_manifest():
+    """edit_manifest(store_dir, change, resign=True): edits a store's manifest.json in place."""
+
+    def edit(store_dir, change, resign=True):
+        """Applies change(manifest dict) to the store's manifest. resign: recompute the checksum, as a
+        writer of such a manifest would (the test is about the edit); else the old one stays (the
+        test is about the checksum)."""
+        path = store_dir / "manifest.json"
+        manifest = json.loads(path.read_text())
+        change(manifest)
+        if resign:
+            manifest["checksum"] = UNSIGNED
+            path.write_text(sign(json.dumps(manifest)))
+        else:
+            path.write_text(json.dumps(manifest))
+
+    return edit

@@ -4,6 +4,8 @@ one is involved, the layer and expert; the store keeps serving every other exper
 
 import json
 import re
+import shutil
+import time
 
 import pytest
 import torch
@@ -15,13 +17,6 @@ from moeweave.store import ExpertStore, StoreError, write_store
 def store_dir(hf_checkpoint, tmp_path):
     write_store(hf_checkpoint("qwen3_moe"), tmp_path / "store", bits=4, progress=False)
     return tmp_path / "store"
-
-
-def edit_manifest(store_dir, change):
-    path = store_dir / "manifest.json"
-    manifest = json.loads(path.read_text())
-    change(manifest)
-    path.write_text(json.dumps(manifest))
 
 
 def test_corrupt_extent_fails_its_checksum_only(store_dir):
@@ -37,8 +32,9 @@ def test_corrupt_extent_fails_its_checksum_only(store_dir):
         with pytest.raises(StoreError, match=re.escape(f"{blob}: layer 1 expert 2: checksum mismatch")):
             store.read(1, 2)
         handle = store.prefetch(1, 2)
+        deadline = time.monotonic() + 30
         while not handle.done():
-            pass
+            assert time.monotonic() < deadline, "a prefetch of one expert did not complete in 30 s"
         for _ in range(2):  # the handle keeps its error
             with pytest.raises(StoreError, match="checksum mismatch"):
                 handle.wait()
@@ -64,7 +60,7 @@ def test_truncated_blob_names_the_cut_expert(store_dir):
             assert store.read(0, 3).gate.bits == 4
 
 
-def test_newer_major_version_is_refused_and_newer_minor_accepted(store_dir):
+def test_newer_major_version_is_refused_and_newer_minor_accepted(store_dir, edit_manifest):
     def newer_minor(manifest):  # a newer minor version may add fields anywhere
         manifest["version"]["minor"] = 7
         manifest["compression"] = None
@@ -76,7 +72,7 @@ def test_newer_major_version_is_refused_and_newer_minor_accepted(store_dir):
         assert store.manifest.version == (1, 7)
         store.read(0, 0)
     edit_manifest(store_dir, lambda m: m["version"].update(major=2))
-    with pytest.raises(StoreError, match=r"manifest.json: store version 2.7 is newer than this reader's 1.0"):
+    with pytest.raises(StoreError, match=r"manifest.json: store version 2.7 is newer than this reader's 1.1"):
         ExpertStore(store_dir)
 
 
@@ -86,17 +82,20 @@ def test_missing_blob_names_file_and_experts(store_dir):
         ExpertStore(store_dir)
 
 
-def test_misaligned_extent_is_refused(store_dir):
+def test_misaligned_extent_is_refused(store_dir, edit_manifest):
     edit_manifest(store_dir, lambda m: m["experts"][5].update(offset=m["experts"][5]["offset"] + 512))
-    with pytest.raises(StoreError, match=r"layer_0001.bin: layer 1 expert 1 has extent offset \d+, length"):
+    with pytest.raises(
+        StoreError,
+        match=r"manifest.json: layer 1 expert 1: offset is \d+, expected an integer >= 0, a multiple of 4096",
+    ):
         ExpertStore(store_dir)
 
 
-def test_malformed_manifests_are_refused(store_dir, tmp_path):
+def test_malformed_manifests_are_refused(store_dir, tmp_path, edit_manifest):
     with pytest.raises(StoreError, match=r"manifest\.json: missing"):
         ExpertStore(tmp_path)
     edit_manifest(store_dir, lambda m: m["experts"][0].pop("crc32c"))
-    with pytest.raises(StoreError, match=r"manifest.json: malformed entry .*crc32c"):
+    with pytest.raises(StoreError, match=r"manifest.json: layer 0 expert 0: crc32c is missing"):
         ExpertStore(store_dir)
 
 
@@ -131,3 +130,22 @@ def test_writer_refuses_pickles_unknown_layouts_and_bad_maps(hf_checkpoint, tmp_
     save_file(tensors, fp8_like / "model.safetensors")
     with pytest.raises(ValueError, match=r"weight_scale_inv' looks like an expert weight of a layout"):
         write_store(fp8_like, tmp_path / "out6", progress=False)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"moe_intermediate_size": 32}, "layer 0 expert 0 gate weight has shape [48, 64], but config.json "
+         "(hidden_size 64, moe_intermediate_size 32) makes it [32, 64]"),
+        ({"model_type": "llama"}, "model_type 'llama' is not an architecture the store knows"),
+        ({"moe_intermediate_size": None}, "config moe_intermediate_size is None, expected a positive integer"),
+    ],
+)  # fmt: skip
+def test_writer_refuses_a_config_that_contradicts_the_weights(hf_checkpoint, tmp_path, edit, message):
+    # Such a store would be refused by every reader: the writer says so before any work.
+    source = shutil.copytree(hf_checkpoint("qwen3_moe"), tmp_path / "checkpoint")
+    config = json.loads((source / "config.json").read_text())
+    (source / "config.json").write_text(json.dumps({**config, **edit}))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        write_store(source, tmp_path / "store", progress=False)
+    assert not (tmp_path / "store").exists()

@@ -16,13 +16,15 @@ Dimension legend: S token-expert rows, E experts, H hidden, I intermediate, K ex
 import torch
 
 from moeweave.quant import ExpertTable, moe_experts, quantize
+from moeweave.quant.finite import require_finite
 
 NAME = "moeweave"
 FORMATS = ("bf16", "int8", "int4", "int3", "int2")
 
 
-def _projection(w: torch.Tensor, experts: str):
-    """w [N, K] (one expert's projection) -> what the fused op computes with."""
+def _projection(w: torch.Tensor, experts: str, where: str):
+    """w [N, K] (one expert's projection, named `where` in errors) -> what the fused op computes with."""
+    require_finite(w.detach(), where)
     if experts == "bf16":
         return w.detach().to(torch.bfloat16).contiguous()
     bits = int(experts[3:])
@@ -47,12 +49,17 @@ def _table(module: torch.nn.Module) -> ExpertTable:
     if cached is not None and cached[0] == key:
         return cached[1]
     inter = down.shape[-1]
+    where = f"moeweave experts: {type(module).__name__}"
     table = ExpertTable(
         [
             (
-                _projection(gate_up[e, :inter], experts),
-                _projection(gate_up[e, inter:], experts),
-                _projection(down[e], experts),
+                _projection(
+                    gate_up[e, :inter], experts, f"{where} expert {e} gate (gate_up_proj[{e}, :{inter}])"
+                ),
+                _projection(
+                    gate_up[e, inter:], experts, f"{where} expert {e} up (gate_up_proj[{e}, {inter}:])"
+                ),
+                _projection(down[e], experts, f"{where} expert {e} down (down_proj[{e}])"),
             )
             for e in range(gate_up.shape[0])
         ]

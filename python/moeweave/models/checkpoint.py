@@ -1,6 +1,8 @@
 """Reading a Hugging Face checkpoint directory for model execution: config.json plus safetensors
-weights (moeweave.formats.hf_checkpoint finds them and refuses pickles). Tracks which tensors
-were taken, so unused (extra) tensors can be reported.
+weights (moeweave.formats.hf_checkpoint finds them, refuses pickles and files outside the
+directory). Tracks which tensors were taken, so unused (extra) tensors can be reported. A tensor
+name in two files, or a NaN/inf in a tensor taken, is refused: either would otherwise load
+silently (the later file winning, the NaN spreading through every output).
 """
 
 from pathlib import Path
@@ -9,6 +11,7 @@ import torch
 from safetensors import safe_open
 
 from moeweave.formats.hf_checkpoint import read_config, safetensors_files
+from moeweave.quant.finite import require_finite
 
 
 class Checkpoint:
@@ -17,16 +20,23 @@ class Checkpoint:
         if not self.path.is_dir():
             raise FileNotFoundError(f"checkpoint directory not found: {self.path}")
         self.config = read_config(self.path)
-        files = safetensors_files(self.path)
-        self._handles = [safe_open(str(f), framework="pt") for f in files]
-        self._where = {name: h for h in self._handles for name in h.keys()}  # noqa: SIM118
+        self._where = {}  # tensor name -> the safe_open handle of its file
+        file_of: dict[str, Path] = {}
+        for file in safetensors_files(self.path):
+            handle = safe_open(str(file), framework="pt")
+            for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                if name in file_of:
+                    raise ValueError(
+                        f"checkpoint {self.path}: tensor {name!r} is in both {file_of[name]} and {file}"
+                    )
+                file_of[name], self._where[name] = file, handle
         self.taken: set[str] = set()
 
     def __contains__(self, name: str) -> bool:
         return name in self._where
 
     def take(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
-        """The tensor `name`, checked against the expected shape."""
+        """The tensor `name`, checked against the expected shape and for NaN/inf."""
         if name not in self._where:
             raise KeyError(f"checkpoint {self.path} is missing tensor {name!r}")
         tensor = self._where[name].get_tensor(name)
@@ -34,6 +44,7 @@ class Checkpoint:
             raise ValueError(
                 f"tensor {name!r} in {self.path} has shape {list(tensor.shape)}, expected {list(shape)}"
             )
+        require_finite(tensor, name)
         self.taken.add(name)
         return tensor
 

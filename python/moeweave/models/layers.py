@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from moeweave.models.linear import linear
+from moeweave.models.rope import NO_SCALING, RopeScaling, frequencies
 from moeweave.models.spec import ModelSpec
 from moeweave.ops import attention as attention_op
 from moeweave.ops import reference, silu_mul
@@ -32,11 +33,11 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 class RopeTable:
     """cos, sin [S, D] of consecutive positions (the half-split layout of transformers), computed
     once per position and then sliced. Evaluating cos and sin every decode step would hand them to
-    MKL's threaded VML, whose OpenMP threads then spin on the cores moeweave's pool computes on."""
+    MKL's threaded VML, whose OpenMP threads then spin on the cores moeweave's pool computes on.
+    A scaled RoPE (linear, YaRN) changes the frequencies and, for YaRN, scales cos and sin."""
 
-    def __init__(self, head_dim: int, theta: float, dtype: torch.dtype):
-        exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
-        self.inv_freq = 1.0 / (theta**exponents)  # [D / 2]
+    def __init__(self, head_dim: int, theta: float, dtype: torch.dtype, scaling: RopeScaling = NO_SCALING):
+        self.inv_freq, self.attention_factor = frequencies(head_dim, theta, scaling)  # [D / 2], float
         self.dtype = dtype
         self.cos = self.sin = torch.empty(0, head_dim, dtype=dtype)
 
@@ -46,7 +47,8 @@ class RopeTable:
             positions = torch.arange(max(2 * (start + count), 256))
             freqs = positions.float()[:, None] * self.inv_freq[None, :]  # [P, D / 2]
             emb = torch.cat([freqs, freqs], dim=-1)
-            self.cos, self.sin = emb.cos().to(self.dtype), emb.sin().to(self.dtype)
+            self.cos = (emb.cos() * self.attention_factor).to(self.dtype)
+            self.sin = (emb.sin() * self.attention_factor).to(self.dtype)
         return self.cos[start : start + count], self.sin[start : start + count]
 
 
@@ -75,6 +77,7 @@ class AttentionWeights:
     q_bias: torch.Tensor | None = None
     k_bias: torch.Tensor | None = None
     v_bias: torch.Tensor | None = None
+    o_bias: torch.Tensor | None = None
     q_norm: torch.Tensor | None = None  # [D] (per head) or [nH * D] (full)
     k_norm: torch.Tensor | None = None
 
@@ -107,7 +110,7 @@ def attention(
     if cache is not None:
         k, v = cache.extend(k, v)
     out = scaled_attention(q, k, v, mask)
-    return linear(out.transpose(1, 2).reshape(batch, seq, heads * dim), w.o)
+    return linear(out.transpose(1, 2).reshape(batch, seq, heads * dim), w.o, w.o_bias)
 
 
 @dataclass

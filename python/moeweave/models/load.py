@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from moeweave.formats.paths import confined
 from moeweave.models.checkpoint import Checkpoint
 from moeweave.models.experts import FusedExperts, TorchExperts
 from moeweave.models.layers import AttentionWeights, MLPWeights
@@ -70,6 +71,8 @@ def _attention(take: _Reader, spec: ModelSpec, prefix: str) -> AttentionWeights:
         w.q_bias = take(f"{prefix}.q_proj.bias", (q_dim,))
         w.k_bias = take(f"{prefix}.k_proj.bias", (kv_dim,))
         w.v_bias = take(f"{prefix}.v_proj.bias", (kv_dim,))
+    if spec.o_bias:
+        w.o_bias = take(f"{prefix}.o_proj.bias", (hidden,))
     norm_shapes = {"head": (spec.head_dim, spec.head_dim), "full": (q_dim, kv_dim)}.get(spec.qk_norm)
     if norm_shapes:
         w.q_norm = take(f"{prefix}.q_norm.weight", (norm_shapes[0],))
@@ -98,6 +101,8 @@ def _mla(take: _Reader, spec: ModelSpec, prefix: str) -> MLAWeights:
             w.q_a_bias = take(f"{prefix}.q_a_proj.bias", (spec.q_lora_rank,))
     if spec.qkv_bias:
         w.kv_a_bias = take(f"{prefix}.kv_a_proj_with_mqa.bias", (latent + rope,))
+    if spec.o_bias:
+        w.o_bias = take(f"{prefix}.o_proj.bias", (hidden,))
     return w
 
 
@@ -130,7 +135,7 @@ def _load_tokenizer(path: Path):
         return None
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_file(str(path / "tokenizer.json"))
+    return Tokenizer.from_file(str(confined(path, "tokenizer.json", str(path))))
 
 
 def load(
@@ -185,7 +190,11 @@ def load(
         lm_head = take.projection("lm_head.weight", (spec.vocab_size, hidden))
     else:
         lm_head = take.convert(embed)
-    extra = [name for name in ck.untaken() if not name.endswith(_IGNORED_SUFFIXES)]
+    # DeepSeek-V3's multi-token-prediction layers follow the decoder layers; the forward never reads them.
+    mtp = tuple(f"model.layers.{spec.num_layers + i}." for i in range(spec.mtp_layers))
+    extra = [
+        name for name in ck.untaken() if not name.endswith(_IGNORED_SUFFIXES) and not name.startswith(mtp)
+    ]
     if extra:
         shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
         raise ValueError(

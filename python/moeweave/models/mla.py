@@ -12,8 +12,13 @@ import torch
 
 from moeweave.models.layers import Projection, rms_norm, scaled_attention
 from moeweave.models.linear import linear
+from moeweave.models.rope import mla_softmax_scale
 from moeweave.models.spec import ModelSpec
 from moeweave.ops import rope as rope_op
+
+# The latent norms (q_a_layernorm, kv_a_layernorm) use RMSNorm's default epsilon, not
+# rms_norm_eps: DeepSeek's reference code and transformers both construct them without it.
+LATENT_NORM_EPS = 1e-6
 
 
 @dataclass
@@ -28,6 +33,7 @@ class MLAWeights:
     q_b: Projection | None = None  # [nH * (N + R), q_lora_rank]
     q_a_bias: torch.Tensor | None = None
     kv_a_bias: torch.Tensor | None = None
+    o_bias: torch.Tensor | None = None
 
 
 def rope_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -62,11 +68,11 @@ def mla_attention(
     if w.q is not None:
         q = linear(x, w.q)
     else:
-        q = linear(rms_norm(linear(x, w.q_a, w.q_a_bias), w.q_norm, spec.rms_norm_eps), w.q_b)
+        q = linear(rms_norm(linear(x, w.q_a, w.q_a_bias), w.q_norm, LATENT_NORM_EPS), w.q_b)
     q = q.view(batch, seq, heads, nope + rope).transpose(1, 2)  # [B, nH, S, N + R]
     q_pass, q_rot = q.split([nope, rope], dim=-1)
     latent, k_rot = linear(x, w.kv_a, w.kv_a_bias).split([spec.kv_lora_rank, rope], dim=-1)
-    latent = rms_norm(latent, w.kv_norm, spec.rms_norm_eps).view(batch, 1, seq, spec.kv_lora_rank)
+    latent = rms_norm(latent, w.kv_norm, LATENT_NORM_EPS).view(batch, 1, seq, spec.kv_lora_rank)
     k_rot = k_rot.view(batch, 1, seq, rope)
     rotate = rope_pairs if spec.rope_interleave else rope_half_split
     q_rot, k_rot = rotate(q_rot, cos, sin), rotate(k_rot, cos, sin)
@@ -77,5 +83,5 @@ def mla_attention(
     k_pass, v = kv.split([nope, v_dim], dim=-1)
     k = torch.cat([k_pass, k_rot.expand(-1, heads, -1, -1)], dim=-1)
     query = torch.cat([q_pass, q_rot], dim=-1)
-    out = scaled_attention(query, k, v, mask, scale=(nope + rope) ** -0.5)
-    return linear(out.transpose(1, 2).reshape(batch, seq, heads * v_dim), w.o)
+    out = scaled_attention(query, k, v, mask, scale=mla_softmax_scale(nope + rope, spec.rope_scaling))
+    return linear(out.transpose(1, 2).reshape(batch, seq, heads * v_dim), w.o, w.o_bias)

@@ -77,7 +77,7 @@ class MoEModel:
         self.tokenizer = tokenizer
         self.dtype = embed.dtype
         self.eos_token_id: int | list[int] | None = None
-        self.rope = RopeTable(spec.rope_dim, spec.rope_theta, embed.dtype)
+        self.rope = RopeTable(spec.rope_dim, spec.rope_theta, embed.dtype, spec.rope_scaling)
 
     @torch.inference_mode()
     def __call__(

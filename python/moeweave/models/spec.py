@@ -1,12 +1,16 @@
 """One normalised description of every supported MoE architecture, read from a Hugging Face
 config.json. The model code reads only this, so an architecture is a parser plus, where its
-layers differ, a flag here — not a new model class.
+layers differ, a flag here — not a new model class. Parsers read fields through
+config_fields.Fields, after config_fields.validate has checked and refused what needs it.
 
 Dimension legend: H hidden size, I expert intermediate size, E routed experts, K experts per
 token, nH / nKV attention / key-value heads, D head dim, V vocabulary.
 """
 
 from dataclasses import dataclass, field
+
+from moeweave.models.config_fields import Fields, rope, validate
+from moeweave.models.rope import NO_SCALING, RopeScaling
 
 
 @dataclass
@@ -21,8 +25,10 @@ class ModelSpec:
     rms_norm_eps: float
     rope_theta: float
     tie_word_embeddings: bool
-    # Attention variants.
+    rope_scaling: RopeScaling = NO_SCALING
+    # Attention variants. MLA's qkv_bias covers q_a_proj and kv_a_proj_with_mqa.
     qkv_bias: bool = False
+    o_bias: bool = False
     qk_norm: str | None = None  # "head": RMSNorm per head (Qwen3); "full": over all heads (OLMoE)
     clip_qkv: float | None = None
     # MoE.
@@ -51,6 +57,9 @@ class ModelSpec:
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
     rope_interleave: bool = False
+    # DeepSeek-V3's multi-token-prediction layers, stored after the decoder layers; not part of
+    # the forward (transformers skips them too), so loading leaves their tensors unread.
+    mtp_layers: int = 0
     # Checkpoint naming of a layer's MoE block.
     moe_prefix: str = "mlp"
     expert_names: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")
@@ -60,125 +69,115 @@ class ModelSpec:
         return self.qk_rope_head_dim if self.attention == "mla" else self.head_dim
 
 
-def _rope_theta(config: dict) -> float:
-    params = config.get("rope_parameters") or {}
-    if params.get("rope_type", "default") != "default" or config.get("rope_scaling"):
-        raise ValueError(
-            f"unsupported RoPE scaling {params or config.get('rope_scaling')}: only default RoPE is implemented"
-        )
-    return float(params.get("rope_theta", config.get("rope_theta", 10000.0)))
-
-
-def _base(config: dict, architecture: str) -> dict:
-    heads = config["num_attention_heads"]
+def _common(f: Fields) -> dict:
+    theta, scaling = rope(f)
     return dict(
-        architecture=architecture,
-        vocab_size=config["vocab_size"],
-        hidden_size=config["hidden_size"],
-        num_layers=config["num_hidden_layers"],
-        num_heads=heads,
-        num_kv_heads=config.get("num_key_value_heads") or heads,
-        head_dim=config.get("head_dim") or config["hidden_size"] // heads,
-        rms_norm_eps=config.get("rms_norm_eps", 1e-6),
-        rope_theta=_rope_theta(config),
-        tie_word_embeddings=config.get("tie_word_embeddings", False),
+        architecture=f.architecture,
+        vocab_size=f.size("vocab_size"),
+        hidden_size=f.size("hidden_size"),
+        num_layers=f.size("num_hidden_layers"),
+        num_heads=f.size("num_attention_heads"),
+        rms_norm_eps=f.number("rms_norm_eps"),
+        rope_theta=theta,
+        rope_scaling=scaling,
+        tie_word_embeddings=f.flag("tie_word_embeddings"),
     )
 
 
-def _num_experts(config: dict) -> int:
-    """transformers writes num_experts or num_local_experts depending on version and model."""
-    return config["num_experts"] if "num_experts" in config else config["num_local_experts"]
+def _gqa(f: Fields) -> dict:
+    return dict(_common(f), num_kv_heads=f.kv_heads(), head_dim=f.head_dim())
 
 
-def _sparse_layers(config: dict) -> list[bool]:
-    """Qwen-style placement: MoE where (layer + 1) % decoder_sparse_step == 0, minus mlp_only_layers."""
-    step, dense = config.get("decoder_sparse_step", 1) or 1, set(config.get("mlp_only_layers") or [])
-    return [(layer + 1) % step == 0 and layer not in dense for layer in range(config["num_hidden_layers"])]
-
-
-def _qwen3_moe(config: dict) -> ModelSpec:
-    return ModelSpec(
-        **_base(config, "qwen3_moe"),
-        qkv_bias=config.get("attention_bias", False),
-        qk_norm="head",
-        num_experts=_num_experts(config),
-        top_k=config["num_experts_per_tok"],
-        moe_intermediate_size=config["moe_intermediate_size"],
-        norm_topk_prob=config.get("norm_topk_prob", False),
-        dense_intermediate_size=config["intermediate_size"],
-        moe_layers=_sparse_layers(config),
+def _qwen_moe_layers(f: Fields) -> dict:
+    """Qwen2/3-MoE's experts and the placement of their sparse and dense layers."""
+    return dict(
+        num_experts=f.num_experts(),
+        top_k=f.size("num_experts_per_tok"),
+        moe_intermediate_size=f.size("moe_intermediate_size"),
+        norm_topk_prob=f.flag("norm_topk_prob"),
+        dense_intermediate_size=f.size("intermediate_size"),
+        moe_layers=f.sparse_layers(),
     )
 
 
-def _qwen2_moe(config: dict) -> ModelSpec:
+def _qwen3_moe(f: Fields) -> ModelSpec:
+    bias = f.flag("attention_bias")
+    return ModelSpec(**_gqa(f), qkv_bias=bias, o_bias=bias, qk_norm="head", **_qwen_moe_layers(f))
+
+
+def _qwen2_moe(f: Fields) -> ModelSpec:
     return ModelSpec(
-        **_base(config, "qwen2_moe"),
-        qkv_bias=config.get("qkv_bias", True),
-        num_experts=_num_experts(config),
-        top_k=config["num_experts_per_tok"],
-        moe_intermediate_size=config["moe_intermediate_size"],
-        norm_topk_prob=config.get("norm_topk_prob", False),
-        dense_intermediate_size=config["intermediate_size"],
-        moe_layers=_sparse_layers(config),
-        shared_expert_intermediate_size=config.get("shared_expert_intermediate_size", 0),
+        **_gqa(f),
+        qkv_bias=f.flag("qkv_bias"),
+        **_qwen_moe_layers(f),
+        shared_expert_intermediate_size=f.size("shared_expert_intermediate_size"),
         shared_expert_gated=True,
     )
 
 
-def _olmoe(config: dict) -> ModelSpec:
+def _olmoe(f: Fields) -> ModelSpec:
+    bias = f.flag("attention_bias")
     return ModelSpec(
-        **_base(config, "olmoe"),
-        qkv_bias=config.get("attention_bias", False),
+        **_gqa(f),
+        qkv_bias=bias,
+        o_bias=bias,
         qk_norm="full",
-        clip_qkv=config.get("clip_qkv"),
-        num_experts=_num_experts(config),
-        top_k=config["num_experts_per_tok"],
-        moe_intermediate_size=config["intermediate_size"],
-        norm_topk_prob=config.get("norm_topk_prob", False),
-        moe_layers=[True] * config["num_hidden_layers"],
+        clip_qkv=f.optional_number("clip_qkv"),
+        num_experts=f.num_experts(),
+        top_k=f.size("num_experts_per_tok"),
+        moe_intermediate_size=f.size("intermediate_size"),
+        norm_topk_prob=f.flag("norm_topk_prob"),
+        moe_layers=[True] * f.size("num_hidden_layers"),
     )
 
 
-def _mixtral(config: dict) -> ModelSpec:
+def _mixtral(f: Fields) -> ModelSpec:
     return ModelSpec(
-        **_base(config, "mixtral"),
-        num_experts=_num_experts(config),
-        top_k=config["num_experts_per_tok"],
-        moe_intermediate_size=config["intermediate_size"],
+        **_gqa(f),
+        num_experts=f.num_experts(),
+        top_k=f.size("num_experts_per_tok"),
+        moe_intermediate_size=f.size("intermediate_size"),
         norm_topk_prob=True,
-        moe_layers=[True] * config["num_hidden_layers"],
+        moe_layers=[True] * f.size("num_hidden_layers"),
         moe_prefix="block_sparse_moe",
         expert_names=("w1", "w3", "w2"),
     )
 
 
-def _deepseek(config: dict, version: int) -> ModelSpec:
-    first_dense = config.get("first_k_dense_replace", 0)
+def _deepseek(f: Fields) -> ModelSpec:
+    v3 = f.architecture == "deepseek_v3"
+    first_dense = f.size("first_k_dense_replace", minimum=0)
+    bias = f.flag("attention_bias")
+    grouped = v3 or f.raw("topk_method") == "group_limited_greedy"
     return ModelSpec(
-        **_base(config, f"deepseek_v{version}"),
-        num_experts=config["n_routed_experts"],
-        top_k=config["num_experts_per_tok"],
-        moe_intermediate_size=config["moe_intermediate_size"],
-        # transformers' DeepSeek-V2 router never renormalises; V3's follows norm_topk_prob.
-        norm_topk_prob=version == 3 and config.get("norm_topk_prob", True),
-        dense_intermediate_size=config["intermediate_size"],
-        moe_layers=[layer >= first_dense for layer in range(config["num_hidden_layers"])],
-        shared_expert_intermediate_size=config["moe_intermediate_size"]
-        * (config.get("n_shared_experts") or 0),
+        **_common(f),
+        num_kv_heads=f.size("num_attention_heads"),
+        head_dim=f.size("qk_rope_head_dim"),
+        num_experts=f.num_experts(),
+        top_k=f.size("num_experts_per_tok"),
+        moe_intermediate_size=f.size("moe_intermediate_size"),
+        # transformers' DeepSeek-V2 router never renormalises (validate refuses norm_topk_prob).
+        norm_topk_prob=v3 and f.flag("norm_topk_prob"),
+        dense_intermediate_size=f.size("intermediate_size"),
+        moe_layers=[layer >= first_dense for layer in range(f.size("num_hidden_layers"))],
+        shared_expert_intermediate_size=f.size("moe_intermediate_size") * f.size("n_shared_experts"),
         shared_expert_name="shared_experts",
-        router=f"deepseek_v{version}",
-        topk_method=config.get("topk_method", "greedy") if version == 2 else "group_limited_greedy",
-        n_group=config.get("n_group") or 1,
-        topk_group=config.get("topk_group") or 1,
-        routed_scaling_factor=config.get("routed_scaling_factor", 1.0),
+        router=f.architecture,
+        topk_method="group_limited_greedy" if v3 else f.raw("topk_method"),
+        n_group=f.size("n_group") if grouped else 1,
+        topk_group=f.size("topk_group") if grouped else 1,
+        routed_scaling_factor=f.number("routed_scaling_factor"),
         attention="mla",
-        qkv_bias=config.get("attention_bias", False),
-        q_lora_rank=config.get("q_lora_rank"),
-        kv_lora_rank=config["kv_lora_rank"],
-        qk_nope_head_dim=config["qk_nope_head_dim"],
-        qk_rope_head_dim=config["qk_rope_head_dim"],
-        v_head_dim=config["v_head_dim"],
-        rope_interleave=version == 2 or config.get("rope_interleave", True),
+        qkv_bias=bias,
+        o_bias=bias,
+        q_lora_rank=f.optional_size("q_lora_rank"),
+        kv_lora_rank=f.size("kv_lora_rank"),
+        qk_nope_head_dim=f.size("qk_nope_head_dim"),
+        qk_rope_head_dim=f.size("qk_rope_head_dim"),
+        v_head_dim=f.size("v_head_dim"),
+        # transformers' DeepSeek-V2 always rotates interleaved pairs; V3 follows rope_interleave.
+        rope_interleave=not v3 or f.flag("rope_interleave"),
+        mtp_layers=f.size("num_nextn_predict_layers", minimum=0) if v3 else 0,
     )
 
 
@@ -187,15 +186,18 @@ PARSERS = {
     "qwen2_moe": _qwen2_moe,
     "olmoe": _olmoe,
     "mixtral": _mixtral,
-    "deepseek_v2": lambda config: _deepseek(config, 2),
-    "deepseek_v3": lambda config: _deepseek(config, 3),
+    "deepseek_v2": _deepseek,
+    "deepseek_v3": _deepseek,
 }
 
 
 def spec_from_config(config: dict) -> ModelSpec:
+    """The spec of a config.json, or a ValueError naming the field moeweave cannot run."""
     model_type = config.get("model_type")
     if model_type not in PARSERS:
         raise ValueError(
             f"unsupported architecture {model_type!r}: moeweave runs {', '.join(sorted(PARSERS))}"
         )
-    return PARSERS[model_type](config)
+    fields = Fields(config, model_type)
+    validate(fields)
+    return PARSERS[model_type](fields)

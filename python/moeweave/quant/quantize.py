@@ -8,6 +8,7 @@ from typing import Literal
 
 import torch
 
+from moeweave.quant.finite import require_finite
 from moeweave.quant.format import SCALE_DTYPES, SUPPORTED_BITS, TILE_ROWS, UNIT_COLS, QuantizedWeight, padded
 from moeweave.quant.pack import pack, unpack
 
@@ -29,9 +30,11 @@ def quantize(
 
     method "rtn" rounds to nearest with the full range; "mse" searches, per group, the clipping
     of the range that minimises the squared error. Default: "mse" for 2 and 3 bits, else "rtn".
+    A NaN or infinity in w is refused (ValueError naming its index).
     """
     if w.dim() != 2:
         raise ValueError(f"quantize: 'w' must be a 2-D [N, K] weight, got {list(w.shape)}")
+    require_finite(w, "quantize: 'w'")
     if bits not in SUPPORTED_BITS:
         raise ValueError(f"quantize: bits must be one of {SUPPORTED_BITS}, got {bits}")
     if scale_dtype not in SCALE_DTYPES:

@@ -11,6 +11,8 @@ Expert layouts on disk (transformers 5 fuses experts in memory but writes these)
                       these are x @ W forms, transposed here to the [out, in] form of the others.
 Shared experts (Qwen2-MoE's shared_expert, DeepSeek's shared_experts) run for every token, so
 they stay with the dense weights. Pickle checkpoints are refused: loading one runs arbitrary code.
+So are a tensor name in two files (which one is meant?) and a NaN or infinity in a tensor read
+(it would be quantised into garbage without a word).
 """
 
 import contextlib
@@ -21,6 +23,7 @@ import torch
 from safetensors import safe_open
 
 from moeweave.formats.hf_checkpoint import read_config, safetensors_files
+from moeweave.quant.finite import require_finite
 
 _PER_EXPERT = [
     (re.compile(r"^(?:.*\.)?layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.(w1|w3|w2)\.weight$"),
@@ -55,6 +58,10 @@ class Checkpoint:
             handle = self._stack.enter_context(safe_open(path, framework="pt"))
             self._handles[path] = handle
             for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                if name in self._location:
+                    raise ValueError(
+                        f"{self.directory}: tensor {name!r} is in both {self._location[name]} and {path}"
+                    )
                 self._location[name] = path
                 self._classify(name)
         for layer, kinds in self.fused_names.items():
@@ -103,10 +110,14 @@ class Checkpoint:
         return self._handles[self._location[name]].get_slice(name).get_shape()
 
     def _tensor(self, name: str) -> torch.Tensor:
-        return self._handles[self._location[name]].get_tensor(name)
+        tensor = self._handles[self._location[name]].get_tensor(name)
+        require_finite(tensor, name)
+        return tensor
 
     def _expert_slice(self, name: str, e: int) -> torch.Tensor:
-        return self._handles[self._location[name]].get_slice(name)[e]
+        tensor = self._handles[self._location[name]].get_slice(name)[e]
+        require_finite(tensor, name, at=(e,))
+        return tensor
 
     def experts(self) -> list[tuple[int, int]]:
         """Every (layer, expert), sorted."""
