@@ -20,6 +20,10 @@ def _import(name: str) -> ModuleType | None:
     try:
         return importlib.import_module(f"moeweave.{name}")
     except ImportError as error:
+        # Ctrl-C during the extension's initialisation reaches us as pybind11's ImportError;
+        # it is the user's interrupt, not a missing module to fall back from.
+        if isinstance(error.__cause__, KeyboardInterrupt):
+            raise error.__cause__ from None
         _load_errors[name] = str(error)
         return None
 

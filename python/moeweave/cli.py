@@ -1,60 +1,127 @@
-"""The ``moeweave`` command line."""
+"""The ``moeweave`` command line. Its commands report an ordinary mistake (a missing file, an
+argument out of range, a malformed checkpoint or bits map), Ctrl-C and a closed output pipe in
+one line on stderr and a non-zero exit status, all in `main`; any other exception is a bug and
+keeps its traceback."""
 
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, like the commands' own errors (argparse would print the usage first);
+        # subcommand parsers are made of this class too, so `self.prog` names the command.
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
+def _info(args) -> None:
+    from moeweave import info as info_module
+
+    report = info_module.gather()
+    print(json.dumps(report, indent=2) if args.json else info_module.format_report(report))
+
+
+def _demo(args) -> None:
+    from moeweave import demo
+
+    demo.main()
+
+
+def _group_size(text: str) -> int:
+    """--group-size, checked before the conversion creates its output directory."""
+    from moeweave.quant.format import UNIT_COLS
+
+    if not text.isdecimal() or int(text) == 0 or int(text) % UNIT_COLS:
+        raise argparse.ArgumentTypeError(f"must be a positive multiple of {UNIT_COLS}, got {text!r}")
+    return int(text)
+
+
+def _bits_map(path: Path, default: int) -> dict:
+    """The --bits-map file with --bits as its default; write_store checks the widths and keys."""
+    try:
+        mapping = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        # Neither message names the file.
+        raise ValueError(f"--bits-map {path}: not a UTF-8 JSON file ({error})") from None
+    if not isinstance(mapping, dict):
+        raise ValueError(
+            f'--bits-map {path}: must be a JSON object {{"layer.expert": bits}}, not a {type(mapping).__name__}'
+        )
+    return {"default": default, **mapping}
+
+
+def _store_convert(args) -> None:
+    from moeweave.store import write_store
+
+    bits = _bits_map(Path(args.bits_map), args.bits) if args.bits_map else args.bits
+    manifest = write_store(args.hf_dir, args.out_dir, bits=bits, group_size=args.group_size)
+    print(f"{args.out_dir}: {len(manifest.extents)} experts in {len(manifest.files)} blob files")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from moeweave import run as run_module
+    from moeweave.quant.format import SUPPORTED_BITS
+    from moeweave.store.writer import PLAIN_BITS
+
+    parser = _Parser(prog="moeweave", description="Mixture-of-Experts models and their weights")
+    commands = parser.add_subparsers(required=True)
+
+    def add(name: str, handler, summary: str, subcommands=commands) -> argparse.ArgumentParser:
+        sub = subcommands.add_parser(name, help=summary)
+        sub.set_defaults(handler=handler, command=sub.prog)
+        return sub
+
+    info = add("info", _info, "version, native modules, CPU ISA, threads, CUDA, io_uring")
+    info.add_argument("--json", action="store_true", help="print the report as JSON")
+    add("demo", _demo, "run the native ops against their plain-torch twins")
+    run_module.add_arguments(add("run", run_module.main, "generate text with an MoE checkpoint"))
+    store = commands.add_parser("store", help="expert stores (experts on SSD, read with O_DIRECT)")
+    store_commands = store.add_subparsers(required=True)
+    convert = add("convert", _store_convert, "convert a Hugging Face safetensors checkpoint", store_commands)
+    convert.add_argument("hf_dir", help="checkpoint directory (config.json + *.safetensors)")
+    convert.add_argument("out_dir", help="new or empty directory for the store")
+    convert.add_argument("--bits", type=int, default=4, choices=(*SUPPORTED_BITS, PLAIN_BITS),
+                         help="bits per weight: 2, 3, 4, 8 or 16 (bf16)")  # fmt: skip
+    convert.add_argument("--bits-map", help='JSON file {"layer.expert": bits}; experts it omits get --bits')
+    convert.add_argument(
+        "--group-size", type=_group_size, default=64, help="columns per scale (multiple of 32)"
+    )
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs the command in `argv` (default: sys.argv); returns the exit status."""
     # Before torch is imported: torch's OpenMP workers otherwise spin after each parallel region
     # on the cores moeweave's pool is about to use (a 128-token prefill of the benchmark
     # checkpoint: 97 ms with spinning workers, 77-80 ms without). An explicit setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    parser = argparse.ArgumentParser(
-        prog="moeweave", description="Mixture-of-Experts models and their weights"
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    info = commands.add_parser("info", help="version, native modules, CPU ISA, threads, CUDA, io_uring")
-    info.add_argument("--json", action="store_true", help="print the report as JSON")
-    commands.add_parser("demo", help="run the native ops against their plain-torch twins")
-    from moeweave import run as run_module
-
-    run_module.add_arguments(commands.add_parser("run", help="generate text with an MoE checkpoint"))
-    store = commands.add_parser("store", help="expert stores (experts on SSD, read with O_DIRECT)")
-    store_commands = store.add_subparsers(dest="store_command", required=True)
-    convert = store_commands.add_parser("convert", help="convert a Hugging Face safetensors checkpoint")
-    convert.add_argument("hf_dir", help="checkpoint directory (config.json + *.safetensors)")
-    convert.add_argument("out_dir", help="new or empty directory for the store")
-    convert.add_argument("--bits", type=int, default=4, help="bits per weight: 2, 3, 4, 8 or 16 (bf16)")
-    convert.add_argument("--bits-map", help='JSON file {"layer.expert": bits}; experts it omits get --bits')
-    convert.add_argument("--group-size", type=int, default=64, help="columns per scale (multiple of 32)")
-    args = parser.parse_args(argv)
-
-    if args.command == "info":
-        from moeweave import info as info_module
-
-        report = info_module.gather()
-        print(json.dumps(report, indent=2) if args.json else info_module.format_report(report))
-    elif args.command == "demo":
-        from moeweave import demo
-
-        demo.main()
-    elif args.command == "run":
-        run_module.main(args)
-    elif args.command == "store":
-        from moeweave.store import write_store
-
-        bits = args.bits
-        try:
-            if args.bits_map:
-                bits = {"default": args.bits, **json.loads(Path(args.bits_map).read_text())}
-            manifest = write_store(args.hf_dir, args.out_dir, bits=bits, group_size=args.group_size)
-        except (OSError, ValueError) as error:
-            print(f"moeweave store convert: {error}", file=sys.stderr)
-            return 1
-        print(f"{args.out_dir}: {len(manifest.extents)} experts in {len(manifest.files)} blob files")
+    command = "moeweave"  # until the arguments are parsed: Ctrl-C can come during the imports
+    try:
+        args = _parser().parse_args(argv)
+        command = args.command
+        args.handler(args)
+        # Here rather than at exit, so that a reader who has gone away raises where it is handled.
+        sys.stdout.flush()
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except BrokenPipeError:
+        # The reader has gone (`moeweave info | head -1`), which is no error to report. Text
+        # still buffered would fail again when the interpreter flushes stdout on its way out
+        # ("Exception ignored ... BrokenPipeError"), so stdout now leads nowhere. The status is
+        # the one the shell reports for a command that SIGPIPE ended.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    except (OSError, ValueError) as error:
+        # How the library reports what the user can fix: a file missing or unreadable, a value
+        # out of range, a malformed checkpoint or map. Other exceptions are bugs: traceback.
+        print(f"{command}: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

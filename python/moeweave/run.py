@@ -1,14 +1,15 @@
 """`moeweave run`: generate text with an MoE checkpoint (default: the bundled demo model) on
 moeweave's own model execution, streaming tokens as they come, then the speed."""
 
-import json
 import sys
 from pathlib import Path
 
 import torch
 
+from moeweave.formats.hf_checkpoint import read_config
 from moeweave.models import EXPERT_FORMATS, load
 from moeweave.models.bundled import default_model_dir
+from moeweave.models.generate import check_arguments
 from moeweave.models.load import PROJECTION_FORMATS
 
 DENSE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -17,10 +18,9 @@ DENSE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 def checkpoint_dtype(path: Path) -> torch.dtype:
     """The dtype config.json records for the weights: bfloat16 stays bfloat16 (half the bytes a
     decode step reads); anything else runs in float32, the CPU's only other fast dtype here."""
-    config = path / "config.json"
-    if not config.exists():  # load() reports the missing file
+    if not (path / "config.json").is_file():  # load() reports the missing directory or file
         return torch.float32
-    fields = json.loads(config.read_text())
+    fields = read_config(path)  # ValueError naming the file when it is not a JSON object
     return (
         DENSE_DTYPES["bfloat16"]
         if (fields.get("dtype") or fields.get("torch_dtype")) == "bfloat16"
@@ -46,11 +46,18 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> None:
+    """Errors are ValueError or OSError; moeweave.cli prints them in one line."""
+    try:
+        args.prompt.encode()
+    except UnicodeEncodeError:
+        # Bytes of argv that are not UTF-8 arrive as lone surrogates, which no tokenizer encodes.
+        raise ValueError("--prompt is not valid UTF-8 text") from None
+    check_arguments(args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     path = args.model or default_model_dir()
     dtype = checkpoint_dtype(path) if args.dtype == "auto" else DENSE_DTYPES[args.dtype]
     model = load(path, experts=args.experts, dtype=dtype, projections=args.projections)
     if model.tokenizer is None:
-        raise SystemExit(f"moeweave run: {path} has no tokenizer.json, so a text prompt cannot be encoded")
+        raise ValueError(f"{path} has no tokenizer.json, so a text prompt cannot be encoded")
     print(
         f"# {path} ({model.spec.architecture}, {args.experts} experts, {str(dtype).removeprefix('torch.')} dense "
         f"weights, {torch.get_num_threads()} torch threads)"

@@ -36,7 +36,7 @@ def _edit_weights(checkpoint, tmp_path, edit):
 
 def test_missing_tensor(checkpoint, tmp_path):
     path = _edit_weights(checkpoint, tmp_path, lambda t: t.pop("model.norm.weight"))
-    with pytest.raises(KeyError, match=r"missing tensor 'model\.norm\.weight'"):
+    with pytest.raises(ValueError, match=r"missing tensor 'model\.norm\.weight'"):
         load(path)
 
 
@@ -63,5 +63,5 @@ def test_pickle_only_checkpoint_is_refused(checkpoint, tmp_path):
 
 
 def test_missing_directory(tmp_path):
-    with pytest.raises(FileNotFoundError, match="checkpoint directory not found"):
+    with pytest.raises(FileNotFoundError, match=r"checkpoint directory .*nowhere does not exist"):
         load(tmp_path / "nowhere")

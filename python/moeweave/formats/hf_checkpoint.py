@@ -7,6 +7,8 @@ a shard index naming `../x` or `/x`, or a symlink out of the directory, is refus
 import json
 from pathlib import Path
 
+from safetensors import SafetensorError, safe_open
+
 from moeweave.formats.paths import confined
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -51,3 +53,12 @@ def _json(directory: Path, name: str) -> dict:
     if not isinstance(body, dict):
         raise ValueError(f"{directory / name}: must hold a JSON object, got {type(body).__name__}")
     return body
+
+
+def open_safetensors(path: Path):
+    """safe_open(path) for torch tensors; a file that is not valid safetensors (truncated, not
+    safetensors at all) raises ValueError naming it."""
+    try:
+        return safe_open(str(path), framework="pt")
+    except SafetensorError as error:
+        raise ValueError(f"{path}: not a valid safetensors file ({error})") from None

@@ -8,9 +8,8 @@ silently (the later file winning, the NaN spreading through every output).
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
-from moeweave.formats.hf_checkpoint import read_config, safetensors_files
+from moeweave.formats.hf_checkpoint import open_safetensors, read_config, safetensors_files
 from moeweave.quant.finite import require_finite
 
 
@@ -18,12 +17,13 @@ class Checkpoint:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not self.path.is_dir():
-            raise FileNotFoundError(f"checkpoint directory not found: {self.path}")
+            what = "is not a directory" if self.path.exists() else "does not exist"
+            raise FileNotFoundError(f"checkpoint directory {self.path} {what}")
         self.config = read_config(self.path)
         self._where = {}  # tensor name -> the safe_open handle of its file
         file_of: dict[str, Path] = {}
         for file in safetensors_files(self.path):
-            handle = safe_open(str(file), framework="pt")
+            handle = open_safetensors(file)
             for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
                 if name in file_of:
                     raise ValueError(
@@ -38,7 +38,7 @@ class Checkpoint:
     def take(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
         """The tensor `name`, checked against the expected shape and for NaN/inf."""
         if name not in self._where:
-            raise KeyError(f"checkpoint {self.path} is missing tensor {name!r}")
+            raise ValueError(f"checkpoint {self.path} is missing tensor {name!r}")
         tensor = self._where[name].get_tensor(name)
         if tuple(tensor.shape) != tuple(shape):
             raise ValueError(

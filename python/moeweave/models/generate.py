@@ -2,6 +2,7 @@
 optionally streaming each new token's text to a callback as it is produced.
 """
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -64,6 +65,24 @@ class TextStream:
         return text[len(emitted) :]
 
 
+def check_arguments(
+    prompt: str | list[int] | torch.Tensor, max_new_tokens: int, temperature: float, top_k: int, top_p: float
+) -> None:
+    """ValueError naming the first of generate's arguments out of its range. Needs no model, so a
+    caller can check before loading one (`moeweave run`). An empty text prompt is refused even
+    where the tokenizer would add a BOS token to it."""
+    if isinstance(prompt, str) and not prompt:
+        raise ValueError("generate: the prompt is empty")
+    if max_new_tokens < 0:
+        raise ValueError(f"generate: max_new_tokens must be >= 0, got {max_new_tokens}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"generate: temperature must be a finite number >= 0 (0: greedy), got {temperature}")
+    if top_k < 0:
+        raise ValueError(f"generate: top_k must be >= 0 (0: no limit), got {top_k}")
+    if not 0 < top_p <= 1:  # NaN fails this too
+        raise ValueError(f"generate: top_p must be in (0, 1] (1: no limit), got {top_p}")
+
+
 def generate(
     model: MoEModel,
     prompt: str | list[int] | torch.Tensor,
@@ -78,6 +97,7 @@ def generate(
     """Continue one prompt (text, needing the model's tokenizer, or token ids)."""
     import time
 
+    check_arguments(prompt, max_new_tokens, temperature, top_k, top_p)
     tokenizer = model.tokenizer
     if isinstance(prompt, str):
         if tokenizer is None:

@@ -20,9 +20,8 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
-from moeweave.formats.hf_checkpoint import read_config, safetensors_files
+from moeweave.formats.hf_checkpoint import open_safetensors, read_config, safetensors_files
 from moeweave.quant.finite import require_finite
 
 _PER_EXPERT = [
@@ -55,7 +54,7 @@ class Checkpoint:
         self._fused_experts: set[tuple[int, int]] = set()
         self.dense_names: list[str] = []
         for path in files:
-            handle = self._stack.enter_context(safe_open(path, framework="pt"))
+            handle = self._stack.enter_context(open_safetensors(path))
             self._handles[path] = handle
             for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
                 if name in self._location:

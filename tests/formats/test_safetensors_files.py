@@ -1,7 +1,8 @@
-"""A tensor name in two safetensors files of one checkpoint is refused by both checkpoint readers
-(and so by load and write_store), naming the tensor and both files: the later file used to win
-silently. Checked with and without a shard index (the index maps each name to one file, but the
-files it names may still both hold it)."""
+"""The safetensors files of a checkpoint as both checkpoint readers (and so load and write_store)
+take them. A tensor name in two files is refused, naming the tensor and both files (the later
+file used to win silently), with and without a shard index (the index maps each name to one
+file, but the files it names may still both hold it). A file that is not valid safetensors is
+refused by name instead of with the parser's bare message."""
 
 import json
 
@@ -43,3 +44,11 @@ def test_tensor_in_two_files_is_refused(tmp_path, reader, indexed):
     ):
         READERS[reader](checkpoint)
     assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize("reader", [ModelCheckpoint, StoreCheckpoint])
+def test_a_file_that_is_not_safetensors_is_named(tmp_path, reader):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3_moe"}))
+    (tmp_path / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken")
+    with pytest.raises(ValueError, match=r"model.safetensors: not a valid safetensors file"):
+        reader(tmp_path)
