@@ -70,3 +70,16 @@ def test_thread_count_from_environment():
     )
     assert report["cpu_module"]["threads"] == 3
     assert report["environment"]["MOEWEAVE_NUM_THREADS"] == "3"
+
+
+def test_subpackages_are_attributes_of_the_package():
+    """`import moeweave; moeweave.store` works like `moeweave.ops`."""
+    code = (
+        "import moeweave\n"
+        "names = ('cpu', 'formats', 'integrations', 'models', 'ops', 'quant', 'store')\n"
+        "print([getattr(moeweave, n).__name__ for n in names])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    names = ("cpu", "formats", "integrations", "models", "ops", "quant", "store")
+    assert result.stdout.strip() == str([f"moeweave.{n}" for n in names])

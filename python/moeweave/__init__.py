@@ -2,14 +2,14 @@
 
 Importing the package is cheap on purpose: it loads no native module, imports no torch and
 initialises no CUDA. Submodules load on first attribute access (``moeweave.ops``,
-``moeweave.cpu``), and the native kernels load when the first tensor reaches an op.
+``moeweave.store``, ...), and the native kernels load when the first tensor reaches an op.
 """
 
 import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("cli", "cpu", "envs", "integrations", "models", "ops", "quant")
+_SUBMODULES = ("cli", "cpu", "envs", "formats", "integrations", "models", "ops", "quant", "store")
 
 __all__ = ["__version__", *_SUBMODULES]
 

@@ -14,7 +14,7 @@ namespace moeweave {
 // (f32, f16 or bf16). -EINVAL for any other dtype.
 Status silu_mul(DType dtype, const void* gate, const void* up, void* out, int64_t n);
 
-// Token rerouting (SPEC §2): out[t, k] = remap[tok_adapter[t] + 1, topk_ids[t, k]].
+// Token rerouting (ExpertWeave): out[t, k] = remap[tok_adapter[t] + 1, topk_ids[t, k]].
 // Shapes: topk_ids, out [T, K]; tok_adapter [T]; remap [A + 1, E]. An adapter outside [-1, A) or
 // an id outside [0, E) gives -ERANGE, with the flat index of the first offending topk_ids entry
 // in *bad_index (out is then partially written).

@@ -18,7 +18,7 @@ struct SiluMulKernels {
   void (*bf16)(const uint16_t* gate, const uint16_t* up, uint16_t* out, int64_t n);
 };
 
-// Rows [t_begin, t_end) of SPEC §2's rerouting; returns -1, or the flat index into topk_ids of
+// Rows [t_begin, t_end) of the token rerouting (kernels_cpu.h: reroute); returns -1, or the flat index into topk_ids of
 // the first entry whose adapter or expert id is out of range.
 using RerouteKernel = int64_t (*)(const int32_t* topk_ids, const int32_t* tok_adapter,
                                   const int32_t* remap, int32_t* out, int64_t t_begin,

@@ -12,7 +12,7 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 
 def reroute(topk_ids: torch.Tensor, tok_adapter: torch.Tensor, remap: torch.Tensor) -> torch.Tensor:
-    """phys_ids[t, k] = remap[tok_adapter[t] + 1, topk_ids[t, k]] (SPEC §2).
+    """phys_ids[t, k] = remap[tok_adapter[t] + 1, topk_ids[t, k]]: row 0 of remap is the base model.
 
     topk_ids [T, K] int32, tok_adapter [T] int32 (-1 = base model), remap [A + 1, E] int32
     -> [T, K] int32. Out-of-range adapters or ids raise ValueError (torch indexing would wrap

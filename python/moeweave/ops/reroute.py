@@ -1,5 +1,5 @@
 """``moeweave::reroute``: fused batched rerouting of tokens to their request's adapter experts
-(ExpertWeave; SPEC §2).
+(ExpertWeave).
 
 Shapes: topk_ids [T, K] int32 (base expert ids from the frozen router), tok_adapter [T] int32
 (adapter slot of each token's request, -1 = base model), remap [A + 1, E] int32 (row 0 is the
