@@ -1,5 +1,6 @@
-"""The staged MoE block: router -> optional reroute -> expert compute (a provider) -> combine,
-plus an optional shared expert. Each stage is a small replaceable piece.
+"""The staged MoE block: router -> optional reroute -> expert provider (which computes the routed
+experts and sums them with their routing weights) -> plus an optional shared expert. Each stage is
+a small replaceable piece.
 
 Dimension legend: T tokens, E routed experts, K experts per token, H hidden size.
 """
