@@ -60,3 +60,9 @@ def test_non_finite_expert_weights_are_refused_by_name(checkpoint):
             ValueError, match=r"expert 1 up \(gate_up_proj\[1, \d+:\]\): non-finite value nan at \[2, 5\]"
         ):
             model(torch.tensor([[3, 4, 5]]))
+
+
+def test_transformers_before_5_7_is_refused_with_the_reason(monkeypatch):
+    monkeypatch.setattr(transformers, "__version__", "5.6.2")
+    with pytest.raises(ImportError, match=r"need transformers >= 5.7.*this is 5.6.2"):
+        use_moeweave_experts(torch.nn.Linear(1, 1), experts="int4")

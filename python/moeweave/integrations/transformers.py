@@ -20,6 +20,8 @@ from moeweave.quant.finite import require_finite
 
 NAME = "moeweave"
 FORMATS = ("bf16", "int8", "int4", "int3", "int2")
+# 5.0-5.6 reject any experts implementation outside their built-in list.
+MIN_TRANSFORMERS = "5.7"
 
 
 def _projection(w: torch.Tensor, experts: str, where: str):
@@ -82,7 +84,16 @@ def moeweave_experts_forward(
 
 
 def register() -> None:
-    """Make "moeweave" a valid experts implementation in transformers."""
+    """Make "moeweave" a valid experts implementation in transformers (5.7 or newer)."""
+    import transformers
+    from packaging.version import Version
+
+    if Version(transformers.__version__) < Version(MIN_TRANSFORMERS):
+        raise ImportError(
+            f"moeweave experts need transformers >= {MIN_TRANSFORMERS}, the first release whose "
+            f"set_experts_implementation accepts registered implementations; this is "
+            f"{transformers.__version__} (pip install 'moeweave[transformers]')"
+        )
     from transformers.integrations.moe import ExpertsInterface
 
     ExpertsInterface.register(NAME, moeweave_experts_forward)
