@@ -1,8 +1,9 @@
 """`python -m moeweave.recipes.demo_model`: build the bundled demo MoE model, or a random benchmark checkpoint.
 
 Default mode runs the whole recipe: corpus -> tokenizer -> training -> bf16 Hugging Face
-checkpoint -> reload from disk -> eval.json, into the package's data/demo_model/ unless --out
-says otherwise. `--random-shapes` instead writes a random-weight checkpoint with real expert
+checkpoint -> reload from disk -> eval.json, into `demo_model` under the cache directory unless
+--out says otherwise (the bundled copy is refreshed with --out python/moeweave/data/demo_model;
+an installed package's own folder is never written by default). `--random-shapes` instead writes a random-weight checkpoint with real expert
 shapes into the cache directory. docs/demo_model.md records the results and exact commands.
 """
 
@@ -23,7 +24,6 @@ from moeweave.envs import cache_dir
 from moeweave.recipes.demo_model import corpus as corpus_mod
 from moeweave.recipes.demo_model import random_checkpoint
 from moeweave.recipes.demo_model.evaluate import evaluate, heldout_losses
-from moeweave.recipes.demo_model.paths import DEMO_MODEL_DIR
 from moeweave.recipes.demo_model.tokenizer import encode_documents, train_tokenizer
 from moeweave.recipes.demo_model.train import (
     ModelShape,
@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--out",
         type=Path,
-        help=f"output directory (default: {DEMO_MODEL_DIR}; "
+        help=f"output directory (default: {cache_dir() / 'demo_model'}; "
         "with --random-shapes: a directory under the cache)",
     )
     p.add_argument(
@@ -114,7 +114,7 @@ def _print_summary(ev: dict) -> None:
 
 
 def build_demo_model(args: argparse.Namespace) -> None:
-    out = (args.out or DEMO_MODEL_DIR).resolve()
+    out = (args.out or cache_dir() / "demo_model").resolve()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     t_start = time.perf_counter()
