@@ -11,6 +11,11 @@ from moeweave import _native, envs
 _ERRNO_NAMES = {1: "EPERM (blocked, e.g. by a seccomp profile)", 38: "ENOSYS (kernel without io_uring)"}
 
 
+# The oldest Linux driver that runs each CUDA major release (NVIDIA's minor-version compatibility
+# table): cudart is linked statically, so this, not the toolkit on the machine, is what counts.
+_MIN_LINUX_DRIVER = {12: "525.60.13", 13: "580.65.06"}
+
+
 def gather() -> dict:
     import torch
 
@@ -48,6 +53,7 @@ def gather() -> dict:
             "built": True,
             "archs": ["sm_" + a for a in cuda.archs.split(",")],
             "runtime": f"{version // 1000}.{version % 1000 // 10}",
+            "driver_needed": _MIN_LINUX_DRIVER.get(version // 1000, "unknown"),
             "devices": max(devices, 0),
             "driver_error": None if devices >= 0 else f"cudaError {-devices} (no GPU or no driver)",
         }
@@ -71,7 +77,8 @@ def format_report(report: dict) -> str:
     if cuda["built"]:
         devices = cuda["devices"] or f"none ({cuda['driver_error'] or 'no GPU visible'})"
         lines.append(
-            f"CUDA module: built for {', '.join(cuda['archs'])}, CUDA runtime {cuda['runtime']}; devices: {devices}"
+            f"CUDA module: built for {', '.join(cuda['archs'])}, CUDA runtime {cuda['runtime']} "
+            f"(needs NVIDIA driver >= {cuda['driver_needed']}); devices: {devices}"
         )
     else:
         lines.append(f"CUDA module: not built ({cuda['error']})")
