@@ -189,6 +189,13 @@ def _wait_until_blocked_on(fifo: Path, process: subprocess.Popen) -> None:
     raise AssertionError(f"exited with {process.returncode} before reading the map: {process.stderr.read()}")
 
 
+def _sigint_default() -> None:
+    """In the child before it runs: a shell that started the tests in the background (as CI
+    may) leaves SIGINT ignored, and Python keeps an inherited SIG_IGN instead of raising
+    KeyboardInterrupt, so the command under test would never see the Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_during_store_convert(tmp_path):
     """The bits map is a FIFO that never gets its data, so the command waits inside `store
     convert` for as long as it takes; it is interrupted there."""
@@ -196,7 +203,12 @@ def test_ctrl_c_during_store_convert(tmp_path):
     os.mkfifo(fifo)
     argv = [MOEWEAVE, "store", "convert", DEMO, str(tmp_path / "store"), "--bits-map", str(fifo)]
     with subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=QUIET
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=QUIET,
+        preexec_fn=_sigint_default,
     ) as process:
         writer = _writer_once_read(fifo, process)
         try:

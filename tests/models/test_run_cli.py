@@ -84,7 +84,12 @@ def endless(checkpoint, tmp_path) -> subprocess.Popen:
                "--max-new-tokens", "1000000000", "--experts", "bf16"]  # fmt: skip
     env = {**os.environ, "TQDM_DISABLE": "1"}  # the loading bar would share stderr with the line under test
     with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # see test_cli_errors
     ) as process:
         assert process.stdout.readline().startswith(f"# {path} ")
         streamed = ""
