@@ -11,6 +11,7 @@ from moeweave.models import EXPERT_FORMATS, load
 from moeweave.models.bundled import default_model_dir
 from moeweave.models.generate import check_arguments
 from moeweave.models.load import PROJECTION_FORMATS
+from moeweave.models.prompting import SAMPLING_DEFAULTS, chat_prompt, sampling_defaults
 
 DENSE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -33,15 +34,19 @@ def add_arguments(parser) -> None:
         "model", nargs="?", type=Path, help="Hugging Face checkpoint directory (default: bundled demo model)"
     )
     parser.add_argument("--prompt", default="The history of the city", help="text to continue")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--chat", action="store_true",
+                        help="send the prompt as a user message through the tokenizer's chat template")  # fmt: skip
+    parser.add_argument("--max-new-tokens", type=int,
+                        help=f"default: generation_config.json's, else {SAMPLING_DEFAULTS['max_new_tokens']}")  # fmt: skip
     parser.add_argument("--experts", choices=EXPERT_FORMATS, default="int4", help="routed expert format")
     parser.add_argument("--projections", choices=PROJECTION_FORMATS, default="float",
                         help="attention / dense / LM-head projection weights: float, or INT8 (half the bytes)")  # fmt: skip
     parser.add_argument("--dtype", choices=["auto", *DENSE_DTYPES], default="auto",
                         help="dense weights: the checkpoint's own dtype (config.json), float32 or bfloat16")  # fmt: skip
-    parser.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
-    parser.add_argument("--top-k", type=int, default=40)
-    parser.add_argument("--top-p", type=float, default=0.95)
+    # Sampling: flags win, then the checkpoint's generation_config.json, then SAMPLING_DEFAULTS.
+    parser.add_argument("--temperature", type=float, help="0 = greedy")
+    parser.add_argument("--top-k", type=int)
+    parser.add_argument("--top-p", type=float)
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -52,8 +57,11 @@ def main(args) -> None:
     except UnicodeEncodeError:
         # Bytes of argv that are not UTF-8 arrive as lone surrogates, which no tokenizer encodes.
         raise ValueError("--prompt is not valid UTF-8 text") from None
-    check_arguments(args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     path = args.model or default_model_dir()
+    given = {name: getattr(args, name) for name in SAMPLING_DEFAULTS if getattr(args, name) is not None}
+    sampling = {**sampling_defaults(path), **given}
+    prompt = chat_prompt(path, args.prompt) if args.chat else args.prompt
+    check_arguments(prompt, **sampling)
     dtype = checkpoint_dtype(path) if args.dtype == "auto" else DENSE_DTYPES[args.dtype]
     model = load(path, experts=args.experts, dtype=dtype, projections=args.projections)
     if model.tokenizer is None:
@@ -62,23 +70,15 @@ def main(args) -> None:
         f"# {path} ({model.spec.architecture}, {args.experts} experts, {str(dtype).removeprefix('torch.')} dense "
         f"weights, {torch.get_num_threads()} torch threads)"
     )
-    sys.stdout.write(args.prompt)
+    sys.stdout.write(prompt)
     sys.stdout.flush()
 
     def stream(text: str) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    result = model.generate(
-        args.prompt,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        on_text=stream,
-    )
-    prompt_tokens = len(model.tokenizer.encode(args.prompt).ids)
+    result = model.generate(prompt, **sampling, seed=args.seed, on_text=stream)
+    prompt_tokens = len(model.tokenizer.encode(prompt).ids)
     print(
         f"\n# prompt {prompt_tokens} tokens in {result.prefill_seconds * 1e3:.0f} ms; "
         f"{len(result.tokens)} new tokens at {result.decode_tokens_per_second:.1f} tokens/s"
