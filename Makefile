@@ -16,7 +16,7 @@ $(DEPS): pyproject.toml
 	touch $@
 
 install: $(DEPS)
-	$(PIP) install -q --no-build-isolation -e '.[test]'
+	$(PIP) install -q --no-build-isolation -e '.[test,aggregate]'
 
 run: install
 	$(VENV)/bin/moeweave info

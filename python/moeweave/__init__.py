@@ -9,7 +9,18 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("cli", "cpu", "envs", "formats", "integrations", "models", "ops", "quant", "store")
+_SUBMODULES = (
+    "aggregate",
+    "cli",
+    "cpu",
+    "envs",
+    "formats",
+    "integrations",
+    "models",
+    "ops",
+    "quant",
+    "store",
+)
 
 __all__ = ["__version__", *_SUBMODULES]
 
