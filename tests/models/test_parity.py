@@ -7,8 +7,9 @@ import shutil
 
 import pytest
 import torch
-import transformers
 from safetensors.torch import load_file, save_file
+from transformers_oracle import oracle as _oracle
+from transformers_oracle import oracle_with_experts_as as _oracle_with_experts_as
 
 from moeweave.models import KVCache, load
 from moeweave.quant import dequantize, quantize
@@ -17,30 +18,6 @@ from moeweave.quant import dequantize, quantize
 # the same quantised weights (dequantised), so this bounds moeweave's kernels (int8 activations
 # inside the fused op), not the quantisation itself.
 TOLERANCE = {"fp32": 1e-5, "bf16": 2e-2, "int8": 2e-2, "int4": 2e-2}
-EXPERT_TENSOR = re.compile(r"\.experts\.\d+\.(gate_proj|up_proj|down_proj|w1|w2|w3)\.weight$")
-
-
-def _oracle(path):
-    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-
-
-def _oracle_with_experts_as(path, experts, tmp_path):
-    """transformers' model with each expert weight replaced by what moeweave computes with:
-    bf16-rounded, or quantised exactly as moeweave.models.load does, then dequantised."""
-    if experts == "fp32":
-        return _oracle(path)
-    target = tmp_path / f"oracle-{experts}"
-    shutil.copytree(path, target)
-    tensors = load_file(target / "model.safetensors")
-    for name, w in tensors.items():
-        if EXPERT_TENSOR.search(name):
-            if experts == "bf16":
-                tensors[name] = w.bfloat16().float()
-            else:
-                bits = int(experts[3:])
-                tensors[name] = dequantize(quantize(w.float(), bits=bits, group_size=64, sym=bits >= 4))
-    save_file(tensors, target / "model.safetensors")
-    return _oracle(target)
 
 
 def _padded_batch(vocab: int, lengths=(9, 4, 1)):

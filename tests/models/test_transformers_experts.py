@@ -5,7 +5,8 @@ same (bf16-rounded or quantised-then-dequantised) expert weights."""
 import pytest
 import torch
 import transformers
-from test_parity import _oracle, _oracle_with_experts_as
+from transformers_oracle import oracle as _oracle
+from transformers_oracle import oracle_with_experts_as as _oracle_with_experts_as
 
 from moeweave.integrations.transformers import use_moeweave_experts
 

@@ -1,0 +1,37 @@
+"""The oracle of the model tests: transformers' own model for a checkpoint, optionally with every
+expert weight replaced by what moeweave computes with. Shared by test_parity.py and
+test_transformers_experts.py (a helper module, so no test module imports another)."""
+
+import re
+import shutil
+
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+
+from moeweave.quant import dequantize, quantize
+
+EXPERT_TENSOR = re.compile(r"\.experts\.\d+\.(gate_proj|up_proj|down_proj|w1|w2|w3)\.weight$")
+
+
+def oracle(path):
+    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def oracle_with_experts_as(path, experts, tmp_path):
+    """transformers' model with each expert weight replaced by what moeweave computes with:
+    bf16-rounded, or quantised exactly as moeweave.models.load does, then dequantised."""
+    if experts == "fp32":
+        return oracle(path)
+    target = tmp_path / f"oracle-{experts}"
+    shutil.copytree(path, target)
+    tensors = load_file(target / "model.safetensors")
+    for name, w in tensors.items():
+        if EXPERT_TENSOR.search(name):
+            if experts == "bf16":
+                tensors[name] = w.bfloat16().float()
+            else:
+                bits = int(experts[3:])
+                tensors[name] = dequantize(quantize(w.float(), bits=bits, group_size=64, sym=bits >= 4))
+    save_file(tensors, target / "model.safetensors")
+    return oracle(target)
