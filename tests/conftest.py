@@ -1,4 +1,9 @@
-"""Shared fixtures: the ISA levels this CPU supports, so CPU kernel tests run under each."""
+"""Shared fixtures: the ISA levels this CPU supports, so CPU kernel tests run under each; a way
+to start a command that Ctrl-C can interrupt."""
+
+import functools
+import signal
+import subprocess
 
 import pytest
 
@@ -15,3 +20,23 @@ def isa(request):
     """Run the test with the CPU kernels dispatched to one ISA level."""
     with moeweave.cpu.use_isa(request.param):
         yield request.param
+
+
+def _sigint_default() -> None:
+    """In the child before it runs: a shell that started the tests in the background (as CI
+    may) leaves SIGINT ignored, and Python keeps an inherited SIG_IGN instead of raising
+    KeyboardInterrupt, so the command under test would never see the Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def interruptible_popen():
+    """subprocess.Popen(argv, **kwargs) with text stdout and stderr pipes and SIGINT at its
+    default in the child."""
+    return functools.partial(
+        subprocess.Popen,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_sigint_default,
+    )

@@ -4,12 +4,11 @@ keeps its traceback. Most cases call moeweave.cli.main in this process (each wou
 torch's import); those about signals, pipes and the installed command run it as a subprocess.
 `moeweave run`'s cases on a running model are in tests/models/test_run_cli.py."""
 
-import errno
 import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -155,68 +154,36 @@ def test_info_into_a_closed_pipe_is_silent():
     assert (done.returncode, done.stderr) == (128 + signal.SIGPIPE, "")
 
 
-def _writer_once_read(fifo: Path, process: subprocess.Popen) -> int:
-    """The write end of `fifo`, opened once `process` has opened it for reading (before that, a
-    non-blocking open fails with ENXIO)."""
-    while process.poll() is None:
-        try:
-            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as error:
-            if error.errno != errno.ENXIO:
-                raise
-        time.sleep(0.01)
-    raise AssertionError(f"exited with {process.returncode} before reading the map: {process.stderr.read()}")
+def _write_end_once_read(fifo: Path, process: subprocess.Popen) -> tuple[int, list[int]]:
+    """The write end of `fifo`. Opening it blocks until a reader opens the FIFO: the command, or,
+    should the command exit first, a stand-in opened by a watchdog thread, so that a broken
+    command fails the test instead of hanging it. Returns it and the stand-in's descriptors."""
+    stand_in: list[int] = []
+
+    def open_a_reader_once_exited() -> None:
+        process.wait()
+        stand_in.append(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+
+    threading.Thread(target=open_a_reader_once_exited, daemon=True).start()
+    return os.open(fifo, os.O_WRONLY), stand_in
 
 
-def _wait_until_blocked_on(fifo: Path, process: subprocess.Popen) -> None:
-    """Returns once `process` sits in a system call on `fifo` (/proc/PID/syscall: its number,
-    then its first argument, the descriptor). A SIGINT just before that call would only set
-    CPython's flag: the call would block all the same, and the KeyboardInterrupt never come."""
-    proc, identity = Path(f"/proc/{process.pid}"), (fifo.stat().st_dev, fifo.stat().st_ino)
-    while process.poll() is None:
-        try:
-            descriptors = {
-                int(fd.name)
-                for fd in (proc / "fd").iterdir()
-                if (fd.stat().st_dev, fd.stat().st_ino) == identity
-            }
-            call = (proc / "syscall").read_text().split()
-        except FileNotFoundError:  # a descriptor closed, or the process exited, meanwhile
-            continue
-        if len(call) > 1 and int(call[1], 16) in descriptors:
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"exited with {process.returncode} before reading the map: {process.stderr.read()}")
-
-
-def _sigint_default() -> None:
-    """In the child before it runs: a shell that started the tests in the background (as CI
-    may) leaves SIGINT ignored, and Python keeps an inherited SIG_IGN instead of raising
-    KeyboardInterrupt, so the command under test would never see the Ctrl-C."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def test_ctrl_c_during_store_convert(tmp_path):
-    """The bits map is a FIFO that never gets its data, so the command waits inside `store
-    convert` for as long as it takes; it is interrupted there."""
+def test_ctrl_c_during_store_convert(tmp_path, interruptible_popen):
+    """The bits map is a FIFO: the command opens it and waits in `store convert` for data that
+    never comes. The Ctrl-C is sent once it has opened the map, so its SIGINT handler is in
+    place; closing the write end right after the signal ends a read that the signal may have
+    just missed (CPython only flags a signal that lands outside a system call), so the
+    interrupt is raised either way."""
     fifo = tmp_path / "bits.json"
     os.mkfifo(fifo)
     argv = [MOEWEAVE, "store", "convert", DEMO, str(tmp_path / "store"), "--bits-map", str(fifo)]
-    with subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=QUIET,
-        preexec_fn=_sigint_default,
-    ) as process:
-        writer = _writer_once_read(fifo, process)
-        try:
-            _wait_until_blocked_on(fifo, process)
-            process.send_signal(signal.SIGINT)
-            out, err = process.communicate(timeout=300)
-        finally:
-            os.close(writer)
+    with interruptible_popen(argv, env=QUIET) as process:
+        writer, stand_in = _write_end_once_read(fifo, process)
+        process.send_signal(signal.SIGINT)
+        os.close(writer)
+        out, err = process.communicate(timeout=300)
+    for descriptor in stand_in:
+        os.close(descriptor)
     assert (process.returncode, out, err) == (
         128 + signal.SIGINT,
         "",

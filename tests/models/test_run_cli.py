@@ -70,7 +70,7 @@ def test_run_uses_the_checkpoint_dtype_by_default(checkpoint, tmp_path):
 
 
 @pytest.fixture
-def endless(checkpoint, tmp_path) -> subprocess.Popen:
+def endless(checkpoint, tmp_path, interruptible_popen) -> subprocess.Popen:
     """`moeweave run` on a checkpoint without an EOS token, asked for a billion tokens: it
     generates until stopped. Returned once it has streamed text past the prompt: it is then
     generating, past the first op, which loads moeweave._C (moeweave._native takes an interrupt
@@ -83,14 +83,7 @@ def endless(checkpoint, tmp_path) -> subprocess.Popen:
     command = [str(Path(sys.executable).with_name("moeweave")), "run", str(path), "--prompt", prompt,
                "--max-new-tokens", "1000000000", "--experts", "bf16"]  # fmt: skip
     env = {**os.environ, "TQDM_DISABLE": "1"}  # the loading bar would share stderr with the line under test
-    with subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # see test_cli_errors
-    ) as process:
+    with interruptible_popen(command, env=env) as process:
         assert process.stdout.readline().startswith(f"# {path} ")
         streamed = ""
         while len(streamed) <= len(prompt):
