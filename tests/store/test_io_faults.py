@@ -13,10 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from moeweave import _native
 from moeweave.store import ExpertStore, StoreError, write_store
 
-BACKENDS = ["uring", "pread"]
 FAULTS_SCRIPT = Path(__file__).with_name("io_uring_faults.py")
 JOIN_TIMEOUT_S = 60  # only a hang reaches it
 
@@ -39,15 +37,6 @@ def blobs(store_dir) -> dict[tuple[int, int], bytes]:
             f.seek(extent.offset)
             out[key] = f.read(extent.length)
     return out
-
-
-def uring_available() -> bool:
-    return _native.require_cpu_module().io_uring_status()[0]
-
-
-def skip_without(backend: str) -> None:
-    if backend == "uring" and not uring_available():
-        pytest.skip("io_uring is refused here")
 
 
 def run_threads(targets) -> None:
@@ -107,11 +96,9 @@ def close_while_reading(store: ExpertStore, blobs: dict, seed: int, readers: int
     return unexpected
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_close_races_with_readers_on_other_threads(store_dir, blobs, backend):
     """Each read either returns the blob's bytes or raises "store closed"; nothing crashes or
     hangs, round after round."""
-    skip_without(backend)
     for round_ in range(10):
         store = ExpertStore(store_dir, backend=backend, queue_depth=2)
         unexpected = close_while_reading(store, blobs, seed=round_ * 100)
@@ -119,9 +106,7 @@ def test_close_races_with_readers_on_other_threads(store_dir, blobs, backend):
         store.close()  # a third close, after the racing ones, is a no-op
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_pending_reads_and_later_calls_fail_with_store_closed(store_dir, backend):
-    skip_without(backend)
     store = ExpertStore(store_dir, backend=backend)
     with store.paused():
         handles = [store.prefetch(*key) for key in store.experts()]
@@ -172,7 +157,7 @@ def run_faults(store_dir, mode: str, stdin: str = "") -> dict:
     return json.loads(result.stdout)
 
 
-@pytest.mark.skipif(not uring_available(), reason="io_uring is refused here already")
+@pytest.mark.usefixtures("needs_uring")
 def test_io_uring_enter_refused_at_start_falls_back_to_pread(store_dir, blobs):
     """io_uring_setup allowed but io_uring_enter refused, as some seccomp profiles do: the probe
     and the store's backend choice notice it and the pread pool serves every read."""
@@ -183,7 +168,7 @@ def test_io_uring_enter_refused_at_start_falls_back_to_pread(store_dir, blobs):
     assert report["forced_uring"] == errno.EPERM
 
 
-@pytest.mark.skipif(not uring_available(), reason="io_uring is refused here")
+@pytest.mark.usefixtures("needs_uring")
 def test_a_dying_completion_thread_fails_every_pending_and_later_read(store_dir, blobs):
     """The completion thread's wait is refused after the store started on io_uring: at most the
     read already under way when it dies succeeds; every later read and every prefetch fails with

@@ -18,8 +18,6 @@ import torch
 from moeweave import _native
 from moeweave.store import ExpertStore, StoreError, aligned_empty, write_store
 
-BACKENDS = ["uring", "pread"]
-
 
 @pytest.fixture(scope="module")
 def store_dir(hf_checkpoint, tmp_path_factory):
@@ -35,14 +33,7 @@ def file_bytes(store_dir, store, layer, expert) -> bytes:
         return f.read(extent.length)
 
 
-def uring_available() -> bool:
-    return _native.require_cpu_module().io_uring_status()[0]
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_backends_return_the_blob_bytes(store_dir, backend):
-    if backend == "uring" and not uring_available():
-        pytest.skip("io_uring_setup is refused here")
     with ExpertStore(store_dir, backend=backend) as store:
         assert store.backend == {"uring": "io_uring", "pread": "pread"}[backend]
         for layer, e in store.experts():
@@ -51,10 +42,7 @@ def test_backends_return_the_blob_bytes(store_dir, backend):
             assert bytes(got.numpy()) == file_bytes(store_dir, store, layer, e), (layer, e)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_hundreds_of_concurrent_reads(store_dir, backend):
-    if backend == "uring" and not uring_available():
-        pytest.skip("io_uring_setup is refused here")
     rng = random.Random(0)
     with ExpertStore(store_dir, backend=backend, queue_depth=16) as store:
         want = {key: file_bytes(store_dir, store, *key) for key in store.experts()}
@@ -73,10 +61,7 @@ def test_hundreds_of_concurrent_reads(store_dir, backend):
     assert stats["in_flight"] == 0 and stats["queued"] == 0
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_reads_from_many_threads(store_dir, backend):
-    if backend == "uring" and not uring_available():
-        pytest.skip("io_uring_setup is refused here")
     with ExpertStore(store_dir, backend=backend, queue_depth=4) as store:
         want = {key: file_bytes(store_dir, store, *key) for key in store.experts()}
 
@@ -92,17 +77,14 @@ def test_reads_from_many_threads(store_dir, backend):
         assert store.stats()["requests_completed"] == 400
 
 
-def test_default_backend_is_io_uring_where_the_kernel_allows(store_dir):
+def test_default_backend_is_io_uring_where_the_kernel_allows(store_dir, uring_works):
     with ExpertStore(store_dir) as store:
-        assert store.backend == ("io_uring" if uring_available() else "pread")
+        assert store.backend == ("io_uring" if uring_works else "pread")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_queued_prefetches_cancel_and_demand_reads_overtake(store_dir, backend):
     """Held paused, the reader queues 200 prefetches and a demand read; every other prefetch is
     cancelled. On resume the demand read is issued first, then the kept prefetches in order."""
-    if backend == "uring" and not uring_available():
-        pytest.skip("io_uring_setup is refused here")
     with ExpertStore(store_dir, backend=backend, queue_depth=1) as store:
         with store.paused():
             prefetches = [store.prefetch(*store.experts()[i % 8]) for i in range(200)]
@@ -126,12 +108,9 @@ def test_queued_prefetches_cancel_and_demand_reads_overtake(store_dir, backend):
         assert stats["requests_completed"] == len(kept) + 1
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_cancel_racing_the_reader_loses_nothing(store_dir, backend):
     """Unpaused, how many prefetches are still cancellable depends on the machine; what must hold
     is that each one either raises "cancelled" or returns its bytes, and the counters agree."""
-    if backend == "uring" and not uring_available():
-        pytest.skip("io_uring_setup is refused here")
     with ExpertStore(store_dir, backend=backend, queue_depth=1) as store:
         prefetches = [store.prefetch(*store.experts()[i % 8]) for i in range(200)]
         cancelled = {id(h) for h in prefetches if h.cancel()}
@@ -147,10 +126,7 @@ def test_cancel_racing_the_reader_loses_nothing(store_dir, backend):
         assert stats["queued"] == 0 and stats["in_flight"] == 0
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_promoted_prefetch_overtakes_the_queue(store_dir, backend):
-    if backend == "uring" and not uring_available():
-        pytest.skip("io_uring_setup is refused here")
     with ExpertStore(store_dir, backend=backend, queue_depth=1) as store:
         with store.paused():
             prefetches = [store.prefetch(*store.experts()[i % 8]) for i in range(200)]
