@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import sys
-from pathlib import Path
 from typing import NoReturn
 
 
@@ -41,24 +40,11 @@ def _group_size(text: str) -> int:
     return int(text)
 
 
-def _bits_map(path: Path, default: int) -> dict:
-    """The --bits-map file with --bits as its default; write_store checks the widths and keys."""
-    try:
-        mapping = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        # Neither message names the file.
-        raise ValueError(f"--bits-map {path}: not a UTF-8 JSON file ({error})") from None
-    if not isinstance(mapping, dict):
-        raise ValueError(
-            f'--bits-map {path}: must be a JSON object {{"layer.expert": bits}}, not a {type(mapping).__name__}'
-        )
-    return {"default": default, **mapping}
-
-
 def _store_convert(args) -> None:
     from moeweave.store import write_store
+    from moeweave.store.writer import read_bits_map
 
-    bits = _bits_map(Path(args.bits_map), args.bits) if args.bits_map else args.bits
+    bits = {"default": args.bits, **read_bits_map(args.bits_map)} if args.bits_map else args.bits
     manifest = write_store(args.hf_dir, args.out_dir, bits=bits, group_size=args.group_size)
     print(f"{args.out_dir}: {len(manifest.extents)} experts in {len(manifest.files)} blob files")
 

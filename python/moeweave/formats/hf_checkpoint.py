@@ -20,7 +20,7 @@ def safetensors_files(directory: Path) -> list[Path]:
     pickles) or when one lies outside the directory."""
     index = directory / SHARD_INDEX
     if index.exists() or index.is_symlink():
-        weight_map = _json(directory, SHARD_INDEX).get("weight_map")
+        weight_map = read_json(directory, SHARD_INDEX).get("weight_map")
         if not isinstance(weight_map, dict):
             raise ValueError(f"{index}: 'weight_map' must be an object {{tensor name: file name}}")
         files = {confined(directory, name, f"{index}: weight_map") for name in weight_map.values()}
@@ -40,10 +40,10 @@ def safetensors_files(directory: Path) -> list[Path]:
 def read_config(directory: Path) -> dict:
     if not (directory / "config.json").is_file():
         raise ValueError(f"{directory / 'config.json'}: missing; a Hugging Face checkpoint needs its config")
-    return _json(directory, "config.json")
+    return read_json(directory, "config.json")
 
 
-def _json(directory: Path, name: str) -> dict:
+def read_json(directory: Path, name: str) -> dict:
     """The JSON object in directory/name, which must lie inside the directory."""
     path = confined(directory, name, str(directory))
     try:

@@ -4,9 +4,9 @@ chat_template.jinja file beside it), rendered the way transformers' apply_chat_t
 a sandboxed Jinja environment, `messages`, `add_generation_prompt` and the special tokens.
 """
 
-import json
 from pathlib import Path
 
+from moeweave.formats.hf_checkpoint import read_json
 from moeweave.formats.paths import confined
 
 # generate()'s own defaults, where the checkpoint says nothing.
@@ -14,15 +14,8 @@ SAMPLING_DEFAULTS = {"max_new_tokens": 64, "temperature": 0.7, "top_k": 40, "top
 
 
 def _json(path: Path, name: str) -> dict:
-    if not (path / name).is_file():
-        return {}
-    try:
-        body = json.loads(confined(path, name, str(path)).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path / name}: not a UTF-8 JSON file ({error})") from None
-    if not isinstance(body, dict):
-        raise ValueError(f"{path / name}: must hold a JSON object, got {type(body).__name__}")
-    return body
+    """path/name's JSON object, or {} when the checkpoint has no such file."""
+    return read_json(path, name) if (path / name).is_file() else {}
 
 
 def sampling_defaults(path: Path) -> dict:

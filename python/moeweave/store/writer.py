@@ -183,16 +183,27 @@ def _check_shapes(directory: Path, layer: int, e: int, dims: ExpertDims, weights
             )
 
 
+def read_bits_map(path: str | Path) -> dict:
+    """The JSON object {"layer.expert": bits, "default": bits} in file `path` (its widths are
+    checked against the checkpoint by write_store); ValueError naming the file otherwise."""
+    where = f"bits map {path}"
+    try:
+        mapping = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{where}: not a UTF-8 JSON file ({error})") from None
+    if not isinstance(mapping, dict):
+        raise ValueError(
+            f'{where}: must be a JSON object {{"layer.expert": bits}}, not a {type(mapping).__name__}'
+        )
+    return mapping
+
+
 def _bit_widths(
     bits: int | Mapping[str, int] | str | Path, experts: list[tuple[int, int]]
 ) -> dict[tuple[int, int], int]:
     allowed = (*SUPPORTED_BITS, PLAIN_BITS)
     if isinstance(bits, (str, Path)):
-        where = f"bits map {bits}"
-        try:
-            mapping = json.loads(Path(bits).read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ValueError(f"{where}: not a UTF-8 JSON file ({error})") from None
+        where, mapping = f"bits map {bits}", read_bits_map(bits)
     elif isinstance(bits, Mapping):
         where, mapping = "bits map", bits
     elif isinstance(bits, int) and not isinstance(bits, bool):
@@ -200,10 +211,6 @@ def _bit_widths(
     else:
         raise ValueError(
             f"bits must be a width {allowed}, a map {{'layer.expert': width}} or a JSON file of one, got {bits!r}"
-        )
-    if not isinstance(mapping, Mapping):
-        raise ValueError(
-            f'{where}: must be a JSON object {{"layer.expert": bits}}, not a {type(mapping).__name__}'
         )
     for key, value in mapping.items():
         if not isinstance(key, str):
