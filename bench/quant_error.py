@@ -10,7 +10,8 @@ with the original weight (weight error and int8-activation error together).
 import torch
 from common import Report, Row
 
-from moeweave.quant import quant_matmul, quantize, relative_error
+from moeweave.ops import quant_matmul
+from moeweave.quant import quantize, relative_error
 
 SHAPE = (1024, 2048)
 

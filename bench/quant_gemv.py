@@ -18,7 +18,8 @@ import argparse
 import torch
 from common import L3_BYTES, Report, Row, cycling, median_seconds, stream_triad_gbps
 
-from moeweave.quant import ExpertTable, QuantizedWeight, moe_experts, quant_matmul, quantize
+from moeweave.ops import moe_experts, quant_matmul
+from moeweave.quant import ExpertTable, QuantizedWeight, quantize
 
 SHAPES = {  # expert projections [N, K]
     "mixtral-w1": (14336, 4096),

@@ -29,26 +29,69 @@ void bind_quant_matmul(const py::capsule& packed_c, const std::optional<py::caps
   if (status != 0) throw py::value_error("quant_matmul: unsupported format (bits " + std::to_string(bits) + ")");
 }
 
-void bind_moe_experts(const py::capsule& table_c, const py::capsule& x_c, const py::capsule& ids_c,
-                      const py::capsule& weights_c, const py::capsule& y_c) {
-  TensorArg table("moe_experts", "expert_table", table_c), x("moe_experts", "x", x_c),
-      ids("moe_experts", "topk_ids", ids_c), weights("moe_experts", "topk_weights", weights_c), y("moe_experts", "y", y_c);
-  const std::vector<moeweave::ExpertSlot> slots = moeweave::bindings::expert_slots(table, x, ids, weights, y, kDLCPU);
-  const DType x_dtype = x.dtype();
-  const int64_t E = table.size(0);
-  int64_t bad = -1;
+void bind_quant_matmul_t(const py::capsule& packed_c, const std::optional<py::capsule>& scales_c,
+                         const std::optional<py::capsule>& zeros_c, int64_t n, int64_t k, int bits, int group_size,
+                         const py::capsule& dy_c, const py::capsule& dx_c) {
+  const QuantMatrixArg w("quant_matmul_t", kDLCPU, packed_c, scales_c, zeros_c, n, k, bits, group_size);
+  TensorArg dy("quant_matmul_t", "dy", dy_c), dx("quant_matmul_t", "dx", dx_c);
+  dy.expect(kDLCPU, 2, {DType::f32});
+  moeweave::bindings::check_matmul_io(dy, dx, kDLCPU, k, n);  // dy plays x (n columns), dx plays y (k)
   moeweave::Status status;
   {
     py::gil_scoped_release release;
-    status = moeweave::moe_experts(slots.data(), E, x_dtype, x.data<void>(), x.size(0), x.size(1), ids.data<int32_t>(),
-                                   weights.data<float>(), ids.size(1), y.data<float>(), &bad);
+    status = moeweave::quant_matmul_t(w.matrix, dy.data<float>(), dy.size(0), dx.data<float>());
   }
+  if (status != 0) throw py::value_error("quant_matmul_t: unsupported format (bits " + std::to_string(bits) + ")");
+}
+
+// Turns moe_experts' range and shape errors into exceptions that name the offending entry.
+void raise_moe_status(moeweave::Status status, int64_t bad, const TensorArg& table, const TensorArg& x,
+                      const TensorArg& ids) {
+  const int64_t E = table.size(0);
   if (status == -ERANGE)
     ids.fail("[" + std::to_string(bad / ids.size(1)) + ", " + std::to_string(bad % ids.size(1)) + "] = " +
              std::to_string(ids.data<int32_t>()[bad]) + " is outside [0, " + std::to_string(E) + ")");
   if (status != 0)
     table.fail("slot " + std::to_string(bad) + " has projections whose shapes or formats do not fit x (hidden size " +
                std::to_string(x.size(1)) + ") and the other experts");
+}
+
+void bind_moe_experts(const py::capsule& table_c, const py::capsule& x_c, const py::capsule& ids_c,
+                      const py::capsule& weights_c, const py::capsule& y_c) {
+  TensorArg table("moe_experts", "expert_table", table_c), x("moe_experts", "x", x_c),
+      ids("moe_experts", "topk_ids", ids_c), weights("moe_experts", "topk_weights", weights_c), y("moe_experts", "y", y_c);
+  const std::vector<moeweave::ExpertSlot> slots = moeweave::bindings::expert_slots(table, x, ids, weights, y, kDLCPU);
+  const DType x_dtype = x.dtype();
+  int64_t bad = -1;
+  moeweave::Status status;
+  {
+    py::gil_scoped_release release;
+    status = moeweave::moe_experts(slots.data(), table.size(0), x_dtype, x.data<void>(), x.size(0), x.size(1), ids.data<int32_t>(),
+                                   weights.data<float>(), ids.size(1), y.data<float>(), &bad);
+  }
+  raise_moe_status(status, bad, table, x, ids);
+}
+
+void bind_moe_experts_backward(const py::capsule& table_c, const py::capsule& x_c, const py::capsule& ids_c,
+                               const py::capsule& weights_c, const py::capsule& dy_c, const py::capsule& dx_c,
+                               const py::capsule& dweights_c) {
+  const char* op = "moe_experts_backward";
+  TensorArg table(op, "expert_table", table_c), x(op, "x", x_c), ids(op, "topk_ids", ids_c),
+      weights(op, "topk_weights", weights_c), dy(op, "dy", dy_c), dx(op, "dx", dx_c),
+      dweights(op, "dweights", dweights_c);
+  const std::vector<moeweave::ExpertSlot> slots = moeweave::bindings::expert_slots(table, x, ids, weights, dy, kDLCPU);
+  dx.expect(kDLCPU, 2, {DType::f32}).expect_same(dy);
+  dweights.expect(kDLCPU, 2, {DType::f32}).expect_same(weights);
+  const DType x_dtype = x.dtype();
+  int64_t bad = -1;
+  moeweave::Status status;
+  {
+    py::gil_scoped_release release;
+    status = moeweave::moe_experts_backward(slots.data(), table.size(0), x_dtype, x.data<void>(), x.size(0),
+                                            x.size(1), ids.data<int32_t>(), weights.data<float>(), ids.size(1),
+                                            dy.data<float>(), dx.data<float>(), dweights.data<float>(), &bad);
+  }
+  raise_moe_status(status, bad, table, x, ids);
 }
 
 }  // namespace
@@ -61,6 +104,12 @@ void bind_quant(py::module_& m) {
         "y [m, n] fp32 = x [m, k] W^T for a packed quantised (or bf16, bits=16) W");
   m.def("moe_experts", &::bind_moe_experts, py::arg("expert_table"), py::arg("x"), py::arg("topk_ids"),
         py::arg("topk_weights"), py::arg("y"), "The fused routed-expert stage of an MoE layer");
+  m.def("quant_matmul_t", &::bind_quant_matmul_t, py::arg("packed"), py::arg("scales"), py::arg("zeros"),
+        py::arg("n"), py::arg("k"), py::arg("bits"), py::arg("group_size"), py::arg("dy"), py::arg("dx"),
+        "dx [m, k] fp32 = dy [m, n] fp32 W, on the packed W (the gradient of quant_matmul)");
+  m.def("moe_experts_backward", &::bind_moe_experts_backward, py::arg("expert_table"), py::arg("x"),
+        py::arg("topk_ids"), py::arg("topk_weights"), py::arg("dy"), py::arg("dx"), py::arg("dweights"),
+        "The gradients of moe_experts with respect to x and topk_weights");
 }
 
 }  // namespace moeweave::bindings

@@ -5,8 +5,8 @@ separates them from the reference: tolerances are float-accumulation sized."""
 import pytest
 import torch
 
-from moeweave.ops import reference
-from moeweave.quant import ExpertTable, moe_experts, quant_matmul, quantize
+from moeweave.ops import moe_experts, quant_matmul, reference
+from moeweave.quant import ExpertTable, quantize
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -12,7 +12,8 @@ from transformers_oracle import oracle as _oracle
 from transformers_oracle import oracle_with_experts_as as _oracle_with_experts_as
 
 from moeweave.models import KVCache, load
-from moeweave.quant import dequantize, quantize
+from moeweave.quant import dequantize
+from moeweave.quant.policy import quantize_as
 
 # Max |logit difference| / max |logit|, per expert format. For quantised experts the oracle runs
 # the same quantised weights (dequantised), so this bounds moeweave's kernels (int8 activations
@@ -67,7 +68,7 @@ def test_int8_projections_match_transformers_on_the_same_weights(checkpoint, tmp
     tensors = load_file(target / "model.safetensors")
     for name, w in tensors.items():
         if PROJECTION_TENSOR.search(name):
-            tensors[name] = dequantize(quantize(w.float(), bits=8, group_size=64))
+            tensors[name] = dequantize(quantize_as(w, "int8"))
     save_file(tensors, target / "model.safetensors")
     oracle = _oracle(target)
     ids, mask = _padded_batch(oracle.config.vocab_size)

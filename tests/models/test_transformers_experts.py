@@ -36,12 +36,8 @@ def test_unsupported_expert_layout_is_explained():
     config = transformers.GptOssConfig(vocab_size=64, hidden_size=32, intermediate_size=32, num_hidden_layers=1,
                                        num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=4,
                                        num_experts_per_tok=2, layer_types=["full_attention"])  # fmt: skip
-    model = use_moeweave_experts(transformers.GptOssForCausalLM(config))
-    with (
-        pytest.raises(NotImplementedError, match="biased, transposed or interleaved experts"),
-        torch.no_grad(),
-    ):
-        model(torch.tensor([[1, 2, 3]]))
+    with pytest.raises(NotImplementedError, match="biased, transposed or interleaved experts"):
+        use_moeweave_experts(transformers.GptOssForCausalLM(config))
 
 
 def test_bad_format_is_refused(checkpoint):

@@ -9,7 +9,8 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
-from moeweave.quant import dequantize, quantize
+from moeweave.quant import dequantize
+from moeweave.quant.policy import quantize_as
 
 EXPERT_TENSOR = re.compile(r"\.experts\.\d+\.(gate_proj|up_proj|down_proj|w1|w2|w3)\.weight$")
 
@@ -31,7 +32,6 @@ def oracle_with_experts_as(path, experts, tmp_path):
             if experts == "bf16":
                 tensors[name] = w.bfloat16().float()
             else:
-                bits = int(experts[3:])
-                tensors[name] = dequantize(quantize(w.float(), bits=bits, group_size=64, sym=bits >= 4))
+                tensors[name] = dequantize(quantize_as(w, experts))
     save_file(tensors, target / "model.safetensors")
     return oracle(target)

@@ -8,7 +8,8 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
-from moeweave.quant import ExpertTable, moe_experts, quantize
+from moeweave.ops import moe_experts
+from moeweave.quant import ExpertTable, quantize
 from moeweave.store import ExpertStore, write_store
 
 # Qwen3-MoE's names: model.layers.L.mlp.experts.E.{gate,up,down}_proj.weight

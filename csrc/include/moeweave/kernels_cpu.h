@@ -25,6 +25,11 @@ Status reroute(const int32_t* topk_ids, const int32_t* tok_adapter, const int32_
 // f32 or bf16, contiguous. Quantised weights use int8 activations, quantised per 32 columns.
 Status quant_matmul(const QuantMatrix& w, DType x_dtype, const void* x, int64_t m, float* y);
 
+// dx [m, w.k] fp32 = dy [m, w.n] fp32 . w: the product with the transposed weight, for gradients
+// with respect to activations. Reads the packed format directly (one fp32 column panel of w at a
+// time, never the whole matrix); dy stays exact fp32.
+Status quant_matmul_t(const QuantMatrix& w, const float* dy, int64_t m, float* dx);
+
 // One routed expert: its three projections, each in any format QuantMatrix describes.
 struct ExpertSlot {
   QuantMatrix gate;  // [I, H]
@@ -41,6 +46,14 @@ struct ExpertSlot {
 // -EINVAL with the expert in *bad_index.
 Status moe_experts(const ExpertSlot* slots, int64_t num_slots, DType x_dtype, const void* x, int64_t T,
                    int64_t H, const int32_t* ids, const float* weights, int64_t K, float* y, int64_t* bad_index);
+
+// The gradients of moe_experts with respect to x and weights, given dy = dL/dy [T, H] fp32:
+// dx [T, H] and dweights [T, K], fp32. The forward is recomputed (same roundings as moe_experts),
+// then differentiated with transposed products on the packed weights (quant_matmul_t); errors
+// as moe_experts.
+Status moe_experts_backward(const ExpertSlot* slots, int64_t num_slots, DType x_dtype, const void* x, int64_t T,
+                            int64_t H, const int32_t* ids, const float* weights, int64_t K, const float* dy,
+                            float* dx, float* dweights, int64_t* bad_index);
 
 // RMSNorm of rows x [rows, h] with weight [h], all in `dtype` (f32, f16 or bf16), contiguous:
 //   out = weight * dtype(x * rsqrt(mean(x^2) + eps)), in fp32 with the roundings of transformers.

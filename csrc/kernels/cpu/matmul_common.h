@@ -35,6 +35,11 @@ void quant_matmul_tiles(const QuantMatrix& w, const QuantActs& a, int64_t tile_b
 void bf16_matmul_tiles(const QuantMatrix& w, const float* x, int64_t m, int64_t tile_begin, int64_t tile_end,
                        float* y, int64_t ldy);
 
+// dx [m, w.k] (= or += ) dy [m, w.n] . w, all fp32 with row strides ldy and ldx; threads split
+// the columns of w.
+void transposed_matmul(const QuantMatrix& w, const float* dy, int64_t m, int64_t ldy, float* dx, int64_t ldx,
+                       bool accumulate);
+
 const QuantMatmulKernels& quant_matmul_kernels();
 
 }  // namespace moeweave::cpu

@@ -1,12 +1,17 @@
-// The fused routed-expert stage (kernels_cpu.h: moe_experts). Phases, each one parallel_for:
+// The fused routed-expert stage and its backward (kernels_cpu.h: moe_experts, moe_experts_backward).
+// Forward phases, each one parallel_for:
 //   1. counting sort of the T*K (token, slot) pairs by expert; gather rows of x in that order
 //   2. quantise the gathered rows once (shared by gate and up)
 //   3. gate and up for every active expert: work items are (expert, block of output tiles)
 //   4. h = silu(gate) * up, quantised for the down projection
 //   5. down for every active expert, (expert, tile block) items again
-//   6. combine: y[t] = sum_k w[t, k] * out[t, k], in k order (deterministic)
-// Experts are reached only through the slot table, so their memory can be anywhere.
+//   6. weighted sum: y[t] = sum_k w[t, k] * out[t, k], in k order (deterministic)
+// The backward recomputes phases 1-5 (nothing is kept from the forward), then runs the chain rule
+// back through them with the transposed products of quant_transposed.h, items being (expert,
+// block of 32-column units). Experts are reached only through the slot table, so their memory
+// can be anywhere.
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "matmul_common.h"
@@ -21,6 +26,7 @@ using cpu::QuantActs;
 using cpu::QuantActsBuffer;
 
 constexpr int64_t kTilesPerItem = 4;  // work item granularity: 64 output rows
+constexpr int64_t kUnitsPerItem = 4;  // in the backward: 128 output columns
 
 struct Active {
   int64_t expert, begin, count;  // rows [begin, begin + count) of the gathered buffers
@@ -38,6 +44,15 @@ std::vector<Item> items_for(const std::vector<Active>& active, const ExpertSlot*
     const int64_t tiles = tiles_of(slots[active[a].expert].*which);
     for (int64_t t = 0; t < tiles; t += kTilesPerItem) items.push_back({a, t, std::min(tiles, t + kTilesPerItem)});
   }
+  return items;
+}
+
+// Items of (active expert, block of 32-column units) over `columns` output columns.
+std::vector<Item> unit_items(const std::vector<Active>& active, int64_t columns) {
+  const int64_t units = quant_padded(columns, kQuantUnitCols) / kQuantUnitCols;
+  std::vector<Item> items;
+  for (int64_t a = 0; a < int64_t(active.size()); ++a)
+    for (int64_t u = 0; u < units; u += kUnitsPerItem) items.push_back({a, u, std::min(units, u + kUnitsPerItem)});
   return items;
 }
 
@@ -61,14 +76,20 @@ void project(const QuantMatrix& w, const Active& act, const QuantActs& acts, con
   kernels.quant(w, rows, item.tile_begin, item.tile_end, y, ldo);
 }
 
-}  // namespace
+// Phases 1-5, shared by the forward and the backward: the (token, slot) pairs grouped by expert
+// and each pair's gate, up and down outputs, rows in expert order.
+struct ExpertPass {
+  std::vector<Active> active;
+  std::vector<int64_t> position;  // (t, k) -> row in expert order
+  int64_t inter = 0;
+  std::vector<float> xs;          // [T*K, H] gathered rows of x, fp32
+  std::vector<float> gate, up;    // [T*K, I] pre-activation outputs
+  std::vector<float> h;           // [T*K, I] silu(gate) * up
+  std::vector<float> out;         // [T*K, H] down outputs
+};
 
-Status moe_experts(const ExpertSlot* slots, int64_t num_slots, DType x_dtype, const void* x, int64_t T,
-                   int64_t H, const int32_t* ids, const float* weights, int64_t K, float* y, int64_t* bad_index) {
-  if (x_dtype != DType::f32 && x_dtype != DType::bf16) return -EINVAL;
-  std::fill(y, y + T * H, 0.0f);
-  if (T == 0 || K == 0 || H == 0) return kOk;
-
+Status run_experts(const ExpertSlot* slots, int64_t num_slots, DType x_dtype, const void* x, int64_t T, int64_t H,
+                   const int32_t* ids, int64_t K, ExpertPass& pass, int64_t* bad_index) {
   // 1. Group (token, slot) pairs by expert.
   std::vector<int64_t> count(num_slots + 1, 0);
   for (int64_t p = 0; p < T * K; ++p) {
@@ -78,8 +99,9 @@ Status moe_experts(const ExpertSlot* slots, int64_t num_slots, DType x_dtype, co
     }
     ++count[ids[p] + 1];
   }
-  std::vector<Active> active;
-  int64_t inter = 0, act_stride = 0, hidden_stride = 0;
+  std::vector<Active>& active = pass.active;
+  int64_t& inter = pass.inter;
+  int64_t act_stride = 0, hidden_stride = 0;
   for (int64_t e = 0; e < num_slots; ++e) {
     const int64_t n = count[e + 1];
     count[e + 1] += count[e];
@@ -98,15 +120,15 @@ Status moe_experts(const ExpertSlot* slots, int64_t num_slots, DType x_dtype, co
       if (w->bits != 16) act_stride = std::max(act_stride, quant_padded(H, w->group_size));
     if (s.down.bits != 16) hidden_stride = std::max(hidden_stride, quant_padded(s.gate.n, s.down.group_size));
   }
-  std::vector<int64_t> position(T * K);  // (t, k) -> row in expert order
+  pass.position.resize(T * K);
   {
     std::vector<int64_t> next(count.begin(), count.end() - 1);
-    for (int64_t p = 0; p < T * K; ++p) position[p] = next[ids[p]]++;
+    for (int64_t p = 0; p < T * K; ++p) pass.position[p] = next[ids[p]]++;
   }
-  std::vector<float> xs(T * K * H);  // gathered rows of x, fp32
+  pass.xs.resize(T * K * H);
   parallel_for(T * K, std::max<int64_t>(1, 16384 / H), [&](int64_t b, int64_t e) {
     for (int64_t p = b; p < e; ++p) {
-      float* row = xs.data() + position[p] * H;
+      float* row = pass.xs.data() + pass.position[p] * H;
       const int64_t t = p / K;
       if (x_dtype == DType::f32)
         std::copy_n(static_cast<const float*>(x) + t * H, H, row);
@@ -117,46 +139,136 @@ Status moe_experts(const ExpertSlot* slots, int64_t num_slots, DType x_dtype, co
 
   // 2. Quantise the gathered rows once for both gate and up.
   QuantActsBuffer x_buffer;
-  const QuantActs x_acts =
-      act_stride ? cpu::quantize_activations(DType::f32, xs.data(), T * K, H, H, act_stride, x_buffer) : QuantActs{};
+  const QuantActs x_acts = act_stride ? cpu::quantize_activations(DType::f32, pass.xs.data(), T * K, H, H,
+                                                                  act_stride, x_buffer)
+                                      : QuantActs{};
 
   // 3. gate and up.
-  std::vector<float> gate(T * K * inter), up(T * K * inter);
+  pass.gate.resize(T * K * inter);
+  pass.up.resize(T * K * inter);
   const std::vector<Item> gate_items = items_for(active, slots, &ExpertSlot::gate);
   parallel_for(int64_t(gate_items.size()), 1, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const Item& item = gate_items[i];
       const ExpertSlot& s = slots[active[item.active].expert];
-      project(s.gate, active[item.active], x_acts, xs.data(), H, item, gate.data(), inter);
-      project(s.up, active[item.active], x_acts, xs.data(), H, item, up.data(), inter);
+      project(s.gate, active[item.active], x_acts, pass.xs.data(), H, item, pass.gate.data(), inter);
+      project(s.up, active[item.active], x_acts, pass.xs.data(), H, item, pass.up.data(), inter);
     }
   });
 
-  // 4. h = silu(gate) * up (into gate), then quantised for down.
-  silu_mul(DType::f32, gate.data(), up.data(), gate.data(), T * K * inter);
+  // 4. h = silu(gate) * up, then quantised for down.
+  pass.h.resize(T * K * inter);
+  silu_mul(DType::f32, pass.gate.data(), pass.up.data(), pass.h.data(), T * K * inter);
   QuantActsBuffer h_buffer;
-  const QuantActs h_acts = hidden_stride ? cpu::quantize_activations(DType::f32, gate.data(), T * K, inter, inter,
-                                                                     hidden_stride, h_buffer)
+  const QuantActs h_acts = hidden_stride ? cpu::quantize_activations(DType::f32, pass.h.data(), T * K, inter,
+                                                                     inter, hidden_stride, h_buffer)
                                          : QuantActs{};
 
   // 5. down, into per-(token, slot) output rows.
-  std::vector<float> out(T * K * H);
+  pass.out.resize(T * K * H);
   const std::vector<Item> down_items = items_for(active, slots, &ExpertSlot::down);
   parallel_for(int64_t(down_items.size()), 1, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const Item& item = down_items[i];
       const Active& act = active[item.active];
-      project(slots[act.expert].down, act, h_acts, gate.data(), inter, item, out.data(), H);
+      project(slots[act.expert].down, act, h_acts, pass.h.data(), inter, item, pass.out.data(), H);
     }
   });
+  return kOk;
+}
+
+// rows [act.begin, act.begin + act.count) of dx (= or +=) the same rows of dy . w, for the
+// columns of item's units.
+void transposed_rows(const QuantMatrix& w, const Active& act, const Item& item, const float* dy, float* dx,
+                     bool accumulate) {
+  cpu::quant_matmul_kernels().transposed(w, dy + act.begin * w.n, act.count, w.n, item.tile_begin, item.tile_end,
+                                         dx + act.begin * w.k, w.k, accumulate);
+}
+
+}  // namespace
+
+Status moe_experts(const ExpertSlot* slots, int64_t num_slots, DType x_dtype, const void* x, int64_t T,
+                   int64_t H, const int32_t* ids, const float* weights, int64_t K, float* y, int64_t* bad_index) {
+  if (x_dtype != DType::f32 && x_dtype != DType::bf16) return -EINVAL;
+  std::fill(y, y + T * H, 0.0f);
+  if (T == 0 || K == 0 || H == 0) return kOk;
+  ExpertPass pass;
+  if (Status s = run_experts(slots, num_slots, x_dtype, x, T, H, ids, K, pass, bad_index)) return s;
 
   // 6. Weighted sum over each token's K slots.
   parallel_for(T, std::max<int64_t>(1, 16384 / (H * K)), [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t)
       for (int64_t k = 0; k < K; ++k) {
         const float w = weights[t * K + k];
-        const float* row = out.data() + position[t * K + k] * H;
+        const float* row = pass.out.data() + pass.position[t * K + k] * H;
         for (int64_t c = 0; c < H; ++c) y[t * H + c] += w * row[c];
+      }
+  });
+  return kOk;
+}
+
+Status moe_experts_backward(const ExpertSlot* slots, int64_t num_slots, DType x_dtype, const void* x, int64_t T,
+                            int64_t H, const int32_t* ids, const float* weights, int64_t K, const float* dy,
+                            float* dx, float* dweights, int64_t* bad_index) {
+  if (x_dtype != DType::f32 && x_dtype != DType::bf16) return -EINVAL;
+  std::fill(dx, dx + T * H, 0.0f);
+  std::fill(dweights, dweights + T * K, 0.0f);
+  if (T == 0 || K == 0 || H == 0) return kOk;
+  ExpertPass pass;
+  if (Status s = run_experts(slots, num_slots, x_dtype, x, T, H, ids, K, pass, bad_index)) return s;
+  const int64_t I = pass.inter;
+  const std::vector<Active>& active = pass.active;
+
+  // d weights[t, k] = dy[t] . out[t, k]; the down stage's output gradient is weights[t, k] dy[t].
+  std::vector<float> d_out(T * K * H);  // [T*K, H] in expert order
+  parallel_for(T * K, std::max<int64_t>(1, 16384 / H), [&](int64_t b, int64_t e) {
+    for (int64_t p = b; p < e; ++p) {
+      const float* g = dy + (p / K) * H;
+      const float* o = pass.out.data() + pass.position[p] * H;
+      float* d = d_out.data() + pass.position[p] * H;
+      float dot = 0.0f;
+      for (int64_t c = 0; c < H; ++c) {
+        dot += g[c] * o[c];
+        d[c] = weights[p] * g[c];
+      }
+      dweights[p] = dot;
+    }
+  });
+
+  // dh = d_out . down, then through h = silu(gate) * up (into gate and up's buffers).
+  std::vector<float> dh(T * K * I);
+  const std::vector<Item> inter_items = unit_items(active, I);
+  parallel_for(int64_t(inter_items.size()), 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const Item& item = inter_items[i];
+      const Active& act = active[item.active];
+      transposed_rows(slots[act.expert].down, act, item, d_out.data(), dh.data(), false);
+    }
+  });
+  parallel_for(T * K * I, 4096, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const float g = pass.gate[i], sig = 1.0f / (1.0f + std::exp(-g));
+      pass.gate[i] = dh[i] * pass.up[i] * sig * (1.0f + g * (1.0f - sig));  // silu'(g) = s (1 + g (1 - s))
+      pass.up[i] = dh[i] * g * sig;
+    }
+  });
+
+  // dxs = d_gate . gate + d_up . up, per pair; then dx[t] = sum_k dxs[t, k] in k order.
+  std::vector<float>& dxs = pass.xs;
+  const std::vector<Item> hidden_items = unit_items(active, H);
+  parallel_for(int64_t(hidden_items.size()), 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const Item& item = hidden_items[i];
+      const Active& act = active[item.active];
+      transposed_rows(slots[act.expert].gate, act, item, pass.gate.data(), dxs.data(), false);
+      transposed_rows(slots[act.expert].up, act, item, pass.up.data(), dxs.data(), true);
+    }
+  });
+  parallel_for(T, std::max<int64_t>(1, 16384 / (H * K)), [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t)
+      for (int64_t k = 0; k < K; ++k) {
+        const float* row = dxs.data() + pass.position[t * K + k] * H;
+        for (int64_t c = 0; c < H; ++c) dx[t * H + c] += row[c];
       }
   });
   return kOk;

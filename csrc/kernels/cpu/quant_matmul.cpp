@@ -57,6 +57,14 @@ void bf16_matmul_tiles(const QuantMatrix& w, const float* x, int64_t m, int64_t 
   });
 }
 
+void transposed_matmul(const QuantMatrix& w, const float* dy, int64_t m, int64_t ldy, float* dx, int64_t ldx,
+                       bool accumulate) {
+  const QuantMatmulKernels& kernels = quant_matmul_kernels();
+  parallel_for(quant_padded(w.k, kQuantUnitCols) / kQuantUnitCols, 1, [&](int64_t b, int64_t e) {
+    kernels.transposed(w, dy, m, ldy, b, e, dx, ldx, accumulate);
+  });
+}
+
 }  // namespace cpu
 
 Status quant_matmul(const QuantMatrix& w, DType x_dtype, const void* x, int64_t m, float* y) {
@@ -79,6 +87,13 @@ Status quant_matmul(const QuantMatrix& w, DType x_dtype, const void* x, int64_t 
   const cpu::QuantActs acts =
       cpu::quantize_activations(x_dtype, x, m, w.k, w.k, quant_padded(w.k, w.group_size), buffer);
   cpu::quant_matmul_tiles(w, acts, 0, tiles, y, w.n);
+  return kOk;
+}
+
+Status quant_matmul_t(const QuantMatrix& w, const float* dy, int64_t m, float* dx) {
+  if (Status s = cpu::check_matrix(w)) return s;
+  if (m == 0 || w.k == 0) return kOk;
+  cpu::transposed_matmul(w, dy, m, w.n, dx, w.k, false);
   return kOk;
 }
 

@@ -7,6 +7,7 @@
 
 #include "moeweave/half.h"
 #include "simd_avx2.h"
+#include "quant_transposed.h"
 #include "variants.h"
 
 namespace moeweave::cpu {
@@ -170,6 +171,7 @@ void bf16_avx2(const uint16_t* w, int64_t k, const float* x, int64_t m, int64_t 
 
 }  // namespace
 
-const QuantMatmulKernels kQuantMatmulAvx2 = {quant_avx2, bf16_avx2, quantize_rows_scalar};
+const QuantMatmulKernels kQuantMatmulAvx2 = {quant_avx2, bf16_avx2, quantize_rows_scalar,
+                                              transposed_product};
 
 }  // namespace moeweave::cpu

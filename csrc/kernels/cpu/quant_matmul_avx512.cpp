@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "simd_avx512.h"
+#include "quant_transposed.h"
 #include "variants.h"
 
 namespace moeweave::cpu {
@@ -218,6 +219,7 @@ void quantize_rows_avx512(DType dtype, const void* x, int64_t rows, int64_t k, i
 
 }  // namespace
 
-const QuantMatmulKernels kQuantMatmulAvx512 = {quant_avx512, bf16_avx512, quantize_rows_avx512};
+const QuantMatmulKernels kQuantMatmulAvx512 = {quant_avx512, bf16_avx512, quantize_rows_avx512,
+                                              transposed_product};
 
 }  // namespace moeweave::cpu

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "quant_unpack.h"
+#include "quant_transposed.h"
 #include "variants.h"
 
 namespace moeweave::cpu {
@@ -81,6 +82,7 @@ void quantize_rows_scalar(DType dtype, const void* x, int64_t rows, int64_t k, i
     }
 }
 
-const QuantMatmulKernels kQuantMatmulScalar = {quant_scalar, bf16_scalar, quantize_rows_scalar};
+const QuantMatmulKernels kQuantMatmulScalar = {quant_scalar, bf16_scalar, quantize_rows_scalar,
+                                              transposed_product};
 
 }  // namespace moeweave::cpu

@@ -47,6 +47,10 @@ struct QuantMatmulKernels {
   // `stride`. Every variant gives bit-identical results.
   void (*quantize_rows)(DType dtype, const void* x, int64_t rows, int64_t k, int64_t ldx, int64_t stride,
                         int8_t* q, float* scale, int32_t* sum);
+  // dx[i, c] (= or, with accumulate, +=) sum_r dy[i, r] w[r, c] for i < m and the columns of the
+  // 32-column units [unit_begin, unit_end) of any w (quant_transposed.h); dy, dx fp32.
+  void (*transposed)(const QuantMatrix& w, const float* dy, int64_t m, int64_t ldy, int64_t unit_begin,
+                     int64_t unit_end, float* dx, int64_t ldx, bool accumulate);
 };
 
 // The portable row quantiser (quant_matmul_scalar.cpp), also the AVX2 table's.

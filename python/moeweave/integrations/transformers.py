@@ -3,8 +3,13 @@
 transformers 5 lets a model pick how its MoE experts run (``ExpertsInterface``). After
 ``register()``, ``model.set_experts_implementation("moeweave")`` routes every experts module
 through moeweave's fused MoE op; ``use_moeweave_experts(model, experts="int4")`` does both and
-chooses the expert format (bf16, or int8/int4/int3/int2 packed). The packed table is built on
-the first call of each experts module and rebuilt when its weights change.
+chooses the expert format (bf16, or int8/int4/int3/int2 packed: moeweave.quant.policy).
+
+The experts become a frozen base: the op differentiates the hidden states and the routing
+weights (so everything around the experts trains, router included), not the expert weights,
+whose parameters are set to requires_grad=False. The packed tables are built when the model is
+switched, and rebuilt in eager mode when an expert weight changes; under torch.compile the
+tables of the last eager build are used (checking the weights would break the graph).
 
 Supported expert layouts: concatenated gate/up (``gate_up_proj [E, 2I, H]``, ``down_proj
 [E, H, I]``) without biases — Mixtral, Qwen2/3-MoE, OLMoE, DeepSeek-V2/V3. Others (GPT-OSS's
@@ -15,11 +20,12 @@ Dimension legend: S token-expert rows, E experts, H hidden, I intermediate, K ex
 
 import torch
 
-from moeweave.quant import ExpertTable, moe_experts, quantize
+from moeweave.ops import moe_experts
+from moeweave.quant import ExpertTable
 from moeweave.quant.finite import require_finite
+from moeweave.quant.policy import FUSED_FORMATS, fused_projection
 
 NAME = "moeweave"
-FORMATS = ("bf16", "int8", "int4", "int3", "int2")
 # 5.0-5.6 reject any experts implementation outside their built-in list.
 MIN_TRANSFORMERS = "5.7"
 
@@ -27,14 +33,13 @@ MIN_TRANSFORMERS = "5.7"
 def _projection(w: torch.Tensor, experts: str, where: str):
     """w [N, K] (one expert's projection, named `where` in errors) -> what the fused op computes with."""
     require_finite(w.detach(), where)
-    if experts == "bf16":
-        return w.detach().to(torch.bfloat16).contiguous()
-    bits = int(experts[3:])
-    return quantize(w.detach().float(), bits=bits, group_size=64, sym=bits >= 4)
+    return fused_projection(w, experts)
 
 
 def _table(module: torch.nn.Module) -> ExpertTable:
     """The module's experts as an ExpertTable, cached until a weight is modified in place or replaced."""
+    if torch.compiler.is_compiling():
+        return module._moeweave_table[1]
     if (
         getattr(module, "has_bias", False)
         or getattr(module, "is_transposed", False)
@@ -101,11 +106,14 @@ def register() -> None:
 
 def use_moeweave_experts(model, experts: str = "bf16"):
     """Switch a loaded transformers MoE model to moeweave's fused experts in the given format."""
-    if experts not in FORMATS:
-        raise ValueError(f"use_moeweave_experts: experts must be one of {FORMATS}, got {experts!r}")
+    if experts not in FUSED_FORMATS:
+        raise ValueError(f"use_moeweave_experts: experts must be one of {FUSED_FORMATS}, got {experts!r}")
     register()
     for module in model.modules():
         if hasattr(module, "gate_up_proj") and hasattr(module, "down_proj"):
             module.moeweave_experts = experts
+            module.gate_up_proj.requires_grad_(False)
+            module.down_proj.requires_grad_(False)
+            _table(module)
     model.set_experts_implementation(NAME)
     return model

@@ -11,7 +11,8 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from moeweave.quant import ExpertTable, moe_experts
+from moeweave.ops import moe_experts
+from moeweave.quant import ExpertTable
 
 
 class ExpertProvider(Protocol):

@@ -1,11 +1,11 @@
 """moeweave.models.load: a Hugging Face MoE checkpoint directory -> MoEModel on moeweave's
 kernels, with the routed experts in the requested format.
 
-Expert formats: "fp32" (plain torch, exact), "bf16" (fused MoE op), "int8" / "int4" / "int3" /
-"int2" (fused MoE op on packed weights; group size 64; 2 and 3 bits asymmetric with the MSE
-clipping search). Dense weights run in `dtype` (default: fp32); with projections="int8" the
-attention, dense-MLP, shared-expert and LM-head projections are stored as INT8 (group 64) and
-run on quant_matmul, halving the bytes a decode step reads outside the experts.
+Expert formats: "fp32" (plain torch, exact), and the fused MoE op's formats of
+moeweave.quant.policy: "bf16", "int8" / "int4" / "int3" / "int2" (packed weights). Dense weights
+run in `dtype` (default: fp32); with projections="int8" the attention, dense-MLP, shared-expert
+and LM-head projections are stored as INT8 and run on quant_matmul, halving the bytes a decode
+step reads outside the experts.
 """
 
 from pathlib import Path
@@ -21,21 +21,17 @@ from moeweave.models.mla import MLAWeights
 from moeweave.models.model import DecoderLayer, MoEModel
 from moeweave.models.moe_block import MoEBlock
 from moeweave.models.spec import ModelSpec, spec_from_config
-from moeweave.quant import ExpertTable, quantize
+from moeweave.quant import ExpertTable
+from moeweave.quant.policy import FUSED_FORMATS, fused_projection, quantize_as
 
-EXPERT_FORMATS = ("fp32", "bf16", "int8", "int4", "int3", "int2")
+EXPERT_FORMATS = ("fp32", *FUSED_FORMATS)
 PROJECTION_FORMATS = ("float", "int8")
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 _MLP_NAMES = ("gate_proj", "up_proj", "down_proj")
 
 
 def _expert_format(experts: str, w: torch.Tensor):
-    if experts == "fp32":
-        return w.float()
-    if experts == "bf16":
-        return w.to(torch.bfloat16).contiguous()
-    bits = int(experts[3:])
-    return quantize(w.float(), bits=bits, group_size=64, sym=bits >= 4)
+    return w.float() if experts == "fp32" else fused_projection(w, experts)
 
 
 class _Reader:
@@ -52,7 +48,7 @@ class _Reader:
         return self.convert(self.ck.take(name, shape))
 
     def convert(self, w: torch.Tensor):
-        return quantize(w.float(), bits=8, group_size=64) if self.projections == "int8" else w.to(self.dtype)
+        return quantize_as(w, "int8") if self.projections == "int8" else w.to(self.dtype)
 
 
 def _attention(take: _Reader, spec: ModelSpec, prefix: str) -> AttentionWeights:

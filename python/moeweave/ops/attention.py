@@ -9,6 +9,8 @@ attend to no key gets zeros.
 This is the decode-step attention of moeweave's models: one native call per layer on moeweave's
 thread pool, instead of torch's batched matmuls, whose OpenMP threads then compete with the
 pool's for the same cores. CUDA tensors go to the plain-torch twin.
+Differentiable with respect to every tensor input, with the backward formulas of
+``reference.attention_backward`` (plain torch, fp32).
 """
 
 import torch
@@ -17,6 +19,7 @@ from moeweave import _native
 from moeweave.ops import reference
 from moeweave.ops._eager import can_skip_dispatcher
 from moeweave.ops._launch import capsules
+from moeweave.ops._vmap import register_rows_vmap
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -81,3 +84,17 @@ _attention_op = torch.library.custom_op("moeweave::attention", _attention, mutat
 def _(q, k, v, mask, scale):
     _check(q, k, v, mask)
     return q.new_empty(*q.shape[:3], v.shape[-1])
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    *tensors, ctx.scale = inputs
+    ctx.save_for_backward(*tensors)
+
+
+def _backward(ctx, grad: torch.Tensor):
+    q, k, v, mask = ctx.saved_tensors
+    return (*reference.attention_backward(grad, q, k, v, mask, ctx.scale), None, None)
+
+
+_attention_op.register_autograd(_backward, setup_context=_setup_context)
+register_rows_vmap(_attention_op, row_args=(0, 1, 2, 3))

@@ -4,10 +4,13 @@ Shapes: x [T, H] fp32 or bf16; topk_ids [T, K] int32 (slots of the expert table)
 [T, K] -> y [T, H] in x's dtype, y[t] = sum_k w[t, k] * down_e(silu(gate_e x_t) * up_e x_t).
 On CPU, tokens are grouped by expert inside the kernel and each used expert runs once over its
 tokens. On CUDA (experts and x on the GPU), three launches compute gate/up, down and the
-weighted combine per (token, slot) pair, with no host synchronisation.
-"""
+weighted sum per (token, slot) pair, with no host synchronisation.
 
-import weakref
+Differentiable with respect to x and topk_weights (the experts are frozen): on CPU one native
+call (``moeweave::moe_experts_backward``) recomputes the stage and runs the chain rule back
+through it with transposed products on the packed weights; on CUDA the plain-torch twin
+differentiates expert by expert, dequantising each used expert.
+"""
 
 import torch
 
@@ -15,17 +18,14 @@ from moeweave import _native
 from moeweave.ops import reference
 from moeweave.ops._eager import can_skip_dispatcher
 from moeweave.ops._launch import capsules, cuda_stream
+from moeweave.ops._vmap import register_rows_vmap
 from moeweave.quant.experts import ExpertTable
-
-# The op sees only the table's pointer tensor; the plain-torch fallback needs the experts
-# themselves, so live tables are found again by that tensor's address.
-_tables: "weakref.WeakValueDictionary[int, ExpertTable]" = weakref.WeakValueDictionary()
 
 
 def moe_experts(
     x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, experts: ExpertTable
 ) -> torch.Tensor:
-    _tables[experts.table.data_ptr()] = experts
+    """x [T, H], topk_ids [T, K] int32, topk_weights [T, K] -> [T, H] through the experts of the table."""
     if can_skip_dispatcher(x, topk_ids, topk_weights):
         return _moe_experts(x, topk_ids, topk_weights, experts.table)
     return _moe_experts_op(x, topk_ids, topk_weights, experts.table)
@@ -56,7 +56,7 @@ def _moe_experts(
     _check(x, topk_ids, topk_weights, table)
     native = _native.module_for(x.device.type)
     if native is None:
-        return reference.moe_experts(x, topk_ids, topk_weights, _tables[table.data_ptr()])
+        return reference.moe_experts(x, topk_ids, topk_weights, ExpertTable.owning(table))
     x, topk_ids = x.contiguous(), topk_ids.contiguous()
     weights = topk_weights.to(torch.float32).contiguous()
     y = torch.empty(x.shape, dtype=torch.float32, device=x.device)  # [T, H]
@@ -81,3 +81,48 @@ _moe_experts_op = torch.library.custom_op("moeweave::moe_experts", _moe_experts,
 def _(x, topk_ids, topk_weights, table):
     _check(x, topk_ids, topk_weights, table)
     return torch.empty_like(x)
+
+
+def _moe_experts_backward(
+    x: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    table: torch.Tensor,
+    grad: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """grad = dL/dy [T, H] fp32 -> (dL/dx [T, H], dL/dtopk_weights [T, K]), both fp32."""
+    native = _native.module_for("cpu") if x.is_cpu else None
+    if native is None:
+        with torch.enable_grad():
+            xf, weights = (t.detach().float().requires_grad_() for t in (x, topk_weights))
+            y = reference.moe_experts(xf, topk_ids, weights, ExpertTable.owning(table))
+            return torch.autograd.grad(y, (xf, weights), grad)
+    x, topk_ids, grad = x.contiguous(), topk_ids.contiguous(), grad.contiguous()
+    weights = topk_weights.to(torch.float32).contiguous()
+    dx, dweights = torch.empty_like(grad), torch.empty_like(weights)
+    native.moe_experts_backward(*capsules(table, x, topk_ids, weights, grad, dx, dweights))
+    return dx, dweights
+
+
+_moe_experts_backward_op = torch.library.custom_op(
+    "moeweave::moe_experts_backward", _moe_experts_backward, mutates_args=()
+)
+
+
+@_moe_experts_backward_op.register_fake
+def _(x, topk_ids, topk_weights, table, grad):
+    return torch.empty_like(grad), torch.empty_like(topk_weights, dtype=torch.float32)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, grad: torch.Tensor):
+    x, topk_ids, topk_weights, table = ctx.saved_tensors
+    dx, dweights = _moe_experts_backward_op(x, topk_ids, topk_weights, table, grad.float())
+    return dx.to(x.dtype), None, dweights.to(topk_weights.dtype), None
+
+
+_moe_experts_op.register_autograd(_backward, setup_context=_setup_context)
+register_rows_vmap(_moe_experts_op, row_args=(0, 1, 2))

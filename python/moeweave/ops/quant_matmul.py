@@ -4,6 +4,10 @@ Shapes: x [M, K] fp32 or bf16 -> y [M, N] in x's dtype. The CPU kernels quantise
 32 columns and use integer dot products (VNNI where available); the relative error this adds is
 about 0.5 % of |y| (Frobenius) for Gaussian-like activations, on top of the weight's own
 quantisation error. The CUDA kernel dequantises in registers and keeps x in fp32.
+
+Differentiable with respect to x (the weight is frozen): dx = dy W through
+``moeweave::quant_matmul_t``, a transposed product on the packed format in exact fp32 (on CUDA
+its plain-torch twin, which dequantises W).
 """
 
 import torch
@@ -12,6 +16,7 @@ from moeweave import _native
 from moeweave.ops import reference
 from moeweave.ops._eager import can_skip_dispatcher
 from moeweave.ops._launch import capsules, cuda_stream
+from moeweave.ops._vmap import register_rows_vmap
 from moeweave.quant.format import QuantizedWeight
 
 
@@ -32,6 +37,10 @@ def bf16_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     if can_skip_dispatcher(x, w):
         return _quant_matmul(*args)
     return _quant_matmul_op(*args)
+
+
+def _weight_capsules(packed: torch.Tensor, scales: torch.Tensor | None, zeros: torch.Tensor | None) -> list:
+    return [None if t is None else capsules(t)[0] for t in (packed, scales, zeros)]
 
 
 def _check(x: torch.Tensor, packed: torch.Tensor, k: int) -> None:
@@ -62,12 +71,7 @@ def _quant_matmul(
     x = x.contiguous()
     y = torch.empty(x.shape[0], n, dtype=torch.float32, device=x.device)  # [M, N]
     if y.numel():
-        tensors = (
-            capsules(packed),
-            (None if scales is None else capsules(scales)[0]),
-            (None if zeros is None else capsules(zeros)[0]),
-        )
-        args = (*tensors[0], tensors[1], tensors[2], n, k, bits, group_size, *capsules(x, y))
+        args = (*_weight_capsules(packed, scales, zeros), n, k, bits, group_size, *capsules(x, y))
         if x.is_cuda:
             with torch.cuda.device(x.device):
                 native.quant_matmul(*args, cuda_stream(x))
@@ -83,3 +87,56 @@ _quant_matmul_op = torch.library.custom_op("moeweave::quant_matmul", _quant_matm
 def _(x, packed, scales, zeros, n, k, bits, group_size):
     _check(x, packed, k)
     return x.new_empty(x.shape[0], n)
+
+
+def _quant_matmul_t(
+    dy: torch.Tensor,
+    packed: torch.Tensor,
+    scales: torch.Tensor | None,
+    zeros: torch.Tensor | None,
+    n: int,
+    k: int,
+    bits: int,
+    group_size: int,
+) -> torch.Tensor:
+    """dy [M, N] fp32 -> dx [M, K] fp32 = dy W."""
+    native = _native.module_for("cpu") if dy.is_cpu else None
+    if native is None:
+        if bits == 16:
+            return dy @ packed.float()
+        return reference.quant_matmul_t(dy, QuantizedWeight(packed, scales, zeros, n, k, bits, group_size))
+    dy = dy.contiguous()
+    dx = dy.new_empty(dy.shape[0], k)  # [M, K]
+    if dx.numel():
+        native.quant_matmul_t(
+            *_weight_capsules(packed, scales, zeros), n, k, bits, group_size, *capsules(dy, dx)
+        )
+    return dx
+
+
+_quant_matmul_t_op = torch.library.custom_op("moeweave::quant_matmul_t", _quant_matmul_t, mutates_args=())
+
+
+@_quant_matmul_t_op.register_fake
+def _(dy, packed, scales, zeros, n, k, bits, group_size):
+    return dy.new_empty(dy.shape[0], k)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, packed, scales, zeros, *fields = inputs
+    ctx.save_for_backward(packed, scales, zeros)
+    ctx.fields, ctx.x_dtype = fields, x.dtype
+
+
+def _backward(ctx, grad: torch.Tensor):
+    packed, scales, zeros = ctx.saved_tensors
+    dx = (
+        _quant_matmul_t_op(grad.float(), packed, scales, zeros, *ctx.fields)
+        if ctx.needs_input_grad[0]
+        else None
+    )
+    return (None if dx is None else dx.to(ctx.x_dtype)), None, None, None, None, None, None, None
+
+
+_quant_matmul_op.register_autograd(_backward, setup_context=_setup_context)
+register_rows_vmap(_quant_matmul_op, row_args=(0,))

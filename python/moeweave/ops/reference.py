@@ -5,6 +5,8 @@ tests compare the native kernels against, and the fallback when a native module 
 import torch
 import torch.nn.functional as F
 
+from moeweave.quant.quantize import dequantize
+
 
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up, computed in fp32 and rounded once to the input dtype."""
@@ -29,15 +31,16 @@ def reroute(topk_ids: torch.Tensor, tok_adapter: torch.Tensor, remap: torch.Tens
 
 def quant_matmul(x: torch.Tensor, qw) -> torch.Tensor:
     """x [M, K] @ dequantize(qw)^T -> [M, N] in x's dtype, in fp32 with exact activations."""
-    from moeweave.quant.quantize import dequantize
-
     return (x.float() @ dequantize(qw).to(x.device).t()).to(x.dtype)
+
+
+def quant_matmul_t(dy: torch.Tensor, qw) -> torch.Tensor:
+    """dy [M, N] @ dequantize(qw) -> [M, K] fp32: the gradient of quant_matmul with respect to x."""
+    return dy.float() @ dequantize(qw).to(dy.device)
 
 
 def expert_weight(w) -> torch.Tensor:
     """A projection of an expert table entry (QuantizedWeight or plain tensor) as fp32 [N, K]."""
-    from moeweave.quant.quantize import dequantize
-
     return w.float() if isinstance(w, torch.Tensor) else dequantize(w)
 
 
@@ -81,3 +84,66 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos[:, None] + rotated * sin[:, None]
+
+
+# Gradients of the decode-step ops, the backward formulas their autograd registrations use. They
+# compute in fp32 (fp64 stays fp64, so gradcheck can check them) and ignore the forward's
+# intermediate roundings to the input dtype, as autograd through the formulas above would in fp32.
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def rms_norm_backward(
+    grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """dL/dx [..., H] and dL/dweight [H] of rms_norm for grad = dL/dout [..., H]."""
+    dtype = _compute_dtype(x)
+    xf, g = x.to(dtype), grad.to(dtype)
+    inv = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    normed = xf * inv
+    d_normed = g * weight.to(dtype)
+    dx = inv * (d_normed - normed * (d_normed * normed).mean(-1, keepdim=True))
+    dweight = (g * normed).reshape(-1, x.shape[-1]).sum(0)
+    return dx.to(x.dtype), dweight.to(weight.dtype)
+
+
+def _rotate_half_transposed(z: torch.Tensor) -> torch.Tensor:
+    """The adjoint of rotate_half: <rotate_half(x), z> = <x, this(z)>."""
+    half = z.shape[-1] // 2
+    return torch.cat([z[..., half:], -z[..., :half]], dim=-1)
+
+
+def rope_backward(
+    grad: torch.Tensor, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dL/dx [B, S, H, D], dL/dcos and dL/dsin [S, D] of rope for grad = dL/dout [B, S, H, D]."""
+    dtype = _compute_dtype(x)
+    xf, g, c, s = (t.to(dtype) for t in (x, grad, cos, sin))
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-xf[..., half:], xf[..., :half]], dim=-1)
+    dx = g * c[:, None] + _rotate_half_transposed(g * s[:, None])
+    dcos = (g * xf).sum(dim=(0, 2))
+    dsin = (g * rotated).sum(dim=(0, 2))
+    return dx.to(x.dtype), dcos.to(cos.dtype), dsin.to(sin.dtype)
+
+
+def attention_backward(
+    grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dL/dq, dL/dk, dL/dv of attention (shapes of q, k, v) for grad = dL/dout [B, nH, S, Dv]."""
+    dtype = _compute_dtype(q)
+    batch, heads, _, _ = q.shape
+    kv_heads, keys = k.shape[1], k.shape[2]
+    group = heads // kv_heads
+    qf, g = q.to(dtype), grad.to(dtype)
+    kf, vf = (t.to(dtype).repeat_interleave(group, dim=1) for t in (k, v))  # [B, nH, T, D]
+    scores = (qf @ kf.transpose(-1, -2)) * scale  # [B, nH, S, T]
+    probs = torch.softmax(scores.masked_fill(~mask[:, None], float("-inf")), dim=-1).nan_to_num(0.0)
+    d_probs = g @ vf.transpose(-1, -2)  # [B, nH, S, T]
+    d_scores = probs * (d_probs - (d_probs * probs).sum(-1, keepdim=True)) * scale
+    dq = d_scores @ kf
+    dk = (d_scores.transpose(-1, -2) @ qf).view(batch, kv_heads, group, keys, -1).sum(2)
+    dv = (probs.transpose(-1, -2) @ g).view(batch, kv_heads, group, keys, -1).sum(2)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)

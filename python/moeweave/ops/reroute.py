@@ -16,6 +16,7 @@ from moeweave import _native
 from moeweave.ops import reference
 from moeweave.ops._eager import can_skip_dispatcher
 from moeweave.ops._launch import capsules, cuda_stream
+from moeweave.ops._vmap import register_rows_vmap
 
 
 def _check(topk_ids: torch.Tensor, tok_adapter: torch.Tensor, remap: torch.Tensor) -> None:
@@ -72,3 +73,6 @@ _reroute_op = torch.library.custom_op("moeweave::reroute", _reroute, mutates_arg
 def _(topk_ids: torch.Tensor, tok_adapter: torch.Tensor, remap: torch.Tensor) -> torch.Tensor:
     _check(topk_ids, tok_adapter, remap)
     return torch.empty_like(topk_ids, memory_format=torch.contiguous_format)
+
+
+register_rows_vmap(_reroute_op, row_args=(0, 1))

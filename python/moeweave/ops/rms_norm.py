@@ -4,6 +4,8 @@ Shapes: x [..., H], weight [H] of the same float dtype -> [..., H]. Computed as
 weight * dtype(x * rsqrt(mean(x^2) + eps)) in fp32: normalise, round to the dtype, then scale.
 One native call instead of the eight torch ops of the plain formula, which at decode sizes
 cost more in dispatch than in arithmetic. CUDA tensors go to the plain-torch twin.
+Differentiable with respect to every tensor input, with the backward formulas of
+``reference.rms_norm_backward`` (plain torch, fp32).
 """
 
 import torch
@@ -12,6 +14,7 @@ from moeweave import _native
 from moeweave.ops import reference
 from moeweave.ops._eager import can_skip_dispatcher
 from moeweave.ops._launch import capsules
+from moeweave.ops._vmap import register_rows_vmap
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -55,3 +58,17 @@ _rms_norm_op = torch.library.custom_op("moeweave::rms_norm", _rms_norm, mutates_
 def _(x, weight, eps):
     _check(x, weight)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, weight, ctx.eps = inputs
+    ctx.save_for_backward(x, weight)
+
+
+def _backward(ctx, grad: torch.Tensor):
+    x, weight = ctx.saved_tensors
+    return (*reference.rms_norm_backward(grad, x, weight, ctx.eps), None)
+
+
+_rms_norm_op.register_autograd(_backward, setup_context=_setup_context)
+register_rows_vmap(_rms_norm_op, row_args=(0,), leading_dims_free=True)

@@ -5,6 +5,8 @@ Shapes: x [B, S, H, D] (the projection output before heads are transposed), cos 
 of x's dtype -> [B, S, H, D]. out = dtype(x * cos) + dtype(rotate_half(x) * sin), rounded once
 more, with rotate_half(x) = [-x[..., D/2:], x[..., :D/2]]. One native call instead of the six
 torch ops of the plain formula. CUDA tensors go to the plain-torch twin.
+Differentiable with respect to every tensor input, with the backward formulas of
+``reference.rope_backward`` (plain torch, fp32).
 """
 
 import torch
@@ -13,6 +15,7 @@ from moeweave import _native
 from moeweave.ops import reference
 from moeweave.ops._eager import can_skip_dispatcher
 from moeweave.ops._launch import capsules
+from moeweave.ops._vmap import register_rows_vmap
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -56,3 +59,15 @@ _rope_op = torch.library.custom_op("moeweave::rope", _rope, mutates_args=())
 def _(x, cos, sin):
     _check(x, cos, sin)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, grad: torch.Tensor):
+    return reference.rope_backward(grad, *ctx.saved_tensors)
+
+
+_rope_op.register_autograd(_backward, setup_context=_setup_context)
+register_rows_vmap(_rope_op, row_args=(0,))

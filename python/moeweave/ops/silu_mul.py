@@ -11,6 +11,7 @@ from moeweave import _native
 from moeweave.ops import reference
 from moeweave.ops._eager import can_skip_dispatcher
 from moeweave.ops._launch import capsules, cuda_stream
+from moeweave.ops._vmap import register_rows_vmap
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -76,3 +77,4 @@ def _backward(ctx, grad: torch.Tensor):
 
 
 _silu_mul_op.register_autograd(_backward, setup_context=_setup_context)
+register_rows_vmap(_silu_mul_op, row_args=(0, 1), leading_dims_free=True)

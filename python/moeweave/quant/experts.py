@@ -6,6 +6,7 @@ The table holds references to every tensor it points into, so the memory stays v
 table lives. A cache or adapter pool builds its own table over its own memory in the same way.
 """
 
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -17,6 +18,10 @@ FIELDS = ("packed", "scales", "zeros", "n", "k", "bits", "group_size", "scale_dt
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # moeweave::DType
 
 Projection = QuantizedWeight | torch.Tensor
+
+# Live tables by the address of their pointer tensor: an op sees only that tensor, and its
+# plain-torch fallback needs the experts themselves.
+_live: "weakref.WeakValueDictionary[int, ExpertTable]" = weakref.WeakValueDictionary()
 
 
 def _row(w: Projection) -> list[int]:
@@ -73,6 +78,15 @@ class ExpertTable:
         self.table = torch.tensor(
             [[_row(w) for w in projections] for projections in self.experts], dtype=torch.int64
         )
+        _live[self.table.data_ptr()] = self
+
+    @staticmethod
+    def owning(table: torch.Tensor) -> "ExpertTable":
+        """The live ExpertTable whose pointer tensor is `table`."""
+        found = _live.get(table.data_ptr())
+        if found is None:
+            raise ValueError("ExpertTable.owning: this pointer tensor belongs to no live ExpertTable")
+        return found
 
     def __len__(self) -> int:
         return len(self.experts)

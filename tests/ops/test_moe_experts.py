@@ -4,8 +4,8 @@ with experts of mixed formats in one table."""
 import pytest
 import torch
 
-from moeweave.ops import reference
-from moeweave.quant import ExpertTable, moe_experts, quantize
+from moeweave.ops import moe_experts, reference
+from moeweave.quant import ExpertTable, quantize
 
 TOLERANCE = 0.02  # relative Frobenius: int8 activations at both the gate/up and the down input
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import moeweave.cpu
-from moeweave.ops import reference
-from moeweave.quant import quant_matmul, quantize
+from moeweave.ops import quant_matmul, reference
+from moeweave.quant import quantize
 
 # Relative Frobenius error vs exact activations: the int8 activation quantisation (per 32
 # columns) costs about 0.5 %; 1.5 % leaves room for small, unlucky shapes.
@@ -77,7 +77,7 @@ def test_opcheck_and_compile():
 
 @pytest.mark.parametrize(("m", "n", "k"), [(1, 7, 19), (3, 111, 256), (8, 33, 1000)])
 def test_bf16_matmul_matches_torch(isa, m, n, k):
-    from moeweave.ops.quant_matmul import bf16_matmul
+    from moeweave.ops import bf16_matmul
 
     generator = torch.Generator().manual_seed(m + n + k)
     w, x = (

@@ -1,0 +1,29 @@
+"""The named weight formats of the model-facing APIs ("bf16", "int8", "int4", "int3", "int2"):
+the one place that says what each name means. Quantised formats use groups of 64 columns;
+8 and 4 bits are symmetric, 3 and 2 bits asymmetric (a zero per group pays off at low bits).
+"""
+
+import torch
+
+from moeweave.quant.experts import Projection
+from moeweave.quant.format import QuantizedWeight
+from moeweave.quant.quantize import quantize
+
+GROUP_SIZE = 64
+FUSED_FORMATS = ("bf16", "int8", "int4", "int3", "int2")  # what the fused MoE op computes with
+_BITS = {"int8": 8, "int4": 4, "int3": 3, "int2": 2}
+
+
+def quantize_as(w: torch.Tensor, name: str) -> QuantizedWeight:
+    """w [N, K] packed in the named quantised format ("int8", "int4", "int3" or "int2")."""
+    if name not in _BITS:
+        raise ValueError(f"quantize_as: format must be one of {tuple(_BITS)}, got {name!r}")
+    bits = _BITS[name]
+    return quantize(w.detach().float(), bits=bits, group_size=GROUP_SIZE, sym=bits >= 4)
+
+
+def fused_projection(w: torch.Tensor, name: str) -> Projection:
+    """w [N, K] as the fused MoE op takes it in the named format: contiguous bf16, or packed."""
+    if name == "bf16":
+        return w.detach().to(torch.bfloat16).contiguous()
+    return quantize_as(w, name)
