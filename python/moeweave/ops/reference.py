@@ -8,6 +8,11 @@ import torch.nn.functional as F
 from moeweave.quant.quantize import dequantize
 
 
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """fp32, or fp64 for fp64 inputs (so gradcheck can differentiate the twins numerically)."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up, computed in fp32 and rounded once to the input dtype."""
     return (F.silu(gate.float()) * up.float()).to(gate.dtype)
@@ -64,9 +69,10 @@ def attention(
     """softmax(q k^T * scale, masked) v in fp32 with grouped heads; q [B, nH, S, Dk], k [B, nKV,
     T, Dk], v [B, nKV, T, Dv], mask [B, S, T] bool -> [B, nH, S, Dv] in q's dtype. Rows that may
     attend to nothing are zeros."""
+    dtype = _compute_dtype(q)
     group = q.shape[1] // k.shape[1]
-    k, v = (t.float().repeat_interleave(group, dim=1) for t in (k, v))
-    scores = (q.float() @ k.transpose(-1, -2)) * scale  # [B, nH, S, T]
+    k, v = (t.to(dtype).repeat_interleave(group, dim=1) for t in (k, v))
+    scores = (q.to(dtype) @ k.transpose(-1, -2)) * scale  # [B, nH, S, T]
     scores = scores.masked_fill(~mask[:, None], float("-inf"))
     probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
     return (probs @ v).to(q.dtype)
@@ -74,7 +80,7 @@ def attention(
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """weight * dtype(x * rsqrt(mean(x^2) + eps)), normalised in fp32 (transformers' RMSNorm)."""
-    xf = x.float()
+    xf = x.to(_compute_dtype(x))
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return weight * xf.to(x.dtype)
 
@@ -87,12 +93,8 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
 
 
 # Gradients of the decode-step ops, the backward formulas their autograd registrations use. They
-# compute in fp32 (fp64 stays fp64, so gradcheck can check them) and ignore the forward's
-# intermediate roundings to the input dtype, as autograd through the formulas above would in fp32.
-
-
-def _compute_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+# compute in fp32 (fp64 stays fp64) and ignore the forward's intermediate roundings to the input
+# dtype, as autograd through the formulas above would in fp32.
 
 
 def rms_norm_backward(
