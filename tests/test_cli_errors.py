@@ -73,8 +73,8 @@ def test_run_of_a_checkpoint_whose_config_is_no_object_is_one_line(capsys, tmp_p
 
 def test_store_convert_of_a_missing_or_file_checkpoint_is_one_line(capsys, tmp_path):
     for source, message in (
-        ("/nonexistent", "No such file or directory"),
-        (f"{DEMO}/config.json", "Not a directory"),
+        ("/nonexistent", "checkpoint directory /nonexistent does not exist"),
+        (f"{DEMO}/config.json", "config.json is not a directory"),
     ):
         argv = ["store", "convert", source, str(tmp_path / "store")]
         assert message in _one_line_error(capsys, argv, "moeweave store convert")

@@ -1,7 +1,7 @@
 """Nothing is read from outside the checkpoint directory the user named: a shard index naming
 `../x` or an absolute path, and a weight, config or index file that is a symlink leading out, are
-refused by every reader (the shared finder, both checkpoint readers, load and write_store) before
-anything is opened or written. Symlinks that stay inside are followed."""
+refused by every reader (the shared finder, the checkpoint reader and its expert view, load and
+write_store) before anything is opened or written. Symlinks that stay inside are followed."""
 
 import json
 import os
@@ -10,17 +10,16 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from moeweave.formats.hf_checkpoint import read_config, safetensors_files
+from moeweave.formats.hf_checkpoint import Checkpoint, read_config, safetensors_files
 from moeweave.models import load
-from moeweave.models.checkpoint import Checkpoint as ModelCheckpoint
 from moeweave.store import write_store
-from moeweave.store.checkpoint import Checkpoint as StoreCheckpoint
+from moeweave.store.checkpoint import ExpertCheckpoint
 
 READERS = {
     "read_config": read_config,
     "safetensors_files": safetensors_files,
-    "models.Checkpoint": ModelCheckpoint,
-    "store.Checkpoint": StoreCheckpoint,
+    "Checkpoint": Checkpoint,
+    "ExpertCheckpoint": ExpertCheckpoint,
     "load": load,
     "write_store": lambda directory: write_store(directory, directory.parent / "store", progress=False),
 }

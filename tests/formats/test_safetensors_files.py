@@ -10,14 +10,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from moeweave.formats.hf_checkpoint import Checkpoint
 from moeweave.models import load
-from moeweave.models.checkpoint import Checkpoint as ModelCheckpoint
 from moeweave.store import write_store
-from moeweave.store.checkpoint import Checkpoint as StoreCheckpoint
+from moeweave.store.checkpoint import ExpertCheckpoint
 
 READERS = {
-    "models.Checkpoint": ModelCheckpoint,
-    "store.Checkpoint": StoreCheckpoint,
+    "Checkpoint": Checkpoint,
+    "ExpertCheckpoint": ExpertCheckpoint,
     "load": load,
     "write_store": lambda directory: write_store(directory, directory.parent / "store", progress=False),
 }
@@ -46,7 +46,7 @@ def test_tensor_in_two_files_is_refused(tmp_path, reader, indexed):
     assert not (tmp_path / "store").exists()
 
 
-@pytest.mark.parametrize("reader", [ModelCheckpoint, StoreCheckpoint])
+@pytest.mark.parametrize("reader", [Checkpoint, ExpertCheckpoint])
 def test_a_file_that_is_not_safetensors_is_named(tmp_path, reader):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3_moe"}))
     (tmp_path / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken")

@@ -5,6 +5,7 @@
 // Up to 4 activation rows share each unpacked quad (MB) and two tiles each broadcast activation
 // word (NT), which is what makes prefill cheap.
 #include <cstring>
+#include <vector>
 
 #include "simd_avx512.h"
 #include "quant_transposed.h"
@@ -217,9 +218,101 @@ void quantize_rows_avx512(DType dtype, const void* x, int64_t rows, int64_t k, i
     }
 }
 
+// The transposed product dx = dy W (variants.h: transposed) for packed matrices. Per unit, the
+// column panel of every tile is unpacked once to floats q in the packed order (quad j, row r,
+// column c of the quad: lane r % 4 * 4 + c of register r / 4), scales and zeros stay out of it:
+//   dx[i, c] = sum_r a_r q[r, c] - sum_r a_r zero_r,   a_r = dy[i, r] scale_r.
+// A register of four a_r, each repeated over its 4 lanes, times a panel register is 16 useful
+// FMAs; 8 accumulators per dy row (one per quad) are reduced over their 4 row lanes at the end.
+// bf16 matrices take the portable path (quant_transposed.h).
+template <int BITS>
+void unpack_panel(const QuantMatrix& w, int64_t u, float* panel) {
+  const int64_t units = quant_padded(w.k, w.group_size) / kQuantUnitCols, unit_bytes = quant_unit_bytes(BITS);
+  for (int64_t t = 0; t * kQuantTileRows < w.n; ++t) {
+    const uint8_t* unit = w.packed + (t * units + u) * unit_bytes;
+    for (int j = 0; j < kQuantQuadsPerUnit; ++j) {
+      const __m512i q = quad<BITS>(unit, j);
+      float* out = panel + (t * kQuantQuadsPerUnit + j) * kQuantQuadBytes;
+      _mm512_storeu_ps(out, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_castsi512_si128(q))));
+      _mm512_storeu_ps(out + 16, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(q, 1))));
+      _mm512_storeu_ps(out + 32, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(q, 2))));
+      _mm512_storeu_ps(out + 48, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(q, 3))));
+    }
+  }
+}
+
+// Rows i0 .. i0 + MB - 1 of dx, columns of unit u, from its unpacked panel.
+template <int MB>
+void panel_rows(const QuantMatrix& w, int64_t u, const float* panel, const float* dy, int64_t ldy, float* dx,
+                int64_t ldx, bool accumulate) {
+  const int64_t groups = quant_padded(w.k, w.group_size) / w.group_size, g = u * kQuantUnitCols / w.group_size;
+  const __m512 implied_zero = _mm512_set1_ps(float(1 << (w.bits - 1)));
+  __m512i spread[4];  // lane l of register q reads a_{4q + l / 4}
+  for (int q = 0; q < 4; ++q) spread[q] = _mm512_set_epi32(
+      4 * q + 3, 4 * q + 3, 4 * q + 3, 4 * q + 3, 4 * q + 2, 4 * q + 2, 4 * q + 2, 4 * q + 2,
+      4 * q + 1, 4 * q + 1, 4 * q + 1, 4 * q + 1, 4 * q, 4 * q, 4 * q, 4 * q);
+  __m512 acc[MB][kQuantQuadsPerUnit];
+  __m512 zero_terms[MB];
+  for (int i = 0; i < MB; ++i) {
+    zero_terms[i] = _mm512_setzero_ps();
+    for (int j = 0; j < kQuantQuadsPerUnit; ++j) acc[i][j] = _mm512_setzero_ps();
+  }
+  for (int64_t t = 0; t * kQuantTileRows < w.n; ++t) {
+    const __mmask16 rows = lanes(w.n - t * kQuantTileRows);
+    const int64_t sbase = (t * groups + g) * kQuantTileRows;
+    const __m512 scale = load_scales(w.scales, w.scale_dtype, sbase);
+    const __m512 zero = w.zeros ? load_scales(w.zeros, w.scale_dtype, sbase) : implied_zero;
+    __m512 a[MB][4];
+    for (int i = 0; i < MB; ++i) {
+      const __m512 scaled = _mm512_mul_ps(load_f32(dy + i * ldy + t * kQuantTileRows, rows), scale);
+      zero_terms[i] = _mm512_fmadd_ps(scaled, zero, zero_terms[i]);
+      for (int q = 0; q < 4; ++q) a[i][q] = _mm512_permutexvar_ps(spread[q], scaled);
+    }
+    const float* p = panel + t * kQuantQuadsPerUnit * kQuantQuadBytes;
+    for (int j = 0; j < kQuantQuadsPerUnit; ++j)
+      for (int q = 0; q < 4; ++q) {
+        const __m512 values = _mm512_loadu_ps(p + j * kQuantQuadBytes + q * 16);
+        for (int i = 0; i < MB; ++i) acc[i][j] = _mm512_fmadd_ps(a[i][q], values, acc[i][j]);
+      }
+  }
+  const int64_t c0 = u * kQuantUnitCols;
+  const int cols = int(w.k - c0 < kQuantUnitCols ? w.k - c0 : kQuantUnitCols);
+  for (int i = 0; i < MB; ++i) {
+    const __m128 zero_term = _mm_set1_ps(_mm512_reduce_add_ps(zero_terms[i]));
+    alignas(64) float row[kQuantUnitCols];
+    for (int j = 0; j < kQuantQuadsPerUnit; ++j) {
+      const __m256 halves = _mm256_add_ps(_mm512_castps512_ps256(acc[i][j]), _mm512_extractf32x8_ps(acc[i][j], 1));
+      const __m128 quarters = _mm_add_ps(_mm256_castps256_ps128(halves), _mm256_extractf128_ps(halves, 1));
+      _mm_store_ps(row + 4 * j, _mm_sub_ps(quarters, zero_term));
+    }
+    float* out = dx + i * ldx + c0;
+    for (int c = 0; c < cols; ++c) out[c] = accumulate ? out[c] + row[c] : row[c];
+  }
+}
+
+void transposed_avx512(const QuantMatrix& w, const float* dy, int64_t m, int64_t ldy, int64_t unit_begin,
+                       int64_t unit_end, float* dx, int64_t ldx, bool accumulate) {
+  if (w.bits == 16) {
+    transposed_product(w, dy, m, ldy, unit_begin, unit_end, dx, ldx, accumulate);
+    return;
+  }
+  std::vector<float> panel(quant_padded(w.n, kQuantTileRows) * kQuantUnitCols);
+  for (int64_t u = unit_begin; u < unit_end; ++u) {
+    switch (w.bits) {
+      case 2: unpack_panel<2>(w, u, panel.data()); break;
+      case 3: unpack_panel<3>(w, u, panel.data()); break;
+      case 4: unpack_panel<4>(w, u, panel.data()); break;
+      default: unpack_panel<8>(w, u, panel.data());
+    }
+    int64_t i = 0;
+    for (; i + 2 <= m; i += 2) panel_rows<2>(w, u, panel.data(), dy + i * ldy, ldy, dx + i * ldx, ldx, accumulate);
+    for (; i < m; ++i) panel_rows<1>(w, u, panel.data(), dy + i * ldy, ldy, dx + i * ldx, ldx, accumulate);
+  }
+}
+
 }  // namespace
 
 const QuantMatmulKernels kQuantMatmulAvx512 = {quant_avx512, bf16_avx512, quantize_rows_avx512,
-                                              transposed_product};
+                                              transposed_avx512};
 
 }  // namespace moeweave::cpu

@@ -1,15 +1,18 @@
-"""Finding the weights and config of a Hugging Face checkpoint directory. Safetensors only:
+"""Reading a Hugging Face checkpoint directory: its config and weights. Safetensors only:
 pickle weights (.bin, .pt, ...) are refused, because unpickling runs arbitrary code. With a shard
 index, exactly the shards it names are used (Mistral repos also ship a consolidated.safetensors
 in their own naming beside them). Every file read lies inside the directory (formats/paths.py):
 a shard index naming `../x` or `/x`, or a symlink out of the directory, is refused."""
 
+import contextlib
 import json
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError, safe_open
 
 from moeweave.formats.paths import confined
+from moeweave.quant.finite import require_finite
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 SHARD_INDEX = "model.safetensors.index.json"
@@ -62,3 +65,79 @@ def open_safetensors(path: Path):
         return safe_open(str(path), framework="pt")
     except SafetensorError as error:
         raise ValueError(f"{path}: not a valid safetensors file ({error})") from None
+
+
+class Checkpoint:
+    """The one reader of a checkpoint directory: its config and its safetensors tensors by name,
+    each read on demand (safetensors maps the files). A tensor name in two files (which one is
+    meant?) and a NaN or infinity in a tensor read (it would spread through every output or be
+    quantised into garbage without a word) are refused. Records the tensors taken, so a loader
+    can report the ones it never used. Use as a context manager, or close()."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            what = "is not a directory" if self.directory.exists() else "does not exist"
+            raise FileNotFoundError(f"checkpoint directory {self.directory} {what}")
+        self.config = read_config(self.directory)
+        self.architecture = self.config.get("model_type", "unknown")
+        self._stack = contextlib.ExitStack()
+        self._handles = {}  # tensor name -> safe_open handle of its file
+        self._files: dict[str, Path] = {}  # tensor name -> file
+        for path in safetensors_files(self.directory):
+            handle = self._stack.enter_context(open_safetensors(path))
+            for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                if name in self._files:
+                    raise ValueError(
+                        f"{self.directory}: tensor {name!r} is in both {self._files[name]} and {path}"
+                    )
+                self._files[name], self._handles[name] = path, handle
+        self.taken: set[str] = set()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._files
+
+    def names(self) -> list[str]:
+        """Every tensor name, in file order."""
+        return list(self._files)
+
+    def file_of(self, name: str) -> Path:
+        return self._files[name]
+
+    def shape(self, name: str) -> list[int]:
+        return self._handles[name].get_slice(name).get_shape()
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """The tensor `name`, checked for NaN/inf."""
+        tensor = self._handles[name].get_tensor(name)
+        require_finite(tensor, name)
+        return tensor
+
+    def tensor_slice(self, name: str, index: int) -> torch.Tensor:
+        """tensor(name)[index], reading only that slice."""
+        tensor = self._handles[name].get_slice(name)[index]
+        require_finite(tensor, name, at=(index,))
+        return tensor
+
+    def take(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """The tensor `name`, checked against the expected shape and for NaN/inf, and marked taken."""
+        if name not in self._files:
+            raise ValueError(f"checkpoint {self.directory} is missing tensor {name!r}")
+        if tuple(self.shape(name)) != tuple(shape):
+            raise ValueError(
+                f"tensor {name!r} in {self.directory} has shape {self.shape(name)}, expected {list(shape)}"
+            )
+        self.taken.add(name)
+        return self.tensor(name)
+
+    def untaken(self) -> list[str]:
+        return sorted(set(self._files) - self.taken)

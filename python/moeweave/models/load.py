@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from moeweave.formats.expert_naming import ARCHITECTURES as EXPERT_NAMING
+from moeweave.formats.hf_checkpoint import Checkpoint
 from moeweave.formats.paths import confined
-from moeweave.models.checkpoint import Checkpoint
 from moeweave.models.experts import FusedExperts, TorchExperts
 from moeweave.models.layers import AttentionWeights, MLPWeights
 from moeweave.models.mla import MLAWeights
@@ -148,16 +149,17 @@ def load(
     take = _Reader(ck, dtype, projections)
     hidden, inter = spec.hidden_size, spec.moe_intermediate_size
     expert_shapes = [(inter, hidden), (inter, hidden), (hidden, inter)]
+    naming = EXPERT_NAMING[spec.architecture]
     embed = take("model.embed_tokens.weight", (spec.vocab_size, hidden))
     layers, expert_weights = [], {}
     for index in tqdm(range(spec.num_layers), desc=f"loading {Path(path).name}", unit="layer", leave=False):
         prefix = f"model.layers.{index}"
         if spec.moe_layers[index]:
-            moe = f"{prefix}.{spec.moe_prefix}"
+            moe = f"{prefix}.{naming.moe_module}"
             expert_weights[index] = [
                 tuple(
-                    _expert_format(experts, ck.take(f"{moe}.experts.{e}.{name}.weight", shape))
-                    for name, shape in zip(spec.expert_names, expert_shapes, strict=True)
+                    _expert_format(experts, ck.take(naming.tensor(index, e, p), shape))
+                    for p, shape in enumerate(expert_shapes)
                 )
                 for e in range(spec.num_experts)
             ]
@@ -194,8 +196,8 @@ def load(
     if extra:
         shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
         raise ValueError(
-            f"checkpoint {ck.path} has tensors this {spec.architecture} model does not use: {shown}"
+            f"checkpoint {ck.directory} has tensors this {spec.architecture} model does not use: {shown}"
         )
-    model = MoEModel(spec, embed, layers, norm, lm_head, tokenizer=_load_tokenizer(ck.path))
+    model = MoEModel(spec, embed, layers, norm, lm_head, tokenizer=_load_tokenizer(ck.directory))
     model.eos_token_id = ck.config.get("eos_token_id")
     return model

@@ -60,9 +60,6 @@ class ModelSpec:
     # DeepSeek-V3's multi-token-prediction layers, stored after the decoder layers; not part of
     # the forward (transformers skips them too), so loading leaves their tensors unread.
     mtp_layers: int = 0
-    # Checkpoint naming of a layer's MoE block.
-    moe_prefix: str = "mlp"
-    expert_names: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")
 
     @property
     def rope_dim(self) -> int:
@@ -139,8 +136,6 @@ def _mixtral(f: Fields) -> ModelSpec:
         moe_intermediate_size=f.size("intermediate_size"),
         norm_topk_prob=True,
         moe_layers=[True] * f.size("num_hidden_layers"),
-        moe_prefix="block_sparse_moe",
-        expert_names=("w1", "w3", "w2"),
     )
 
 

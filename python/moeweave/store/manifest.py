@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from moeweave.formats.expert_naming import ARCHITECTURES as EXPERT_NAMING
 from moeweave.formats.paths import confined
 from moeweave.quant.format import SUPPORTED_BITS, TILE_ROWS, UNIT_COLS, padded, unit_bytes
 
@@ -42,15 +43,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 # model_type -> the config key of its experts' intermediate size I (the names differ by family).
-_INTERMEDIATE_KEYS = {
-    "mixtral": "intermediate_size",
-    "qwen2_moe": "moe_intermediate_size",
-    "qwen3_moe": "moe_intermediate_size",
-    "olmoe": "intermediate_size",
-    "deepseek_v2": "moe_intermediate_size",
-    "deepseek_v3": "moe_intermediate_size",
-    "gpt_oss": "intermediate_size",
-}
+_INTERMEDIATE_KEYS = {name: naming.intermediate_key for name, naming in EXPERT_NAMING.items()}
 # The routed expert count is under one of these, by family and transformers version.
 _EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")
 

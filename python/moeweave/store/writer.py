@@ -28,7 +28,7 @@ from moeweave import _native
 from moeweave.formats.paths import confined
 from moeweave.quant import quantize
 from moeweave.quant.format import SUPPORTED_BITS
-from moeweave.store.checkpoint import Checkpoint
+from moeweave.store.checkpoint import ExpertCheckpoint
 from moeweave.store.manifest import (
     ALIGNMENT,
     DENSE_FILE,
@@ -82,7 +82,7 @@ def write_store(
         what = "not empty" if out.is_dir() else "not a directory"
         raise FileExistsError(f"{out}: {what}; write_store needs a new or empty directory")
     crc32c = _native.require_cpu_module().crc32c
-    with Checkpoint(hf_dir) as checkpoint:
+    with ExpertCheckpoint(hf_dir) as checkpoint:
         dims = expert_dims(checkpoint.architecture, checkpoint.config)
         experts = checkpoint.experts()
         if not experts:
@@ -103,7 +103,7 @@ def write_store(
 
 
 def _write_experts(
-    checkpoint: Checkpoint,
+    checkpoint: ExpertCheckpoint,
     staging: Path,
     dims: ExpertDims,
     widths: dict,
