@@ -55,6 +55,18 @@ void quant_matmul(const py::capsule& packed_c, const std::optional<py::capsule>&
                                                             y.data<float>(), as_stream(stream)));
 }
 
+void quant_matmul_t(const py::capsule& packed_c, const std::optional<py::capsule>& scales_c,
+                    const std::optional<py::capsule>& zeros_c, int64_t n, int64_t k, int bits, int group_size,
+                    const py::capsule& dy_c, const py::capsule& dx_c, uintptr_t stream) {
+  const moeweave::bindings::QuantMatrixArg w("quant_matmul_t", kDLCUDA, packed_c, scales_c, zeros_c, n, k, bits,
+                                             group_size);
+  TensorArg dy("quant_matmul_t", "dy", dy_c), dx("quant_matmul_t", "dx", dx_c);
+  dy.expect(kDLCUDA, 2, {DType::f32});
+  moeweave::bindings::check_matmul_io(dy, dx, kDLCUDA, k, n);  // dy plays x (n columns), dx plays y (k)
+  check_launch("quant_matmul_t", moeweave::cuda::quant_matmul_t(w.matrix, dy.data<float>(), dy.size(0),
+                                                                dx.data<float>(), as_stream(stream)));
+}
+
 // slots_buffer: a CUDA uint8 tensor of E * expert_slot_bytes into which the table is copied;
 // workspace: a CUDA fp32 tensor of T * K * (I + H) elements.
 void moe_experts(const py::capsule& table_c, const py::capsule& x_c, const py::capsule& ids_c, const py::capsule& weights_c,
@@ -85,6 +97,8 @@ PYBIND11_MODULE(_C_cuda, m) {
         py::arg("stream"));
   m.def("quant_matmul", &quant_matmul, py::arg("packed"), py::arg("scales"), py::arg("zeros"), py::arg("n"), py::arg("k"),
         py::arg("bits"), py::arg("group_size"), py::arg("x"), py::arg("y"), py::arg("stream"));
+  m.def("quant_matmul_t", &quant_matmul_t, py::arg("packed"), py::arg("scales"), py::arg("zeros"), py::arg("n"),
+        py::arg("k"), py::arg("bits"), py::arg("group_size"), py::arg("dy"), py::arg("dx"), py::arg("stream"));
   m.def("moe_experts", &moe_experts, py::arg("expert_table"), py::arg("x"), py::arg("topk_ids"), py::arg("topk_weights"),
         py::arg("y"), py::arg("slots_buffer"), py::arg("workspace"), py::arg("intermediate_size"), py::arg("stream"));
   m.attr("expert_slot_bytes") = sizeof(moeweave::ExpertSlot);

@@ -5,8 +5,8 @@ separates them from the reference: tolerances are float-accumulation sized."""
 import pytest
 import torch
 
-from moeweave.ops import moe_experts, quant_matmul, reference
-from moeweave.quant import ExpertTable, quantize
+from moeweave.ops import bf16_matmul, moe_experts, quant_matmul, reference
+from moeweave.quant import ExpertTable, dequantize, quantize
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -50,3 +50,31 @@ def test_moe_experts_mixed_formats(tokens):
     y = moe_experts(x.cuda(), ids.to(torch.int32).cuda(), weights.cuda(), table)
     expected = reference.moe_experts(x.cuda(), ids.cuda(), weights.cuda(), table)
     assert _relative(y, expected) < 1e-4
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8, 16])
+def test_quant_matmul_dx_is_dy_times_the_dequantised_weight(bits):
+    w = torch.randn(300, 96)
+    weight = w.bfloat16().cuda() if bits == 16 else quantize(w, bits=bits, group_size=32).to("cuda")
+    dense = weight.float() if bits == 16 else dequantize(weight)
+    x = torch.randn(7, 96, device="cuda", requires_grad=True)
+    y = bf16_matmul(x, weight) if bits == 16 else quant_matmul(x, weight)
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    assert _relative(x.grad, dy @ dense.cuda()) < 1e-5
+
+
+def test_moe_experts_gradients_match_autograd_through_the_dequantised_experts():
+    generator = torch.Generator().manual_seed(0)
+    experts = [tuple(quantize(torch.randn(*s, generator=generator) / 8, bits=4, group_size=32).to("cuda")
+                     for s in ((64, 128), (64, 128), (128, 64))) for _ in range(6)]  # fmt: skip
+    table = ExpertTable(experts)
+    weights, ids = torch.rand(11, 6, generator=generator).softmax(-1).topk(2, dim=-1)
+    ids, weights = ids.to(torch.int32).cuda(), weights.cuda()
+    x, dy = torch.randn(11, 128, device="cuda"), torch.randn(11, 128, device="cuda")
+    got = [x.clone().requires_grad_(), weights.clone().requires_grad_()]
+    moe_experts(got[0], ids, got[1], table).backward(dy)
+    want = [x.clone().requires_grad_(), weights.clone().requires_grad_()]
+    reference.moe_experts(want[0], ids, want[1], table).backward(dy)
+    for g, e in zip(got, want, strict=True):
+        assert _relative(g.grad, e.grad) < 1e-4

@@ -16,6 +16,7 @@ from moeweave.ops import (
     rope,
     silu_mul,
 )
+from moeweave.ops.moe_experts import backward_by_expert
 from moeweave.quant import ExpertTable, dequantize, quantize
 
 
@@ -34,7 +35,9 @@ def _grads(fn, inputs, grad):
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
-@pytest.mark.parametrize(("m", "n", "k"), [(1, 16, 32), (5, 37, 70), (9, 130, 257)])
+@pytest.mark.parametrize(
+    ("m", "n", "k"), [(1, 16, 32), (5, 37, 70), (9, 130, 257), (7, 300, 96)]
+)  # 300 rows: several panel blocks
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_quant_matmul_dx_is_dy_times_the_dequantised_weight(isa, bits, m, n, k, dtype):
     generator = torch.Generator().manual_seed(bits * 1000 + k)
@@ -197,3 +200,17 @@ def test_opcheck_with_inputs_that_need_gradients():
     ]  # fmt: skip
     for op, args in cases:
         torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("formats", [(16,), (4,), (2, 3, 8, 16)], ids=str)
+def test_the_expert_by_expert_backward_matches_autograd_through_the_dequantised_experts(isa, formats):
+    """The CUDA path's backward (one expert at a time on quant_matmul and its transposed product),
+    run here on CPU tensors."""
+    table = _experts(formats)
+    ids, weights = _routing(9, 2, len(table))
+    x = torch.randn(9, table.hidden_size, generator=torch.Generator().manual_seed(2))
+    dy = torch.randn(9, table.hidden_size, generator=torch.Generator().manual_seed(5))
+    got = backward_by_expert(x, ids, weights, table, dy)
+    expected = _grads(lambda x, w: reference.moe_experts(x, ids, w, table), [_leaf(x), _leaf(weights)], dy)
+    for g, e in zip(got, expected, strict=True):
+        assert _relative(g, e) < (1e-5 if formats == (16,) else 4e-2)

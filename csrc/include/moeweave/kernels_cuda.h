@@ -23,6 +23,9 @@ Status reroute(const int32_t* topk_ids, const int32_t* tok_adapter, const int32_
 // y [m, w.n] fp32 = x [m, w.k] w^T (x f32 or bf16); w's pointers are device pointers.
 Status quant_matmul(const QuantMatrix& w, DType x_dtype, const void* x, int64_t m, float* y, void* stream);
 
+// dx [m, w.k] fp32 = dy [m, w.n] fp32 w (see moeweave::quant_matmul_t), dequantising in registers.
+Status quant_matmul_t(const QuantMatrix& w, const float* dy, int64_t m, float* dx, void* stream);
+
 // The fused routed-expert stage (see moeweave::moe_experts) with the slot table in device memory
 // and a caller-provided fp32 workspace of T * K * (I + H) elements. Out-of-range ids contribute
 // nothing (no host synchronisation to report them). All experts share H and I.

@@ -4,6 +4,7 @@
 // unit a convert + FMA with the activation scale; once per group the weight scales and zeros.
 // Up to 4 activation rows share each unpacked quad (MB) and two tiles each broadcast activation
 // word (NT), which is what makes prefill cheap.
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -224,7 +225,12 @@ void quantize_rows_avx512(DType dtype, const void* x, int64_t rows, int64_t k, i
 //   dx[i, c] = sum_r a_r q[r, c] - sum_r a_r zero_r,   a_r = dy[i, r] scale_r.
 // A register of four a_r, each repeated over its 4 lanes, times a panel register is 16 useful
 // FMAs; 8 accumulators per dy row (one per quad) are reduced over their 4 row lanes at the end.
-// bf16 matrices take the portable path (quant_transposed.h).
+// The panel is walked in blocks of tiles that stay in L1 while every dy row passes over them
+// (streaming the whole panel from L2 per row block made the product L2-bound), with the
+// accumulators parked in memory between blocks. bf16 matrices take the portable path
+// (quant_transposed.h).
+constexpr int64_t kPanelBlockTiles = 16;  // 16 tiles x 2 KiB = 32 KiB of panel
+
 template <int BITS>
 void unpack_panel(const QuantMatrix& w, int64_t u, float* panel) {
   const int64_t units = quant_padded(w.k, w.group_size) / kQuantUnitCols, unit_bytes = quant_unit_bytes(BITS);
@@ -241,53 +247,59 @@ void unpack_panel(const QuantMatrix& w, int64_t u, float* panel) {
   }
 }
 
-// Rows i0 .. i0 + MB - 1 of dx, columns of unit u, from its unpacked panel.
+// MB dy rows over tiles [t_begin, t_end) of unit u's panel. acc holds each row's 8 quad
+// accumulators and then its zero term ([MB][9][16] floats, carried between tile blocks). The
+// spread registers of a_r are formed one q at a time, so MB = 3 rows fit in the 32 registers:
+// 24 accumulators, 3 spread a, 1 panel value; each panel load feeds MB FMAs.
 template <int MB>
-void panel_rows(const QuantMatrix& w, int64_t u, const float* panel, const float* dy, int64_t ldy, float* dx,
-                int64_t ldx, bool accumulate) {
+void panel_rows(const QuantMatrix& w, int64_t u, const float* panel, int64_t t_begin, int64_t t_end,
+                const float* dy, int64_t ldy, float* acc_memory) {
+  constexpr int kAccs = kQuantQuadsPerUnit + 1;
   const int64_t groups = quant_padded(w.k, w.group_size) / w.group_size, g = u * kQuantUnitCols / w.group_size;
   const __m512 implied_zero = _mm512_set1_ps(float(1 << (w.bits - 1)));
-  __m512i spread[4];  // lane l of register q reads a_{4q + l / 4}
-  for (int q = 0; q < 4; ++q) spread[q] = _mm512_set_epi32(
-      4 * q + 3, 4 * q + 3, 4 * q + 3, 4 * q + 3, 4 * q + 2, 4 * q + 2, 4 * q + 2, 4 * q + 2,
-      4 * q + 1, 4 * q + 1, 4 * q + 1, 4 * q + 1, 4 * q, 4 * q, 4 * q, 4 * q);
-  __m512 acc[MB][kQuantQuadsPerUnit];
-  __m512 zero_terms[MB];
-  for (int i = 0; i < MB; ++i) {
-    zero_terms[i] = _mm512_setzero_ps();
-    for (int j = 0; j < kQuantQuadsPerUnit; ++j) acc[i][j] = _mm512_setzero_ps();
-  }
-  for (int64_t t = 0; t * kQuantTileRows < w.n; ++t) {
+  const __m512i quarter = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+  __m512 acc[MB][kAccs];  // [row][quad j], then [row][8] = the zero term
+  for (int i = 0; i < MB; ++i)
+    for (int j = 0; j < kAccs; ++j) acc[i][j] = _mm512_loadu_ps(acc_memory + (i * kAccs + j) * 16);
+  for (int64_t t = t_begin; t < t_end; ++t) {
     const __mmask16 rows = lanes(w.n - t * kQuantTileRows);
     const int64_t sbase = (t * groups + g) * kQuantTileRows;
     const __m512 scale = load_scales(w.scales, w.scale_dtype, sbase);
     const __m512 zero = w.zeros ? load_scales(w.zeros, w.scale_dtype, sbase) : implied_zero;
-    __m512 a[MB][4];
+    __m512 scaled[MB];
     for (int i = 0; i < MB; ++i) {
-      const __m512 scaled = _mm512_mul_ps(load_f32(dy + i * ldy + t * kQuantTileRows, rows), scale);
-      zero_terms[i] = _mm512_fmadd_ps(scaled, zero, zero_terms[i]);
-      for (int q = 0; q < 4; ++q) a[i][q] = _mm512_permutexvar_ps(spread[q], scaled);
+      scaled[i] = _mm512_mul_ps(load_f32(dy + i * ldy + t * kQuantTileRows, rows), scale);
+      acc[i][kQuantQuadsPerUnit] = _mm512_fmadd_ps(scaled[i], zero, acc[i][kQuantQuadsPerUnit]);
     }
     const float* p = panel + t * kQuantQuadsPerUnit * kQuantQuadBytes;
-    for (int j = 0; j < kQuantQuadsPerUnit; ++j)
-      for (int q = 0; q < 4; ++q) {
+    for (int q = 0; q < 4; ++q) {
+      // lane l reads a_{4q + l / 4}: the rows of panel register q of every quad
+      const __m512i spread = _mm512_add_epi32(quarter, _mm512_set1_epi32(4 * q));
+      __m512 a[MB];
+      for (int i = 0; i < MB; ++i) a[i] = _mm512_permutexvar_ps(spread, scaled[i]);
+      for (int j = 0; j < kQuantQuadsPerUnit; ++j) {
         const __m512 values = _mm512_loadu_ps(p + j * kQuantQuadBytes + q * 16);
-        for (int i = 0; i < MB; ++i) acc[i][j] = _mm512_fmadd_ps(a[i][q], values, acc[i][j]);
+        for (int i = 0; i < MB; ++i) acc[i][j] = _mm512_fmadd_ps(a[i], values, acc[i][j]);
       }
-  }
-  const int64_t c0 = u * kQuantUnitCols;
-  const int cols = int(w.k - c0 < kQuantUnitCols ? w.k - c0 : kQuantUnitCols);
-  for (int i = 0; i < MB; ++i) {
-    const __m128 zero_term = _mm_set1_ps(_mm512_reduce_add_ps(zero_terms[i]));
-    alignas(64) float row[kQuantUnitCols];
-    for (int j = 0; j < kQuantQuadsPerUnit; ++j) {
-      const __m256 halves = _mm256_add_ps(_mm512_castps512_ps256(acc[i][j]), _mm512_extractf32x8_ps(acc[i][j], 1));
-      const __m128 quarters = _mm_add_ps(_mm256_castps256_ps128(halves), _mm256_extractf128_ps(halves, 1));
-      _mm_store_ps(row + 4 * j, _mm_sub_ps(quarters, zero_term));
     }
-    float* out = dx + i * ldx + c0;
-    for (int c = 0; c < cols; ++c) out[c] = accumulate ? out[c] + row[c] : row[c];
   }
+  for (int i = 0; i < MB; ++i)
+    for (int j = 0; j < kAccs; ++j) _mm512_storeu_ps(acc_memory + (i * kAccs + j) * 16, acc[i][j]);
+}
+
+// dx row i, columns of unit u, from its accumulators: each quad's 4 row lanes summed, minus the zero term.
+void finish_row(const float* acc_memory, int64_t c0, int cols, float* dx_row, bool accumulate) {
+  constexpr int kAccs = kQuantQuadsPerUnit + 1;
+  const __m128 zero_term = _mm_set1_ps(_mm512_reduce_add_ps(_mm512_loadu_ps(acc_memory + (kAccs - 1) * 16)));
+  alignas(64) float row[kQuantUnitCols];
+  for (int j = 0; j < kQuantQuadsPerUnit; ++j) {
+    const __m512 sum = _mm512_loadu_ps(acc_memory + j * 16);
+    const __m256 halves = _mm256_add_ps(_mm512_castps512_ps256(sum), _mm512_extractf32x8_ps(sum, 1));
+    const __m128 quarters = _mm_add_ps(_mm256_castps256_ps128(halves), _mm256_extractf128_ps(halves, 1));
+    _mm_store_ps(row + 4 * j, _mm_sub_ps(quarters, zero_term));
+  }
+  float* out = dx_row + c0;
+  for (int c = 0; c < cols; ++c) out[c] = accumulate ? out[c] + row[c] : row[c];
 }
 
 void transposed_avx512(const QuantMatrix& w, const float* dy, int64_t m, int64_t ldy, int64_t unit_begin,
@@ -296,7 +308,9 @@ void transposed_avx512(const QuantMatrix& w, const float* dy, int64_t m, int64_t
     transposed_product(w, dy, m, ldy, unit_begin, unit_end, dx, ldx, accumulate);
     return;
   }
-  std::vector<float> panel(quant_padded(w.n, kQuantTileRows) * kQuantUnitCols);
+  constexpr int64_t kRowFloats = (kQuantQuadsPerUnit + 1) * 16;
+  const int64_t tiles = quant_padded(w.n, kQuantTileRows) / kQuantTileRows;
+  std::vector<float> panel(tiles * kQuantTileRows * kQuantUnitCols), acc(m * kRowFloats);
   for (int64_t u = unit_begin; u < unit_end; ++u) {
     switch (w.bits) {
       case 2: unpack_panel<2>(w, u, panel.data()); break;
@@ -304,9 +318,16 @@ void transposed_avx512(const QuantMatrix& w, const float* dy, int64_t m, int64_t
       case 4: unpack_panel<4>(w, u, panel.data()); break;
       default: unpack_panel<8>(w, u, panel.data());
     }
-    int64_t i = 0;
-    for (; i + 2 <= m; i += 2) panel_rows<2>(w, u, panel.data(), dy + i * ldy, ldy, dx + i * ldx, ldx, accumulate);
-    for (; i < m; ++i) panel_rows<1>(w, u, panel.data(), dy + i * ldy, ldy, dx + i * ldx, ldx, accumulate);
+    std::fill(acc.begin(), acc.end(), 0.0f);
+    for (int64_t t = 0; t < tiles; t += kPanelBlockTiles) {
+      const int64_t t_end = std::min(tiles, t + kPanelBlockTiles);
+      int64_t i = 0;
+      for (; i + 3 <= m; i += 3) panel_rows<3>(w, u, panel.data(), t, t_end, dy + i * ldy, ldy, &acc[i * kRowFloats]);
+      for (; i < m; ++i) panel_rows<1>(w, u, panel.data(), t, t_end, dy + i * ldy, ldy, &acc[i * kRowFloats]);
+    }
+    const int64_t c0 = u * kQuantUnitCols;
+    const int cols = int(w.k - c0 < kQuantUnitCols ? w.k - c0 : kQuantUnitCols);
+    for (int64_t i = 0; i < m; ++i) finish_row(&acc[i * kRowFloats], c0, cols, dx + i * ldx, accumulate);
   }
 }
 

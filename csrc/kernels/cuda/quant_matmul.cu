@@ -114,6 +114,28 @@ __global__ void moe_combine_kernel(const float* out, const float* weights, const
   y[i] = sum;
 }
 
+// W[r, c] of any format, dequantised (bits 16: the bf16 value).
+__device__ __forceinline__ float weight_at(const QuantMatrix& w, int64_t r, int64_t c) {
+  if (w.bits == 16) return __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(w.packed)[r * w.k + c]);
+  const int64_t kp = quant_padded(w.k, w.group_size), units = kp / kQuantUnitCols, groups = kp / w.group_size;
+  const int64_t t = r / kQuantTileRows, u = c / kQuantUnitCols;
+  const int rr = int(r % kQuantTileRows), cc = int(c % kQuantUnitCols);
+  const uint8_t* unit = w.packed + (t * units + u) * quant_unit_bytes(w.bits);
+  const int64_t s = (t * groups + c / w.group_size) * kQuantTileRows + rr;
+  const float zero = w.zeros ? load_scale(w.zeros, w.scale_dtype, s) : float(1 << (w.bits - 1));
+  return load_scale(w.scales, w.scale_dtype, s) * (float(quant_value(unit, w.bits, rr, cc)) - zero);
+}
+
+// dx [m, w.k] = dy [m, w.n] w: a thread per output element; the threads of a warp read
+// neighbouring columns of the same packed units.
+__global__ void quant_matmul_t_kernel(QuantMatrix w, const float* dy, float* dx) {
+  const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, i = blockIdx.y;
+  if (c >= w.k) return;
+  float sum = 0.0f;
+  for (int64_t r = 0; r < w.n; ++r) sum += dy[i * w.n + r] * weight_at(w, r, c);
+  dx[i * w.k + c] = sum;
+}
+
 int64_t blocks_for(int64_t rows) {
   const int64_t tiles = quant_padded(rows, kQuantTileRows) / kQuantTileRows;
   return (tiles + kWarpsPerBlock - 1) / kWarpsPerBlock;
@@ -125,6 +147,14 @@ Status quant_matmul(const QuantMatrix& w, DType x_dtype, const void* x, int64_t 
   if (m == 0 || w.n == 0) return kOk;
   const dim3 grid(unsigned(blocks_for(w.n)), unsigned(m));
   quant_matmul_kernel<<<grid, kWarp * kWarpsPerBlock, 0, static_cast<cudaStream_t>(stream)>>>(w, x, x_dtype, y);
+  return cudaGetLastError() == cudaSuccess ? kOk : -EIO;
+}
+
+Status quant_matmul_t(const QuantMatrix& w, const float* dy, int64_t m, float* dx, void* stream) {
+  if (m == 0 || w.k == 0) return kOk;
+  constexpr int kThreads = 128;
+  const dim3 grid(unsigned((w.k + kThreads - 1) / kThreads), unsigned(m));
+  quant_matmul_t_kernel<<<grid, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(w, dy, dx);
   return cudaGetLastError() == cudaSuccess ? kOk : -EIO;
 }
 

@@ -16,10 +16,7 @@ from moeweave.ops import attention as attention_op
 from moeweave.ops import reference, silu_mul
 from moeweave.ops import rms_norm as rms_norm_op
 from moeweave.ops import rope as rope_op
-from moeweave.quant.format import QuantizedWeight
-
-# A projection weight [N, K]: a tensor in the dense dtype, or packed INT8 (projections="int8").
-Projection = torch.Tensor | QuantizedWeight
+from moeweave.quant.experts import Projection
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -8,8 +8,8 @@ weighted sum per (token, slot) pair, with no host synchronisation.
 
 Differentiable with respect to x and topk_weights (the experts are frozen): on CPU one native
 call (``moeweave::moe_experts_backward``) recomputes the stage and runs the chain rule back
-through it with transposed products on the packed weights; on CUDA the plain-torch twin
-differentiates expert by expert, dequantising each used expert.
+through it with transposed products on the packed weights; on CUDA the same chain rule runs
+expert by expert on quant_matmul and its transposed product (``backward_by_expert``).
 """
 
 import torch
@@ -19,6 +19,7 @@ from moeweave.ops import reference
 from moeweave.ops._eager import can_skip_dispatcher
 from moeweave.ops._launch import capsules, cuda_stream
 from moeweave.ops._vmap import register_rows_vmap
+from moeweave.ops.quant_matmul import project, project_t
 from moeweave.quant.experts import ExpertTable
 
 
@@ -93,14 +94,37 @@ def _moe_experts_backward(
     """grad = dL/dy [T, H] fp32 -> (dL/dx [T, H], dL/dtopk_weights [T, K]), both fp32."""
     native = _native.module_for("cpu") if x.is_cpu else None
     if native is None:
-        with torch.enable_grad():
-            xf, weights = (t.detach().float().requires_grad_() for t in (x, topk_weights))
-            y = reference.moe_experts(xf, topk_ids, weights, ExpertTable.owning(table))
-            return torch.autograd.grad(y, (xf, weights), grad)
+        return backward_by_expert(x, topk_ids, topk_weights, ExpertTable.owning(table), grad)
     x, topk_ids, grad = x.contiguous(), topk_ids.contiguous(), grad.contiguous()
     weights = topk_weights.to(torch.float32).contiguous()
     dx, dweights = torch.empty_like(grad), torch.empty_like(weights)
     native.moe_experts_backward(*capsules(table, x, topk_ids, weights, grad, dx, dweights))
+    return dx, dweights
+
+
+def backward_by_expert(
+    x: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    experts: ExpertTable,
+    grad: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The backward of the CUDA op (and of a missing native module): the same chain rule as the
+    native CPU backward, one used expert at a time, on quant_matmul and its transposed product
+    (no expert is dequantised as a whole). Shapes as _moe_experts_backward."""
+    xf, weights = x.float(), topk_weights.float()
+    dx = torch.zeros_like(grad)  # [T, H]
+    dweights = torch.zeros_like(weights)  # [T, K]
+    for e in topk_ids.unique().tolist():
+        token, slot = (topk_ids == e).nonzero(as_tuple=True)
+        gate, up, down = experts[e]
+        xe, dy = xf[token], grad[token]  # [n_e, H]
+        g, u = project(xe, gate), project(xe, up)  # [n_e, I]
+        sig = torch.sigmoid(g)
+        dweights[token, slot] = (dy * project(g * sig * u, down)).sum(-1)
+        dh = project_t(dy * weights[token, slot, None], down)  # [n_e, I]
+        d_gate = dh * u * sig * (1 + g * (1 - sig))  # silu'(g) = s (1 + g (1 - s))
+        dx.index_add_(0, token, project_t(d_gate, gate) + project_t(dh * g * sig, up))
     return dx, dweights
 
 

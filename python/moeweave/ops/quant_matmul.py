@@ -6,8 +6,8 @@ about 0.5 % of |y| (Frobenius) for Gaussian-like activations, on top of the weig
 quantisation error. The CUDA kernel dequantises in registers and keeps x in fp32.
 
 Differentiable with respect to x (the weight is frozen): dx = dy W through
-``moeweave::quant_matmul_t``, a transposed product on the packed format in exact fp32 (on CUDA
-its plain-torch twin, which dequantises W).
+``moeweave::quant_matmul_t``, a transposed product on the packed format in exact fp32 (CPU: one
+column panel at a time; CUDA: dequantised in registers).
 """
 
 import torch
@@ -100,7 +100,7 @@ def _quant_matmul_t(
     group_size: int,
 ) -> torch.Tensor:
     """dy [M, N] fp32 -> dx [M, K] fp32 = dy W."""
-    native = _native.module_for("cpu") if dy.is_cpu else None
+    native = _native.module_for(dy.device.type)
     if native is None:
         if bits == 16:
             return dy @ packed.float()
@@ -108,9 +108,12 @@ def _quant_matmul_t(
     dy = dy.contiguous()
     dx = dy.new_empty(dy.shape[0], k)  # [M, K]
     if dx.numel():
-        native.quant_matmul_t(
-            *_weight_capsules(packed, scales, zeros), n, k, bits, group_size, *capsules(dy, dx)
-        )
+        args = (*_weight_capsules(packed, scales, zeros), n, k, bits, group_size, *capsules(dy, dx))
+        if dy.is_cuda:
+            with torch.cuda.device(dy.device):
+                native.quant_matmul_t(*args, cuda_stream(dy))
+        else:
+            native.quant_matmul_t(*args)
     return dx
 
 
@@ -140,3 +143,18 @@ def _backward(ctx, grad: torch.Tensor):
 
 _quant_matmul_op.register_autograd(_backward, setup_context=_setup_context)
 register_rows_vmap(_quant_matmul_op, row_args=(0,))
+
+
+def project(x: torch.Tensor, w) -> torch.Tensor:
+    """x [M, K] fp32 @ w^T -> [M, N] fp32 for a projection of an expert table (packed or bf16),
+    on the op implementations (no autograd)."""
+    if isinstance(w, QuantizedWeight):
+        return _quant_matmul(x, w.packed, w.scales, w.zeros, w.n, w.k, w.bits, w.group_size)
+    return _quant_matmul(x, w, None, None, w.shape[0], w.shape[1], 16, 0)
+
+
+def project_t(dy: torch.Tensor, w) -> torch.Tensor:
+    """dy [M, N] fp32 @ w -> [M, K] fp32, the transposed product of `project`."""
+    if isinstance(w, QuantizedWeight):
+        return _quant_matmul_t(dy, w.packed, w.scales, w.zeros, w.n, w.k, w.bits, w.group_size)
+    return _quant_matmul_t(dy, w, None, None, w.shape[0], w.shape[1], 16, 0)

@@ -17,6 +17,7 @@ from moeweave.quant.format import QuantizedWeight
 FIELDS = ("packed", "scales", "zeros", "n", "k", "bits", "group_size", "scale_dtype")
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # moeweave::DType
 
+# A projection weight [N, K]: a plain tensor, or packed (QuantizedWeight). The one meaning of the name.
 Projection = QuantizedWeight | torch.Tensor
 
 # Live tables by the address of their pointer tensor: an op sees only that tensor, and its

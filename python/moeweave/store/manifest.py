@@ -62,7 +62,7 @@ class Part:
 
 
 @dataclass
-class Projection:
+class ProjectionLayout:
     """One projection, [n, k] (y = x W^T). format "quant": the packed layout of
     moeweave.quant.QuantizedWeight with parts packed, scales and, when not sym, zeros.
     format "bf16": a plain bfloat16 [n, k] matrix in part "weight"."""
@@ -93,7 +93,7 @@ class Extent:
     offset: int
     length: int  # multiple of ALIGNMENT, zero padding included
     crc32c: int  # of all `length` bytes
-    projections: dict[str, Projection]
+    projections: dict[str, ProjectionLayout]
     biases: dict[str, Bias] = field(default_factory=dict)
 
 
@@ -336,7 +336,7 @@ def _extent(entry, index: int, dims: ExpertDims, file_count: int) -> Extent:
     return Extent(layer, expert, file, offset, length, crc32c, projections, biases)
 
 
-def _projection(entry, where: str, shape: tuple[int, int]) -> Projection:
+def _projection(entry, where: str, shape: tuple[int, int]) -> ProjectionLayout:
     if type(entry) is not dict:
         raise _Bad(f"{where[:-1]} is {entry!r}, expected an object")
     form = _choice(entry, "format", where, str, FORMATS)
@@ -372,7 +372,7 @@ def _projection(entry, where: str, shape: tuple[int, int]) -> Projection:
     if set(table) != set(lengths):
         raise _Bad(f"{where}parts are {sorted(table)}, expected {sorted(lengths)}")
     parts = {name: _part(table[name], f"{where}parts.{name}.", lengths[name]) for name in sorted(lengths)}
-    return Projection(form, list(shape), parts, bits, group_size, sym, scale_dtype)
+    return ProjectionLayout(form, list(shape), parts, bits, group_size, sym, scale_dtype)
 
 
 def _bias(entry, where: str, size: int) -> Bias:

@@ -18,11 +18,10 @@ import torch
 from safetensors.torch import load_file
 
 from moeweave import _native, envs
+from moeweave.quant.experts import Projection
 from moeweave.quant.format import TILE_ROWS, UNIT_COLS, QuantizedWeight, padded, unit_bytes
 from moeweave.store.buffers import aligned_empty, part_view
 from moeweave.store.manifest import DTYPES, PROJECTIONS, Extent, Manifest, StoreError, load_manifest
-
-Projection = QuantizedWeight | torch.Tensor
 
 
 @dataclass

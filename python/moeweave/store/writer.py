@@ -42,7 +42,7 @@ from moeweave.store.manifest import (
     Extent,
     Manifest,
     Part,
-    Projection,
+    ProjectionLayout,
     expert_dims,
 )
 
@@ -234,15 +234,19 @@ def _bit_widths(
     return widths
 
 
-def _encode(w, bits, group_size, sym, scale_dtype, method) -> tuple[Projection, dict[str, torch.Tensor]]:
+def _encode(
+    w, bits, group_size, sym, scale_dtype, method
+) -> tuple[ProjectionLayout, dict[str, torch.Tensor]]:
     """w [n, k] -> its manifest entry (parts not yet placed) and the tensors of each part."""
     if bits == PLAIN_BITS:
-        return Projection("bf16", list(w.shape), {}), {"weight": w.to(torch.bfloat16).contiguous()}
+        return ProjectionLayout("bf16", list(w.shape), {}), {"weight": w.to(torch.bfloat16).contiguous()}
     qw = quantize(w, bits=bits, group_size=group_size, sym=sym, scale_dtype=scale_dtype, method=method)
     tensors = {"packed": qw.packed, "scales": qw.scales}
     if qw.zeros is not None:
         tensors["zeros"] = qw.zeros
-    entry = Projection("quant", [qw.n, qw.k], {}, qw.bits, qw.group_size, qw.sym, DTYPE_NAMES[scale_dtype])
+    entry = ProjectionLayout(
+        "quant", [qw.n, qw.k], {}, qw.bits, qw.group_size, qw.sym, DTYPE_NAMES[scale_dtype]
+    )
     return entry, tensors
 
 
