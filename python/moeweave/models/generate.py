@@ -3,7 +3,7 @@ optionally streaming each new token's text to a callback as it is produced.
 """
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -83,6 +83,39 @@ def check_arguments(
         raise ValueError(f"generate: top_p must be in (0, 1] (1: no limit), got {top_p}")
 
 
+def tokens(
+    model: MoEModel,
+    prompt: str | list[int] | torch.Tensor,
+    max_new_tokens: int = 32,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    stop_at_eos: bool = True,
+) -> Iterator[int]:
+    """The new tokens of one prompt (text, needing the model's tokenizer, or token ids), each
+    yielded as soon as it is chosen; the first after the prompt's prefill."""
+    check_arguments(prompt, max_new_tokens, temperature, top_k, top_p)
+    if isinstance(prompt, str):
+        if model.tokenizer is None:
+            raise ValueError("generate: a text prompt needs a model loaded with its tokenizer")
+        prompt = model.tokenizer.encode(prompt).ids
+    ids = torch.as_tensor(prompt, dtype=torch.int64).view(1, -1)
+    if ids.numel() == 0:
+        raise ValueError("generate: the prompt is empty")
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    eos = model.eos_token_id
+    eos = set(eos) if isinstance(eos, list) else {eos}
+    cache = KVCache()
+    logits = model(ids, cache=cache, logits_to_keep=1).logits[0, -1]
+    for count in range(1, max_new_tokens + 1):
+        token = next_token(logits, temperature, top_k, top_p, generator)
+        yield token
+        if (stop_at_eos and token in eos) or count == max_new_tokens:
+            return
+        logits = model(torch.tensor([[token]]), cache=cache).logits[0, -1]
+
+
 def generate(
     model: MoEModel,
     prompt: str | list[int] | torch.Tensor,
@@ -97,33 +130,16 @@ def generate(
     """Continue one prompt (text, needing the model's tokenizer, or token ids)."""
     import time
 
-    check_arguments(prompt, max_new_tokens, temperature, top_k, top_p)
-    tokenizer = model.tokenizer
-    if isinstance(prompt, str):
-        if tokenizer is None:
-            raise ValueError("generate: a text prompt needs a model loaded with its tokenizer")
-        prompt = tokenizer.encode(prompt).ids
-    ids = torch.as_tensor(prompt, dtype=torch.int64).view(1, -1)
-    if ids.numel() == 0:
-        raise ValueError("generate: the prompt is empty")
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    eos = model.eos_token_id
-    eos = set(eos) if isinstance(eos, list) else {eos}
-    cache, tokens = KVCache(), []
-    stream = TextStream(tokenizer) if on_text is not None and tokenizer is not None else None
+    stream = TextStream(model.tokenizer) if on_text is not None and model.tokenizer is not None else None
+    new = []
     start = time.perf_counter()
-    logits = model(ids, cache=cache, logits_to_keep=1).logits[0, -1]
-    prefill = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(max_new_tokens):
-        token = next_token(logits, temperature, top_k, top_p, generator)
-        tokens.append(token)
+    prefill = 0.0
+    for token in tokens(model, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos):
+        if not new:
+            prefill, start = time.perf_counter() - start, time.perf_counter()
+        new.append(token)
         if stream is not None and (piece := stream.push(token)):
             on_text(piece)
-        if stop_at_eos and token in eos:
-            break
-        if len(tokens) < max_new_tokens:
-            logits = model(torch.tensor([[token]]), cache=cache).logits[0, -1]
     decode = time.perf_counter() - start
-    text = tokenizer.decode(tokens) if tokenizer is not None else None
-    return Generation(tokens=tokens, text=text, prefill_seconds=prefill, decode_seconds=decode)
+    text = model.tokenizer.decode(new) if model.tokenizer is not None else None
+    return Generation(tokens=new, text=text, prefill_seconds=prefill, decode_seconds=decode)

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from moeweave.formats.expert_naming import ARCHITECTURES as EXPERT_NAMING
 from moeweave.formats.hf_checkpoint import Checkpoint
 from moeweave.formats.paths import confined
-from moeweave.models.experts import FusedExperts, TorchExperts
+from moeweave.models.experts import ExpertProvider, FusedExperts, TorchExperts
 from moeweave.models.layers import AttentionWeights, MLPWeights
 from moeweave.models.mla import MLAWeights
 from moeweave.models.model import DecoderLayer, MoEModel
@@ -136,11 +136,17 @@ def _load_tokenizer(path: Path):
 
 
 def load(
-    path: str | Path, experts: str = "bf16", dtype: torch.dtype = torch.float32, projections: str = "float"
+    path: str | Path,
+    experts: str | ExpertProvider = "bf16",
+    dtype: torch.dtype = torch.float32,
+    projections: str = "float",
 ) -> MoEModel:
     """Load a Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V2 or DeepSeek-V3 checkpoint
-    (config.json + safetensors)."""
-    if experts not in EXPERT_FORMATS:
+    (config.json + safetensors). `experts` is a format of EXPERT_FORMATS, or an expert provider
+    that supplies the routed experts itself (an expert cache over an expert store, whose
+    directory holds the config and the dense weights): their tensors are then not read."""
+    provided = not isinstance(experts, str)
+    if not provided and experts not in EXPERT_FORMATS:
         raise ValueError(f"load: experts must be one of {EXPERT_FORMATS}, got {experts!r}")
     if projections not in PROJECTION_FORMATS:
         raise ValueError(f"load: projections must be one of {PROJECTION_FORMATS}, got {projections!r}")
@@ -156,13 +162,17 @@ def load(
         prefix = f"model.layers.{index}"
         if spec.moe_layers[index]:
             moe = f"{prefix}.{naming.moe_module}"
-            expert_weights[index] = [
-                tuple(
-                    _expert_format(experts, ck.take(naming.tensor(index, e, p), shape))
-                    for p, shape in enumerate(expert_shapes)
-                )
-                for e in range(spec.num_experts)
-            ]
+            expert_weights[index] = (
+                []
+                if provided
+                else [
+                    tuple(
+                        _expert_format(experts, ck.take(naming.tensor(index, e, p), shape))
+                        for p, shape in enumerate(expert_shapes)
+                    )
+                    for e in range(spec.num_experts)
+                ]
+            )
             mlp = _moe_block(take, spec, index, moe)
         else:
             mlp = _mlp(take, f"{prefix}.mlp", _MLP_NAMES, hidden, spec.dense_intermediate_size)
@@ -175,11 +185,12 @@ def load(
                 mlp=mlp,
             )
         )
-    provider = (
-        TorchExperts(expert_weights)
-        if experts == "fp32"
-        else FusedExperts({layer: ExpertTable(weights) for layer, weights in expert_weights.items()})
-    )
+    if provided:
+        provider = experts
+    elif experts == "fp32":
+        provider = TorchExperts(expert_weights)
+    else:
+        provider = FusedExperts({layer: ExpertTable(weights) for layer, weights in expert_weights.items()})
     for layer in layers:
         if isinstance(layer.mlp, MoEBlock):
             layer.mlp.experts = provider

@@ -51,35 +51,63 @@ def _shape(w: Projection) -> tuple[int, int]:
 
 
 class ExpertTable:
-    """experts[e] = (gate [I, H], up [I, H], down [H, I]); all experts share H and I."""
+    """experts[e] = (gate [I, H], up [I, H], down [H, I]); all experts share H and I. A slot may
+    be empty (None): an expert cache fills and clears slots in place with set_slot, and the op
+    refuses a token routed to an empty slot."""
 
     def __init__(self, experts: Sequence[tuple[Projection, Projection, Projection]]):
         if not experts:
             raise ValueError("ExpertTable: needs at least one expert")
-        self.experts = [tuple(e) for e in experts]
-        inter, hidden = _shape(self.experts[0][0])
-        for e, projections in enumerate(self.experts):
-            if len(projections) != 3:
-                raise ValueError(
-                    f"ExpertTable: expert {e} must be (gate, up, down), got {len(projections)} items"
-                )
-            shapes = [_shape(w) for w in projections]
-            if shapes != [(inter, hidden), (inter, hidden), (hidden, inter)]:
-                raise ValueError(
-                    f"ExpertTable: expert {e} has projection shapes {shapes}; expected gate and up "
-                    f"[{inter}, {hidden}] and down [{hidden}, {inter}]"
-                )
-            if any(w.device != self.experts[0][0].device for w in projections):
-                raise ValueError(
-                    f"ExpertTable: expert {e} is not on {self.experts[0][0].device} like expert 0"
-                )
-        self.device = self.experts[0][0].device
+        first = tuple(experts[0])
+        if len(first) != 3:
+            raise ValueError(f"ExpertTable: expert 0 must be (gate, up, down), got {len(first)} items")
+        inter, hidden = _shape(first[0])
+        self._init(len(experts), hidden, inter, first[0].device)
+        for e, projections in enumerate(experts):
+            self.set_slot(e, projections)
+
+    @classmethod
+    def empty(
+        cls, num_slots: int, hidden_size: int, intermediate_size: int, device: torch.device | str = "cpu"
+    ) -> "ExpertTable":
+        """A table of `num_slots` empty slots for experts of the given sizes."""
+        if num_slots < 1:
+            raise ValueError(f"ExpertTable.empty: needs at least one slot, got {num_slots}")
+        table = cls.__new__(cls)
+        table._init(num_slots, hidden_size, intermediate_size, torch.device(device))
+        return table
+
+    def _init(self, num_slots: int, hidden: int, inter: int, device: torch.device) -> None:
+        self.experts: list[tuple[Projection, Projection, Projection] | None] = [None] * num_slots
+        self.device = device
         self.hidden_size, self.intermediate_size = hidden, inter
         # Always a CPU tensor: the pointers are read on the host, even for experts on a GPU.
-        self.table = torch.tensor(
-            [[_row(w) for w in projections] for projections in self.experts], dtype=torch.int64
-        )
+        self.table = torch.zeros(num_slots, 3, len(FIELDS), dtype=torch.int64)
         _live[self.table.data_ptr()] = self
+
+    def set_slot(self, e: int, projections: tuple[Projection, Projection, Projection] | None) -> None:
+        """Puts an expert (gate, up, down) in slot e, or empties it (None). The table keeps the
+        tensors alive while they are in it."""
+        if projections is None:
+            self.experts[e] = None
+            self.table[e] = 0
+            return
+        projections = tuple(projections)
+        if len(projections) != 3:
+            raise ValueError(
+                f"ExpertTable: expert {e} must be (gate, up, down), got {len(projections)} items"
+            )
+        hidden, inter = self.hidden_size, self.intermediate_size
+        shapes = [_shape(w) for w in projections]
+        if shapes != [(inter, hidden), (inter, hidden), (hidden, inter)]:
+            raise ValueError(
+                f"ExpertTable: expert {e} has projection shapes {shapes}; expected gate and up "
+                f"[{inter}, {hidden}] and down [{hidden}, {inter}]"
+            )
+        if any(w.device != self.device for w in projections):
+            raise ValueError(f"ExpertTable: expert {e} is not on {self.device} like the table")
+        self.table[e] = torch.tensor([_row(w) for w in projections], dtype=torch.int64)
+        self.experts[e] = projections
 
     @staticmethod
     def owning(table: torch.Tensor) -> "ExpertTable":
@@ -92,7 +120,7 @@ class ExpertTable:
     def __len__(self) -> int:
         return len(self.experts)
 
-    def __getitem__(self, e: int) -> tuple[Projection, Projection, Projection]:
+    def __getitem__(self, e: int) -> tuple[Projection, Projection, Projection] | None:
         return self.experts[e]
 
     @property
@@ -100,4 +128,4 @@ class ExpertTable:
         def size(w: Projection) -> int:
             return w.nbytes if isinstance(w, QuantizedWeight) else w.numel() * w.element_size()
 
-        return sum(size(w) for projections in self.experts for w in projections)
+        return sum(size(w) for projections in self.experts if projections is not None for w in projections)

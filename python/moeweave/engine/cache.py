@@ -1,0 +1,117 @@
+"""The expert cache of the on-device engine: experts read from the store, held in RAM up to a
+byte budget (experts differ in size: their bitwidths differ), evicted by EdgeMoE's score or LRU.
+
+EdgeMoE's score (SPEC §1) evicts first the expert with the largest L = -f / d, where f counts
+the expert's activations so far and d = (i - I) mod S is how many layers ahead of the current
+layer I its layer i comes (S MoE layers): rarely used experts whose layer comes farthest ahead
+go first. (SPEC prints the denominator as (S - i + I) mod S, which counts layers *behind*; that
+would evict the next layer's experts first, against the rule it states, so the rule is followed.)
+The current layer's own experts are next used a whole cycle later: d = S for them. Experts the
+current step needs are pinned and never evicted.
+"""
+
+from collections import OrderedDict
+from collections.abc import Callable
+
+from moeweave.store.reader import Expert
+
+POLICIES = ("edgemoe", "lru")
+
+
+class BudgetError(ValueError):
+    """The experts one step needs at once do not fit in the budget."""
+
+
+class ExpertCache:
+    """(layer, expert) -> Expert, at most `budget` bytes: the experts held plus the buffers of
+    reads in flight, which are reserved before a read is submitted. on_evict(layer, expert) is
+    called for each expert dropped (its table slot must be cleared)."""
+
+    def __init__(self, budget: int, policy: str, layers: list[int], on_evict: Callable[[int, int], None]):
+        if policy not in POLICIES:
+            raise ValueError(f"cache: policy must be one of {POLICIES}, got {policy!r}")
+        self.budget, self.policy, self.on_evict = budget, policy, on_evict
+        self._position = {layer: p for p, layer in enumerate(layers)}  # model layer -> MoE layer index
+        self._entries: OrderedDict[tuple[int, int], Expert] = OrderedDict()  # least recent first
+        self._frequency: dict[tuple[int, int], int] = {}
+        self.used = 0  # bytes of experts held
+        self.reserved = 0  # bytes of reads in flight
+        self.peak = 0  # of used + reserved
+        self.evictions = 0
+
+    def __contains__(self, key: tuple[int, int]) -> bool:
+        return key in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, layer: int, expert: int) -> Expert | None:
+        found = self._entries.get((layer, expert))
+        if found is not None:
+            self._entries.move_to_end((layer, expert))
+        return found
+
+    def record_use(self, layer: int, expert: int) -> None:
+        """Counts one activation (EdgeMoE's frequency f)."""
+        self._frequency[(layer, expert)] = self._frequency.get((layer, expert), 0) + 1
+
+    def reserve(
+        self, nbytes: int, current_layer: int, pinned: set[tuple[int, int]], required: bool = True
+    ) -> bool:
+        """Makes room for a read of nbytes, evicting unpinned experts by the policy. When it cannot,
+        raises BudgetError if the read is required (a step needs it), else returns False."""
+        while self.used + self.reserved + nbytes > self.budget:
+            victim = self._victim(current_layer, pinned)
+            if victim is None:
+                if not required:
+                    return False
+                raise BudgetError(
+                    f"expert cache: {nbytes} more bytes do not fit in the budget of {self.budget} bytes beside "
+                    f"the {len(pinned)} experts this step needs and the reads in flight ({self.reserved} bytes)"
+                )
+            self._evict(victim)
+        self.reserved += nbytes
+        self._check()
+        return True
+
+    def release(self, nbytes: int) -> None:
+        """A reserved read was cancelled or failed."""
+        self.reserved -= nbytes
+
+    def fill(self, expert: Expert) -> None:
+        """A reserved read completed: its expert is now held."""
+        nbytes = expert.buffer.numel()
+        self.reserved -= nbytes
+        self._entries[(expert.layer, expert.expert)] = expert
+        self.used += nbytes
+        self._check()
+
+    def clear(self) -> None:
+        for key in list(self._entries):
+            self._evict(key)
+
+    def _check(self) -> None:
+        # The budget is an invariant, checked on every change that adds bytes.
+        if self.used + self.reserved > self.budget:
+            raise AssertionError(f"expert cache over budget: {self.used} + {self.reserved} > {self.budget}")
+        self.peak = max(self.peak, self.used + self.reserved)
+
+    def _evict(self, key: tuple[int, int]) -> None:
+        expert = self._entries.pop(key)
+        self.used -= expert.buffer.numel()
+        self.evictions += 1
+        self.on_evict(*key)
+
+    def _victim(self, current_layer: int, pinned: set[tuple[int, int]]) -> tuple[int, int] | None:
+        candidates = [key for key in self._entries if key not in pinned]
+        if not candidates:
+            return None
+        if self.policy == "lru":
+            return candidates[0]
+        layers, now = len(self._position), self._position[current_layer]
+
+        def score(key: tuple[int, int]) -> float:
+            ahead = (self._position[key[0]] - now) % layers or layers
+            return -self._frequency.get(key, 0) / ahead
+
+        return max(candidates, key=score)

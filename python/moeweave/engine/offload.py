@@ -1,0 +1,157 @@
+"""The expert provider of the on-device engine: a layer's routed experts come from the expert
+store through the byte-budgeted cache, and the predicted experts of the next layer are read
+while this one computes.
+
+Per MoE layer call: every needed expert is a cache hit, a prefetch already in flight (promoted
+ahead of the other queued reads), or a demand read; the step waits only for those. Then the
+predictor's guesses for the next layer are submitted as prefetches, while there is room in the
+budget and the io queue is not full, before the fused expert op runs. Prefetches for this layer
+that the step did not need are cancelled if still queued, or kept in the cache if already read.
+Each layer has one ExpertTable whose slots follow the cache (filled on insert, emptied on
+eviction), so no table is rebuilt per call.
+
+Dimension legend: T tokens, H hidden, K experts per token, E experts of a layer.
+"""
+
+import time
+
+import torch
+
+from moeweave.engine.cache import ExpertCache
+from moeweave.engine.predictors import Predictor
+from moeweave.engine.telemetry import Counters
+from moeweave.ops import moe_experts
+from moeweave.quant import ExpertTable
+from moeweave.store.reader import ExpertStore, ReadHandle
+
+
+class OffloadedExperts:
+    """layers: the model layers that are MoE layers, in order; experts per layer E."""
+
+    def __init__(
+        self,
+        store: ExpertStore,
+        budget: int,
+        policy: str,
+        layers: list[int],
+        num_experts: int,
+        hidden_size: int,
+        intermediate_size: int,
+        max_prefetches: int,
+    ):
+        self.store, self.layers, self.max_prefetches = store, layers, max_prefetches
+        self._position = {layer: p for p, layer in enumerate(layers)}
+        self.tables = {
+            layer: ExpertTable.empty(num_experts, hidden_size, intermediate_size) for layer in layers
+        }
+        self.cache = ExpertCache(
+            budget, policy, layers, on_evict=lambda layer, e: self.tables[layer].set_slot(e, None)
+        )
+        self.predictor: Predictor | None = None
+        self.pending: dict[tuple[int, int], ReadHandle] = {}  # prefetches in flight
+        self._predicted: set[tuple[int, int]] = set()  # guesses for the layer that comes next
+        self.counters = Counters()
+
+    def _size(self, layer: int, expert: int) -> int:
+        return self.store.extent(layer, expert).length
+
+    def __call__(self, layer: int, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor):
+        """x [T, H], topk_ids [T, K], topk_weights [T, K] -> [T, H] in x's dtype."""
+        counters = self.counters
+        ids = topk_ids.to(torch.int32)
+        needed = ids.unique().tolist()
+        keys = {(layer, e) for e in needed}
+        start = time.perf_counter()
+        self._drop_stale(layer, keys)
+        waiting = {}
+        for e in needed:
+            key, size = (layer, e), self._size(layer, e)
+            self.cache.record_use(layer, e)
+            counters.needed += 1
+            counters.expert_bytes_needed += size
+            counters.predicted_needed += key in self._predicted
+            if self.cache.get(layer, e) is not None:
+                counters.hit_bytes += size
+                continue
+            handle = self.pending.pop(key, None)
+            if handle is not None:
+                handle.promote()
+                counters.prefetches_used += 1
+            else:
+                self.cache.reserve(size, layer, keys)
+                handle = self.store.prefetch(layer, e, priority="demand")
+                counters.demand_reads += 1
+                counters.bytes_read += size
+            waiting[e] = handle
+        self._fill_all(list(waiting.values()))
+        counters.stall_seconds += time.perf_counter() - start
+        self._predicted = set()
+        if self.predictor is not None:
+            self._prefetch(layer, self.predictor(self._position[layer], x, ids), keys)
+        start = time.perf_counter()
+        y = moe_experts(x, ids, topk_weights.float(), self.tables[layer])
+        counters.expert_seconds += time.perf_counter() - start
+        return y
+
+    def _fill(self, handle: ReadHandle) -> None:
+        """Waits for a reserved read and puts its expert in the cache and the layer's table."""
+        try:
+            expert = handle.wait()
+        except Exception:
+            self.cache.release(self._size(handle.layer, handle.expert))
+            raise
+        self.cache.fill(expert)
+        self.tables[expert.layer].set_slot(expert.expert, expert.projections)
+
+    def _fill_all(self, handles: list[ReadHandle]) -> None:
+        """_fill each; after a failure the rest are still settled (no reservation or buffer leaks)
+        before the first error is raised."""
+        error = None
+        for handle in handles:
+            try:
+                self._fill(handle)
+            except Exception as failure:  # re-raised below, once the others are settled
+                error = error or failure
+        if error is not None:
+            raise error
+
+    def _drop_stale(self, layer: int, needed: set[tuple[int, int]]) -> None:
+        """Prefetches for this layer that the step does not need: cancelled while queued, kept if read."""
+        for key in [k for k in self.pending if k[0] == layer and k not in needed]:
+            handle = self.pending.pop(key)
+            if handle.cancel():
+                self.cache.release(self._size(*key))
+                self.counters.prefetches_cancelled += 1
+            else:
+                self._fill(handle)
+
+    def _prefetch(self, layer: int, guesses: list[int], needed: set[tuple[int, int]]) -> None:
+        position = self._position[layer]
+        if not guesses or position + 1 >= len(self.layers):
+            return
+        next_layer = self.layers[position + 1]
+        self._predicted = {(next_layer, e) for e in guesses}
+        protected = needed | self._predicted
+        for e in guesses:
+            key = (next_layer, e)
+            if key in self.cache or key in self.pending:
+                continue
+            if len(self.pending) >= self.max_prefetches:
+                break  # the io queue is full: a prefetch now would only delay demand reads
+            size = self._size(*key)
+            if not self.cache.reserve(size, layer, protected, required=False):
+                break
+            self.pending[key] = self.store.prefetch(next_layer, e)
+            self.counters.prefetches += 1
+            self.counters.bytes_read += size
+
+    def finish(self) -> None:
+        """Ends a generation: reads still in flight are cancelled or absorbed, so no read handle or
+        buffer outlives it (the cache keeps its experts for the next one)."""
+        for key in list(self.pending):
+            handle = self.pending.pop(key)
+            if handle.cancel():
+                self.cache.release(self._size(*key))
+            else:
+                self._fill(handle)
+        self._predicted = set()

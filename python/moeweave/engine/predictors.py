@@ -1,0 +1,43 @@
+"""Which experts the next MoE layer will want, guessed while the current one computes, so their
+reads overlap compute. A wrong guess costs only a wasted read: outputs never depend on it.
+
+  none        nothing is predicted; every miss is a demand read (EdgeMoE's IO-EXP baseline)
+  stale-gate  the next layer's router applied to the hidden state entering this layer
+              (mixtral-offloading, HOBBIT): its top-k per token, most tokens first
+
+Dimension legend: T tokens, H hidden, E experts of a layer, K experts per token.
+"""
+
+from typing import Protocol
+
+import torch
+
+PREDICTORS = ("stale-gate", "none")
+
+
+class Predictor(Protocol):
+    def __call__(self, position: int, x: torch.Tensor, topk_ids: torch.Tensor) -> list[int]:
+        """Experts of MoE layer `position + 1`, most likely first, given MoE layer `position`'s
+        input x [T, H] and its choice topk_ids [T, K]."""
+        ...
+
+
+def no_prediction(position: int, x: torch.Tensor, topk_ids: torch.Tensor) -> list[int]:
+    return []
+
+
+class StaleGate:
+    """routers[p]: MoE layer p's router weight [E, H]; top_k experts per token."""
+
+    def __init__(self, routers: list[torch.Tensor], top_k: int):
+        self.routers, self.top_k = routers, top_k
+
+    def __call__(self, position: int, x: torch.Tensor, topk_ids: torch.Tensor) -> list[int]:
+        if position + 1 >= len(self.routers):
+            return []
+        router = self.routers[position + 1]
+        logits = x.to(router.dtype) @ router.t()  # [T, E]
+        guessed = logits.topk(self.top_k, dim=-1).indices.flatten()  # [T * K]
+        votes = torch.bincount(guessed, minlength=router.shape[0])  # [E]
+        order = torch.argsort(votes, descending=True, stable=True)
+        return order[: int((votes > 0).sum())].tolist()

@@ -1,0 +1,72 @@
+"""The expert cache on its own: the byte budget holds on every change, reads in flight count
+against it, and eviction follows LRU or EdgeMoE's score (a direct computation of the rule)."""
+
+import pytest
+import torch
+
+from moeweave.engine.cache import BudgetError, ExpertCache
+from moeweave.store.reader import Expert
+
+LAYERS = [0, 1, 2, 3]
+
+
+def expert(layer, e, nbytes=100):
+    return Expert(layer, e, None, None, None, {}, torch.empty(nbytes, dtype=torch.uint8))
+
+
+def cache_with(policy, budget=300):
+    evicted = []
+    return ExpertCache(budget, policy, LAYERS, on_evict=lambda *key: evicted.append(key)), evicted
+
+
+def put(cache, layer, e, nbytes=100, current=0):
+    cache.reserve(nbytes, current, set())
+    cache.fill(expert(layer, e, nbytes))
+
+
+def test_reads_in_flight_count_against_the_budget():
+    cache, _ = cache_with("lru")
+    put(cache, 0, 0)
+    assert cache.reserve(200, 0, set())
+    assert (cache.used, cache.reserved) == (100, 200)
+    assert not cache.reserve(100, 0, {(0, 0)}, required=False)  # the only held expert is pinned
+    with pytest.raises(BudgetError, match="do not fit in the budget of 300 bytes"):
+        cache.reserve(100, 0, {(0, 0)})
+    cache.release(200)
+    assert cache.reserved == 0 and cache.peak == 300
+
+
+def test_lru_evicts_the_least_recently_used():
+    cache, evicted = cache_with("lru")
+    for e in range(3):
+        put(cache, 1, e)
+    cache.get(1, 0)  # now the most recent
+    put(cache, 2, 0)
+    assert evicted == [(1, 1)]
+    assert cache.used <= cache.budget
+
+
+def test_pinned_experts_are_never_evicted():
+    cache, evicted = cache_with("lru")
+    for e in range(3):
+        put(cache, 1, e)
+    cache.reserve(100, 1, {(1, 0), (1, 1)})
+    assert evicted == [(1, 2)]
+
+
+def test_edgemoe_evicts_rare_experts_of_far_ahead_layers_first():
+    cache, evicted = cache_with("edgemoe", budget=400)
+    uses = {(1, 0): 5, (2, 0): 5, (3, 0): 1, (3, 1): 5}
+    for (layer, e), count in uses.items():
+        put(cache, layer, e)
+        for _ in range(count):
+            cache.record_use(layer, e)
+    current = 0
+
+    def score(key):  # L = -f / d, d = layers ahead of the current one
+        ahead = (key[0] - current) % len(LAYERS) or len(LAYERS)
+        return -uses[key] / ahead
+
+    expected = max(uses, key=score)
+    cache.reserve(100, current, set())
+    assert evicted == [expected] == [(3, 0)]
