@@ -40,3 +40,23 @@ def interruptible_popen():
         text=True,
         preexec_fn=_sigint_default,
     )
+
+
+def _uring_works() -> bool:
+    from moeweave import _native
+
+    return _native.require_cpu_module().io_uring_status()[0]
+
+
+@pytest.fixture(params=["uring", "pread"])
+def backend(request) -> str:
+    """Each io backend of the expert store; io_uring is skipped where the kernel refuses it."""
+    if request.param == "uring" and not _uring_works():
+        pytest.skip("io_uring is refused here")
+    return request.param
+
+
+@pytest.fixture
+def uring_works() -> bool:
+    """Whether this kernel lets the process use io_uring (the store's default backend then)."""
+    return _uring_works()

@@ -8,7 +8,6 @@ import pytest
 import torch
 import transformers
 
-from moeweave import _native
 from moeweave.quant import QuantizedWeight
 from moeweave.store.manifest import UNSIGNED, sign
 
@@ -100,24 +99,6 @@ def edit_manifest():
             path.write_text(json.dumps(manifest))
 
     return edit
-
-
-def _uring_works() -> bool:
-    return _native.require_cpu_module().io_uring_status()[0]
-
-
-@pytest.fixture(params=["uring", "pread"])
-def backend(request) -> str:
-    """Each io backend of the expert store; io_uring is skipped where the kernel refuses it."""
-    if request.param == "uring" and not _uring_works():
-        pytest.skip("io_uring is refused here")
-    return request.param
-
-
-@pytest.fixture
-def uring_works() -> bool:
-    """Whether this kernel lets the process use io_uring (the store's default backend then)."""
-    return _uring_works()
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ eviction), so no table is rebuilt per call.
 Dimension legend: T tokens, H hidden, K experts per token, E experts of a layer.
 """
 
+import contextlib
 import time
 
 import torch
@@ -115,15 +116,21 @@ class OffloadedExperts:
         if error is not None:
             raise error
 
+    def _settle(self, key: tuple[int, int]) -> None:
+        """Ends a prefetch nobody waits for: cancelled while queued, else its expert kept. A failed
+        speculative read is only dropped: it fails again, and is reported, if a step needs it."""
+        handle = self.pending.pop(key)
+        if handle.cancel():
+            self.cache.release(self._size(*key))
+            self.counters.prefetches_cancelled += 1
+            return
+        with contextlib.suppress(Exception):  # _fill released the reservation
+            self._fill(handle)
+
     def _drop_stale(self, layer: int, needed: set[tuple[int, int]]) -> None:
-        """Prefetches for this layer that the step does not need: cancelled while queued, kept if read."""
+        """Prefetches for this layer that the step does not need."""
         for key in [k for k in self.pending if k[0] == layer and k not in needed]:
-            handle = self.pending.pop(key)
-            if handle.cancel():
-                self.cache.release(self._size(*key))
-                self.counters.prefetches_cancelled += 1
-            else:
-                self._fill(handle)
+            self._settle(key)
 
     def _prefetch(self, layer: int, guesses: list[int], needed: set[tuple[int, int]]) -> None:
         position = self._position[layer]
@@ -149,9 +156,5 @@ class OffloadedExperts:
         """Ends a generation: reads still in flight are cancelled or absorbed, so no read handle or
         buffer outlives it (the cache keeps its experts for the next one)."""
         for key in list(self.pending):
-            handle = self.pending.pop(key)
-            if handle.cancel():
-                self.cache.release(self._size(*key))
-            else:
-                self._fill(handle)
+            self._settle(key)
         self._predicted = set()
