@@ -70,7 +70,8 @@ def _inputs() -> dict:
 
 
 @pytest.mark.parametrize("document", [d for d in DOCUMENTS if python_blocks(d)], ids=lambda d: d.name)
-def test_python_blocks_run(document, demo_store, tmp_path):
+def test_python_blocks_run(document, demo_store, tmp_path, monkeypatch):
+    monkeypatch.setenv("MOEWEAVE_CACHE_DIR", str(tmp_path / "cache"))  # stores the engine converts
     paths = {"hf-checkpoint-dir": DEMO_MODEL_DIR, "path/to/hf-checkpoint": DEMO_MODEL_DIR,
              "store-dir": demo_store, "/tmp/qa-cache": tmp_path / "qa-cache"}  # fmt: skip
     inputs, namespace = _inputs(), {}

@@ -1,11 +1,14 @@
 """`moeweave run`: generate text with an MoE checkpoint (default: the bundled demo model) on
-moeweave's own model execution, streaming tokens as they come, then the speed."""
+moeweave's own model execution, streaming tokens as they come, then the speed. With
+--memory-budget, or for an expert store, through the on-device engine (moeweave.run_engine)."""
 
 import sys
 from pathlib import Path
 
 import torch
 
+from moeweave import run_engine
+from moeweave.engine import POLICIES, PREDICTORS, is_store
 from moeweave.formats.hf_checkpoint import read_config
 from moeweave.models import EXPERT_FORMATS, load
 from moeweave.models.bundled import default_model_dir
@@ -31,7 +34,10 @@ def checkpoint_dtype(path: Path) -> torch.dtype:
 
 def add_arguments(parser) -> None:
     parser.add_argument(
-        "model", nargs="?", type=Path, help="Hugging Face checkpoint directory (default: bundled demo model)"
+        "model",
+        nargs="?",
+        type=Path,
+        help="Hugging Face checkpoint directory or expert store (default: bundled demo model)",
     )
     parser.add_argument("--prompt", default="The history of the city", help="text to continue")
     parser.add_argument("--chat", action="store_true",
@@ -48,6 +54,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--top-k", type=int)
     parser.add_argument("--top-p", type=float)
     parser.add_argument("--seed", type=int, default=0)
+    # The on-device engine: with a budget, or when MODEL is an expert store.
+    parser.add_argument("--memory-budget", metavar="SIZE",
+                        help="hold at most SIZE of experts in RAM (e.g. 512MiB), reading the rest from an expert store")  # fmt: skip
+    parser.add_argument("--predictor", choices=PREDICTORS, default="stale-gate",
+                        help="how the engine guesses the next layer's experts to read ahead")  # fmt: skip
+    parser.add_argument("--cache", choices=POLICIES, default="edgemoe", help="the engine's eviction policy")
+    parser.add_argument(
+        "--stats", action="store_true", help="print the engine's telemetry per token and in sum"
+    )
 
 
 def main(args) -> None:
@@ -62,6 +77,9 @@ def main(args) -> None:
     sampling = {**sampling_defaults(path), **given}
     prompt = chat_prompt(path, args.prompt) if args.chat else args.prompt
     check_arguments(prompt, **sampling)
+    if args.memory_budget is not None or is_store(path):
+        run_engine.run(args, path, prompt, sampling)
+        return
     dtype = checkpoint_dtype(path) if args.dtype == "auto" else DENSE_DTYPES[args.dtype]
     model = load(path, experts=args.experts, dtype=dtype, projections=args.projections)
     if model.tokenizer is None:

@@ -2,8 +2,8 @@
 prefetch, outputs identical to the all-in-RAM model. See moeweave.engine.engine."""
 
 from moeweave.engine.cache import POLICIES, BudgetError
-from moeweave.engine.engine import Engine, store_for
+from moeweave.engine.engine import Engine, is_store, store_for
 from moeweave.engine.predictors import PREDICTORS
 from moeweave.engine.sizes import parse_size
 
-__all__ = ["POLICIES", "PREDICTORS", "BudgetError", "Engine", "parse_size", "store_for"]
+__all__ = ["POLICIES", "PREDICTORS", "BudgetError", "Engine", "is_store", "parse_size", "store_for"]

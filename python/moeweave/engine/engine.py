@@ -37,23 +37,27 @@ from moeweave.store.writer import write_store
 MAX_PREFETCHES = 16
 
 
-def store_for(path: str | Path) -> Path:
-    """`path` if it is an expert store; for a Hugging Face checkpoint directory, its store in the
-    cache directory, written on first use (keyed by the checkpoint's content: config, file names
-    and sizes, and each safetensors header, which holds every tensor's name, dtype, shape and
-    offsets)."""
+def is_store(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def store_for(path: str | Path, bits: int = 4) -> Path:
+    """`path` if it is an expert store; for a Hugging Face checkpoint directory, its store with
+    experts at `bits` (16: bf16) in the cache directory, written on first use (keyed by the
+    checkpoint's content: config, file names and sizes, and each safetensors header, which holds
+    every tensor's name, dtype, shape and offsets)."""
     path = Path(path)
-    if (path / MANIFEST).is_file():
+    if is_store(path):
         return path
-    digest = hashlib.sha256(json.dumps(read_config(path), sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps([read_config(path), bits], sort_keys=True).encode())
     for file in safetensors_files(path):
         with open(file, "rb") as f:
             header = f.read(8)
             digest.update(file.name.encode() + header + f.read(int.from_bytes(header, "little")))
         digest.update(str(file.stat().st_size).encode())
     target = envs.cache_dir() / "stores" / f"{path.resolve().name}-{digest.hexdigest()[:16]}"
-    if not (target / MANIFEST).is_file():
-        write_store(path, target)
+    if not is_store(target):
+        write_store(path, target, bits=bits)
     return target
 
 
@@ -77,11 +81,13 @@ class Engine:
         cache: str = "edgemoe",
         threads: int | None = None,
         backend: str | None = None,
+        bits: int = 4,
     ) -> "Engine":
         """path: an expert store or a Hugging Face checkpoint directory (converted once into a store
         under the cache directory). memory_budget: bytes of experts held in RAM (reads in flight
         included), e.g. "1GiB"; None holds every expert. predictor: one of PREDICTORS; cache: the
-        eviction policy, one of POLICIES."""
+        eviction policy, one of POLICIES. bits: the experts' bitwidth when an HF directory is
+        converted (16: bf16)."""
         if predictor not in PREDICTORS:
             raise ValueError(f"Engine.open: predictor must be one of {PREDICTORS}, got {predictor!r}")
         if cache not in POLICIES:
@@ -90,7 +96,7 @@ class Engine:
             import moeweave.cpu
 
             moeweave.cpu.set_num_threads(threads)
-        store = ExpertStore(store_for(path), backend=backend)
+        store = ExpertStore(store_for(path, bits), backend=backend)
         try:
             return cls._build(store, memory_budget, predictor, cache)
         except BaseException:

@@ -115,7 +115,9 @@ def _write_experts(
     files: list[str] = []
     extents: list[Extent] = []
     experts = checkpoint.experts()
-    with tqdm(total=len(experts), desc="experts", unit="expert", disable=not progress) as bar:
+    # disable is passed only to hide the bar: tqdm's TQDM_DISABLE applies to what is not passed.
+    hidden = {} if progress else {"disable": True}
+    with tqdm(total=len(experts), desc="experts", unit="expert", **hidden) as bar:
         for layer, group in itertools.groupby(experts, key=lambda key: key[0]):
             files.append(f"experts/layer_{layer:04d}.bin")
             (staging / files[-1]).parent.mkdir(exist_ok=True)
