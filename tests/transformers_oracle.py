@@ -1,6 +1,6 @@
 """The oracle of the model tests: transformers' own model for a checkpoint, optionally with every
-expert weight replaced by what moeweave computes with. Shared by test_parity.py and
-test_transformers_experts.py (a helper module, so no test module imports another)."""
+expert weight replaced by what moeweave computes with. Shared by tests/models/test_parity.py and the
+tests/integrations tests (a helper module, so no test module imports another)."""
 
 import re
 import shutil
