@@ -71,27 +71,27 @@ def test_run_of_a_checkpoint_whose_config_is_no_object_is_one_line(capsys, tmp_p
     assert "must hold a JSON object" in _one_line_error(capsys, ["run", str(tmp_path)], "moeweave run")
 
 
-def test_store_convert_of_a_missing_or_file_checkpoint_is_one_line(capsys, tmp_path):
+def test_convert_of_a_missing_or_file_checkpoint_is_one_line(capsys, tmp_path):
     for source, message in (
         ("/nonexistent", "checkpoint directory /nonexistent does not exist"),
         (f"{DEMO}/config.json", "config.json is not a directory"),
     ):
-        argv = ["store", "convert", source, str(tmp_path / "store")]
-        assert message in _one_line_error(capsys, argv, "moeweave store convert")
+        argv = ["convert", source, str(tmp_path / "store")]
+        assert message in _one_line_error(capsys, argv, "moeweave convert")
 
 
 @pytest.mark.parametrize(
     "option, message",
     [
-        (["--bits", "5"], "argument --bits: invalid choice: 5"),
+        (["--bits", "5"], "argument --bits: invalid choice: '5'"),
         (["--group-size", "0"], "argument --group-size: must be a positive multiple of 32, got '0'"),
         (["--group-size", "33"], "argument --group-size: must be a positive multiple of 32, got '33'"),
         (["--group-size", "x"], "argument --group-size: must be a positive multiple of 32, got 'x'"),
     ],
 )
-def test_store_convert_refuses_bad_widths_before_writing(capsys, tmp_path, option, message):
-    argv = ["store", "convert", DEMO, str(tmp_path / "store"), *option]
-    assert message in _one_line_error(capsys, argv, "moeweave store convert", status=2)
+def test_convert_refuses_bad_widths_before_writing(capsys, tmp_path, option, message):
+    argv = ["convert", DEMO, str(tmp_path / "store"), *option]
+    assert message in _one_line_error(capsys, argv, "moeweave convert", status=2)
     assert not (tmp_path / "store").exists()
 
 
@@ -110,19 +110,21 @@ def test_store_convert_refuses_bad_widths_before_writing(capsys, tmp_path, optio
         (b'{"99.0": 4}', ""),
     ],
 )
-def test_store_convert_with_a_bad_bits_map_is_one_line(capsys, tmp_path, content, message):
+def test_convert_with_a_bad_bits_map_is_one_line(capsys, tmp_path, content, message):
     bits_map = tmp_path / "bits.json"
     if content is not None:
         bits_map.write_bytes(content)
-    argv = ["store", "convert", DEMO, str(tmp_path / "store"), "--bits-map", str(bits_map)]
-    assert message in _one_line_error(capsys, argv, "moeweave store convert")
+    argv = ["convert", DEMO, str(tmp_path / "store"), "--bits-map", str(bits_map)]
+    assert message in _one_line_error(capsys, argv, "moeweave convert")
 
 
 def test_argparse_errors_are_one_line(capsys):
     assert "invalid int value: 'many'" in _one_line_error(
         capsys, ["run", "--max-new-tokens", "many"], "moeweave run", status=2
     )
-    assert "required" in _one_line_error(capsys, ["store"], "moeweave store", status=2)
+    assert "the following arguments are required: hf_dir, out_dir" in _one_line_error(
+        capsys, ["convert"], "moeweave convert", status=2
+    )
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch):
@@ -168,15 +170,15 @@ def _write_end_once_read(fifo: Path, process: subprocess.Popen) -> tuple[int, li
     return os.open(fifo, os.O_WRONLY), stand_in
 
 
-def test_ctrl_c_during_store_convert(tmp_path, interruptible_popen):
-    """The bits map is a FIFO: the command opens it and waits in `store convert` for data that
+def test_ctrl_c_during_convert(tmp_path, interruptible_popen):
+    """The bits map is a FIFO: the command opens it and waits in `convert` for data that
     never comes. The Ctrl-C is sent once it has opened the map, so its SIGINT handler is in
     place; closing the write end right after the signal ends a read that the signal may have
     just missed (CPython only flags a signal that lands outside a system call), so the
     interrupt is raised either way."""
     fifo = tmp_path / "bits.json"
     os.mkfifo(fifo)
-    argv = [MOEWEAVE, "store", "convert", DEMO, str(tmp_path / "store"), "--bits-map", str(fifo)]
+    argv = [MOEWEAVE, "convert", DEMO, str(tmp_path / "store"), "--bits-map", str(fifo)]
     with interruptible_popen(argv, env=QUIET) as process:
         writer, stand_in = _write_end_once_read(fifo, process)
         process.send_signal(signal.SIGINT)
@@ -187,6 +189,6 @@ def test_ctrl_c_during_store_convert(tmp_path, interruptible_popen):
     assert (process.returncode, out, err) == (
         128 + signal.SIGINT,
         "",
-        "moeweave store convert: interrupted\n",
+        "moeweave convert: interrupted\n",
     )
     assert not (tmp_path / "store").exists()

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 
@@ -40,19 +41,19 @@ def _group_size(text: str) -> int:
     return int(text)
 
 
-def _store_convert(args) -> None:
-    from moeweave.store import write_store
-    from moeweave.store.writer import read_bits_map
+def _convert(args) -> None:
+    from moeweave.engine.convert import convert
 
-    bits = {"default": args.bits, **read_bits_map(args.bits_map)} if args.bits_map else args.bits
-    manifest = write_store(args.hf_dir, args.out_dir, bits=bits, group_size=args.group_size)
-    print(f"{args.out_dir}: {len(manifest.extents)} experts in {len(manifest.files)} blob files")
+    convert(
+        Path(args.hf_dir), Path(args.out_dir), bits=args.bits, tolerance=args.tolerance,
+        calib=None if args.calib is None else Path(args.calib), low_bits=args.low_bits, high_bits=args.high_bits,
+        bits_map_file=args.bits_map, group_size=args.group_size,
+    )  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
     from moeweave import run as run_module
-    from moeweave.quant.format import SUPPORTED_BITS
-    from moeweave.store.writer import PLAIN_BITS
+    from moeweave.engine.convert import BITS_CHOICES
 
     parser = _Parser(prog="moeweave", description="Mixture-of-Experts models and their weights")
     commands = parser.add_subparsers(required=True)
@@ -66,17 +67,22 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print the report as JSON")
     add("demo", _demo, "run the native ops against their plain-torch twins")
     run_module.add_arguments(add("run", run_module.main, "generate text with an MoE checkpoint"))
-    store = commands.add_parser("store", help="expert stores (experts on SSD, read with O_DIRECT)")
-    store_commands = store.add_subparsers(required=True)
-    convert = add("convert", _store_convert, "convert a Hugging Face safetensors checkpoint", store_commands)
+    convert = add("convert", _convert, "convert a Hugging Face safetensors checkpoint into an expert store")
     convert.add_argument("hf_dir", help="checkpoint directory (config.json + *.safetensors)")
     convert.add_argument("out_dir", help="new or empty directory for the store")
-    convert.add_argument("--bits", type=int, default=4, choices=(*SUPPORTED_BITS, PLAIN_BITS),
-                         help="bits per weight: 2, 3, 4, 8 or 16 (bf16)")  # fmt: skip
+    convert.add_argument("--bits", default="4", choices=BITS_CHOICES,
+                         help="expert bits: 2, 3, 4, 8, bf16, or auto (EdgeMoE's per-expert search)")  # fmt: skip
     convert.add_argument("--bits-map", help='JSON file {"layer.expert": bits}; experts it omits get --bits')
     convert.add_argument(
         "--group-size", type=_group_size, default=64, help="columns per scale (multiple of 32)"
     )
+    convert.add_argument("--tolerance", type=float, default=0.02,
+                         help="auto: calibration perplexity may grow by this fraction (default 0.02)")  # fmt: skip
+    convert.add_argument(
+        "--calib", help="calibration text file (default for the bundled model: its held-out text)"
+    )
+    convert.add_argument("--low-bits", type=int, default=2, choices=(2, 3), help="auto: the lower width")
+    convert.add_argument("--high-bits", type=int, default=4, choices=(4, 8), help="auto: the higher width")
     return parser
 
 

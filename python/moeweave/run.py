@@ -9,6 +9,7 @@ import torch
 
 from moeweave import run_engine
 from moeweave.engine import POLICIES, PREDICTORS, is_store
+from moeweave.engine.engine import dense_dtype
 from moeweave.formats.hf_checkpoint import read_config
 from moeweave.models import EXPERT_FORMATS, load
 from moeweave.models.bundled import default_model_dir
@@ -20,16 +21,10 @@ DENSE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def checkpoint_dtype(path: Path) -> torch.dtype:
-    """The dtype config.json records for the weights: bfloat16 stays bfloat16 (half the bytes a
-    decode step reads); anything else runs in float32, the CPU's only other fast dtype here."""
+    """The dtype config.json records for the weights (moeweave.engine.engine.dense_dtype)."""
     if not (path / "config.json").is_file():  # load() reports the missing directory or file
         return torch.float32
-    fields = read_config(path)  # ValueError naming the file when it is not a JSON object
-    return (
-        DENSE_DTYPES["bfloat16"]
-        if (fields.get("dtype") or fields.get("torch_dtype")) == "bfloat16"
-        else torch.float32
-    )
+    return dense_dtype(read_config(path))  # ValueError naming the file when it is not a JSON object
 
 
 def add_arguments(parser) -> None:

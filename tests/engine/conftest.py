@@ -1,13 +1,14 @@
-"""An expert store of the bundled model, written once per session."""
+"""An expert store of the bundled model, with path statistics, written once per session by
+`moeweave convert`'s function (INT4, calibrated on 1024 tokens of the model's held-out text)."""
 
 import pytest
 
+from moeweave.engine.convert import convert
 from moeweave.models.bundled import DEMO_MODEL_DIR
-from moeweave.store.writer import write_store
 
 
 @pytest.fixture(scope="session")
 def demo_store(tmp_path_factory):
     path = tmp_path_factory.mktemp("engine") / "store"
-    write_store(DEMO_MODEL_DIR, path, progress=False)
+    convert(DEMO_MODEL_DIR, path, bits="4", calib_tokens=1024)
     return path

@@ -247,10 +247,11 @@ def test_cli_converts_with_a_bits_map(hf_checkpoint, tmp_path):
     map_path = tmp_path / "bits.json"
     map_path.write_text('{"0.0": 2, "1.3": 8}')
     cli = os.path.join(os.path.dirname(sys.executable), "moeweave")
-    args = [cli, "store", "convert", str(hf_checkpoint("olmoe")), str(tmp_path / "store"), "--bits", "3"]
+    args = [cli, "convert", str(hf_checkpoint("olmoe")), str(tmp_path / "store"), "--bits", "3"]
     result = subprocess.run([*args, "--bits-map", str(map_path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "8 experts in 2 blob files" in result.stdout
+    assert "# 8 experts, 64.0 KiB in 2 blob files" in result.stdout
+    assert "#     0     1     3     0" in result.stdout  # layer 0: one int2, three int3
     with ExpertStore(tmp_path / "store") as store:
         bits = {key: store.read(*key).down.bits for key in store.experts()}
     assert bits == {key: {(0, 0): 2, (1, 3): 8}.get(key, 3) for key in bits}

@@ -20,6 +20,7 @@ import torch
 from moeweave import envs
 from moeweave.engine.cache import POLICIES, BudgetError
 from moeweave.engine.offload import OffloadedExperts
+from moeweave.engine.paths import PathCounts, PathPredictor
 from moeweave.engine.predictors import PREDICTORS, StaleGate
 from moeweave.engine.sizes import format_size, parse_size
 from moeweave.engine.telemetry import Counters
@@ -61,7 +62,8 @@ def store_for(path: str | Path, bits: int = 4) -> Path:
     return target
 
 
-def _dense_dtype(config: dict) -> torch.dtype:
+def dense_dtype(config: dict) -> torch.dtype:
+    """The dtype config.json records: bfloat16 stays bfloat16, anything else runs in float32."""
     return (
         torch.bfloat16 if (config.get("dtype") or config.get("torch_dtype")) == "bfloat16" else torch.float32
     )
@@ -124,7 +126,9 @@ class Engine:
             store, budget, cache, layers, spec.num_experts, spec.hidden_size, spec.moe_intermediate_size,
             MAX_PREFETCHES,
         )  # fmt: skip
-        model = load(store.path, experts=provider, dtype=_dense_dtype(store.config))
+        model = load(store.path, experts=provider, dtype=dense_dtype(store.config))
+        if predictor == "path":
+            provider.predictor = PathPredictor(PathCounts.load(store.path))
         if predictor == "stale-gate":
             routers = [
                 model.layers[layer].mlp.router

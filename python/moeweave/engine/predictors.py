@@ -4,6 +4,8 @@ reads overlap compute. A wrong guess costs only a wasted read: outputs never dep
   none        nothing is predicted; every miss is a demand read (EdgeMoE's IO-EXP baseline)
   stale-gate  the next layer's router applied to the hidden state entering this layer
               (mixtral-offloading, HOBBIT): its top-k per token, most tokens first
+  path        EdgeMoE's path statistics: the next layer's experts given this layer's and the
+              previous one's, profiled on calibration text (moeweave.engine.paths)
 
 Dimension legend: T tokens, H hidden, E experts of a layer, K experts per token.
 """
@@ -12,7 +14,7 @@ from typing import Protocol
 
 import torch
 
-PREDICTORS = ("stale-gate", "none")
+PREDICTORS = ("path", "stale-gate", "none")
 
 
 class Predictor(Protocol):

@@ -18,6 +18,15 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 SHARD_INDEX = "model.safetensors.index.json"
 
 
+def checkpoint_directory(path: str | Path) -> Path:
+    """path, which must be an existing directory (FileNotFoundError saying which it is not)."""
+    path = Path(path)
+    if not path.is_dir():
+        what = "is not a directory" if path.exists() else "does not exist"
+        raise FileNotFoundError(f"checkpoint directory {path} {what}")
+    return path
+
+
 def safetensors_files(directory: Path) -> list[Path]:
     """The checkpoint's safetensors files, resolved; ValueError when it has none (naming any
     pickles) or when one lies outside the directory."""
@@ -75,10 +84,7 @@ class Checkpoint:
     can report the ones it never used. Use as a context manager, or close()."""
 
     def __init__(self, directory: str | Path):
-        self.directory = Path(directory)
-        if not self.directory.is_dir():
-            what = "is not a directory" if self.directory.exists() else "does not exist"
-            raise FileNotFoundError(f"checkpoint directory {self.directory} {what}")
+        self.directory = checkpoint_directory(directory)
         self.config = read_config(self.directory)
         self.architecture = self.config.get("model_type", "unknown")
         self._stack = contextlib.ExitStack()

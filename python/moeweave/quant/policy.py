@@ -10,6 +10,7 @@ from moeweave.quant.format import QuantizedWeight
 from moeweave.quant.quantize import quantize
 
 GROUP_SIZE = 64
+SYMMETRIC_FROM = 4  # bits at and above which the named formats are symmetric
 FUSED_FORMATS = ("bf16", "int8", "int4", "int3", "int2")  # what the fused MoE op computes with
 _BITS = {"int8": 8, "int4": 4, "int3": 3, "int2": 2}
 
@@ -19,7 +20,7 @@ def quantize_as(w: torch.Tensor, name: str) -> QuantizedWeight:
     if name not in _BITS:
         raise ValueError(f"quantize_as: format must be one of {tuple(_BITS)}, got {name!r}")
     bits = _BITS[name]
-    return quantize(w.detach().float(), bits=bits, group_size=GROUP_SIZE, sym=bits >= 4)
+    return quantize(w.detach().float(), bits=bits, group_size=GROUP_SIZE, sym=bits >= SYMMETRIC_FROM)
 
 
 def fused_projection(w: torch.Tensor, name: str) -> Projection:

@@ -28,6 +28,7 @@ from moeweave import _native
 from moeweave.formats.paths import confined
 from moeweave.quant import quantize
 from moeweave.quant.format import SUPPORTED_BITS
+from moeweave.quant.policy import SYMMETRIC_FROM as POLICY_SYMMETRIC_FROM
 from moeweave.store.checkpoint import ExpertCheckpoint
 from moeweave.store.manifest import (
     ALIGNMENT,
@@ -65,7 +66,7 @@ def write_store(
     out_dir: str | Path,
     bits: int | Mapping[str, int] | str | Path = 4,
     group_size: int | None = 64,
-    sym: bool = True,
+    sym: bool | None = True,
     scale_dtype: torch.dtype = torch.bfloat16,
     method: str | None = None,
     progress: bool = True,
@@ -75,7 +76,9 @@ def write_store(
     bits: one width for every expert (2, 3, 4, 8, or 16 for unquantised bfloat16), or a map
     {"L.E": bits} (a dict or a JSON file) with an optional "default" for experts it omits. Widths
     are integers: 4.0, "4" or True are refused.
-    group_size, sym, scale_dtype and method are moeweave.quant.quantize's.
+    group_size, sym, scale_dtype and method are moeweave.quant.quantize's; sym=None chooses per
+    width as moeweave.quant.policy does (symmetric at 8 and 4 bits, asymmetric at 3 and 2), so a
+    store holds exactly what moeweave.models.load(experts="intN") computes with.
     """
     out = Path(out_dir).resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -242,6 +245,7 @@ def _encode(
     """w [n, k] -> its manifest entry (parts not yet placed) and the tensors of each part."""
     if bits == PLAIN_BITS:
         return ProjectionLayout("bf16", list(w.shape), {}), {"weight": w.to(torch.bfloat16).contiguous()}
+    sym = bits >= POLICY_SYMMETRIC_FROM if sym is None else sym
     qw = quantize(w, bits=bits, group_size=group_size, sym=sym, scale_dtype=scale_dtype, method=method)
     tensors = {"packed": qw.packed, "scales": qw.scales}
     if qw.zeros is not None:
