@@ -136,3 +136,19 @@ class Report:
         print(
             f"# {len(self.rows)} rows appended to {RESULTS_DIR / (self.script + '.jsonl')}", file=sys.stderr
         )
+
+
+def bench_checkpoint(layers: int, vocab: int) -> Path:
+    """The demo-model recipe's Qwen3-30B-A3B preset (128 experts of 768, top-8, hidden 2048, 32/4
+    heads of 128) with `layers` layers, a `vocab`-token vocabulary and random weights, written
+    once into the cache directory."""
+    from moeweave import envs
+    from moeweave.recipes.demo_model.random_checkpoint import preset_config, write_random_checkpoint
+
+    path = envs.cache_dir() / f"bench-qwen3-30b-a3b-shapes-{layers}l-{vocab}v"
+    if not (path / "config.json").exists():
+        config = preset_config(
+            "qwen3-30b-a3b", layers, vocab_size=vocab, bos_token_id=None, eos_token_id=None
+        )
+        write_random_checkpoint(config, path)
+    return path

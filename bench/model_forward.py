@@ -20,26 +20,13 @@ import time
 
 import torch
 import transformers
-from common import Report, Row, stream_triad_gbps
+from common import Report, Row, bench_checkpoint, stream_triad_gbps
 
-from moeweave import envs
 from moeweave.models import KVCache, load
 from moeweave.models import layers as layers_module
 from moeweave.models import model as model_module
 from moeweave.models.moe_block import MoEBlock
 from moeweave.quant import ExpertTable, QuantizedWeight
-from moeweave.recipes.demo_model.random_checkpoint import preset_config, write_random_checkpoint
-
-
-def checkpoint(layers: int, vocab: int):
-    """The recipe's Qwen3-30B-A3B preset with fewer layers and a smaller vocabulary, written once."""
-    path = envs.cache_dir() / f"bench-qwen3-30b-a3b-shapes-{layers}l-{vocab}v"
-    if not (path / "config.json").exists():
-        config = preset_config(
-            "qwen3-30b-a3b", layers, vocab_size=vocab, bos_token_id=None, eos_token_id=None
-        )
-        write_random_checkpoint(config, path)
-    return path
 
 
 class Decoder:
@@ -149,7 +136,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tokens-per-round", type=int, default=8)
     args = parser.parse_args()
-    path = checkpoint(args.layers, args.vocab)
+    path = bench_checkpoint(args.layers, args.vocab)
     prompt = torch.randint(0, args.vocab, (1, args.prompt), generator=torch.Generator().manual_seed(0))
     config = f"qwen3-30b-a3b shapes {args.layers}L, prompt {args.prompt}"
     baseline = transformers_decoder(path, prompt)

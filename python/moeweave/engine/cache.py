@@ -56,12 +56,18 @@ class ExpertCache:
         self._frequency[(layer, expert)] = self._frequency.get((layer, expert), 0) + 1
 
     def reserve(
-        self, nbytes: int, current_layer: int, pinned: set[tuple[int, int]], required: bool = True
+        self,
+        nbytes: int,
+        current_layer: int,
+        pinned: set[tuple[int, int]],
+        required: bool = True,
+        evict: bool = True,
     ) -> bool:
-        """Makes room for a read of nbytes, evicting unpinned experts by the policy. When it cannot,
-        raises BudgetError if the read is required (a step needs it), else returns False."""
+        """Makes room for a read of nbytes, evicting unpinned experts by the policy (unless not
+        evict: then only free room counts). When it cannot, raises BudgetError if the read is
+        required (a step needs it), else returns False."""
         while self.used + self.reserved + nbytes > self.budget:
-            victim = self._victim(current_layer, pinned)
+            victim = self._victim(current_layer, pinned) if evict else None
             if victim is None:
                 if not required:
                     return False

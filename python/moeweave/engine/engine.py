@@ -69,6 +69,17 @@ def dense_dtype(config: dict) -> torch.dtype:
     )
 
 
+def peak_rss() -> int:
+    """This process's peak resident bytes: VmHWM, which starts afresh at exec (ru_maxrss carries
+    over the high-water mark of the process that forked this one)."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 class Engine:
     def __init__(self, store: ExpertStore, provider: OffloadedExperts, model):
         self.store, self.provider, self.model = store, provider, model
@@ -193,5 +204,5 @@ class Engine:
             "cache_peak_bytes": cache.peak,
             "evictions": cache.evictions,
             "io_backend": self.store.backend,
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "peak_rss_bytes": peak_rss(),
         }

@@ -2,10 +2,13 @@
 store through the byte-budgeted cache, and the predicted experts of the next layer are read
 while this one computes.
 
-Per MoE layer call: every needed expert is a cache hit, a prefetch already in flight (promoted
-ahead of the other queued reads), or a demand read; the step waits only for those. Then the
-predictor's guesses for the next layer are submitted as prefetches, while there is room in the
-budget and the io queue is not full, before the fused expert op runs. Prefetches for this layer
+Per MoE layer call: the predictor first guesses the next layer's experts, which are then
+protected from eviction; every needed expert is a cache hit, a prefetch already in flight
+(promoted ahead of the other queued reads), or a demand read; the step waits only for those.
+Then the guesses not yet held are submitted as prefetches before the fused expert op runs, but
+only into free room of the budget (a prefetch never evicts: speculative reads that pushed out
+experts still in use, on a disk the demand reads already kept busy, made decode 3x slower on the
+benchmark checkpoint) and while the io queue is not full. Prefetches for this layer
 that the step did not need are cancelled if still queued, or kept in the cache if already read.
 Each layer has one ExpertTable whose slots follow the cache (filled on insert, emptied on
 eviction), so no table is rebuilt per call.
@@ -62,6 +65,8 @@ class OffloadedExperts:
         ids = topk_ids.to(torch.int32)
         needed = ids.unique().tolist()
         keys = {(layer, e) for e in needed}
+        guesses = self.predictor(self._position[layer], x, ids) if self.predictor is not None else []
+        next_keys = self._next_keys(layer, guesses)
         start = time.perf_counter()
         self._drop_stale(layer, keys)
         waiting = {}
@@ -79,16 +84,15 @@ class OffloadedExperts:
                 handle.promote()
                 counters.prefetches_used += 1
             else:
-                self.cache.reserve(size, layer, keys)
+                self.cache.reserve(size, layer, keys | next_keys)
                 handle = self.store.prefetch(layer, e, priority="demand")
                 counters.demand_reads += 1
                 counters.bytes_read += size
             waiting[e] = handle
         self._fill_all(list(waiting.values()))
         counters.stall_seconds += time.perf_counter() - start
-        self._predicted = set()
-        if self.predictor is not None:
-            self._prefetch(layer, self.predictor(self._position[layer], x, ids), keys)
+        self._predicted = next_keys
+        self._prefetch(guesses, next_keys, keys)
         start = time.perf_counter()
         y = moe_experts(x, ids, topk_weights.float(), self.tables[layer])
         counters.expert_seconds += time.perf_counter() - start
@@ -132,23 +136,25 @@ class OffloadedExperts:
         for key in [k for k in self.pending if k[0] == layer and k not in needed]:
             self._settle(key)
 
-    def _prefetch(self, layer: int, guesses: list[int], needed: set[tuple[int, int]]) -> None:
+    def _next_keys(self, layer: int, guesses: list[int]) -> set[tuple[int, int]]:
         position = self._position[layer]
-        if not guesses or position + 1 >= len(self.layers):
-            return
-        next_layer = self.layers[position + 1]
-        self._predicted = {(next_layer, e) for e in guesses}
-        protected = needed | self._predicted
-        for e in guesses:
-            key = (next_layer, e)
+        if position + 1 >= len(self.layers):
+            return set()
+        return {(self.layers[position + 1], e) for e in guesses}
+
+    def _prefetch(
+        self, guesses: list[int], next_keys: set[tuple[int, int]], needed: set[tuple[int, int]]
+    ) -> None:
+        """Reads the guesses (most likely first) not yet held, into free room only."""
+        for key in sorted(next_keys, key=lambda k: guesses.index(k[1])):
             if key in self.cache or key in self.pending:
                 continue
             if len(self.pending) >= self.max_prefetches:
                 break  # the io queue is full: a prefetch now would only delay demand reads
             size = self._size(*key)
-            if not self.cache.reserve(size, layer, protected, required=False):
+            if not self.cache.reserve(size, key[0], needed | next_keys, required=False, evict=False):
                 break
-            self.pending[key] = self.store.prefetch(next_layer, e)
+            self.pending[key] = self.store.prefetch(*key)
             self.counters.prefetches += 1
             self.counters.bytes_read += size
 
