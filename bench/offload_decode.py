@@ -12,7 +12,8 @@ a reference whose offloaded weights come from the page cache, i.e. from RAM). ll
 tg (decode tokens/s), mean +- sd over the repetitions; and per decode token the engine's bytes
 read, byte hit rate, stall share and roofline ratio (SPEC §1: the bound max(D / B_disk,
 M / B_mem), with B_disk read by the store's own O_DIRECT reader and B_mem the STREAM triad, both
-measured in this run).
+measured in this run). Decoding samples at temperature 1 (seeded): greedy decoding of random
+weights repeats one token, so every step would route to the same experts.
 
     python bench/offload_decode.py              # 7 layers, 480 MiB budget (several minutes)
     python bench/offload_decode.py --layers 4 --budget 400MiB --reps 2
@@ -87,8 +88,8 @@ def run_engine(name: str, store: Path, budget: int, prompt: list[int], tokens: i
     predictor = "none" if name == "moeweave on-demand" else "stale-gate"
     with Engine.open(store, memory_budget=None if "RAM" in name else budget, predictor=predictor) as engine:
         pp, tg, telemetry = [], [], []
-        for _ in range(reps):
-            list(engine.generate_tokens(prompt, max_new_tokens=tokens))
+        for rep in range(reps):
+            list(engine.generate_tokens(prompt, max_new_tokens=tokens, temperature=1.0, seed=rep))
             steps = engine.per_token
             pp.append(len(prompt) / steps[0].step_seconds)
             tg.append((len(steps) - 1) / sum(s.step_seconds for s in steps[1:]))
@@ -120,19 +121,25 @@ def run_accelerate(checkpoint: Path, budget: int, prompt: list[int], tokens: int
         ids = torch.tensor([prompt])
         pp, tg = [], []
         with torch.no_grad():
-            for _ in range(reps):
+            for rep in range(reps):
+                generator = torch.Generator().manual_seed(rep)
                 start = time.perf_counter()
                 out = model(ids, use_cache=True)
                 pp.append(len(prompt) / (time.perf_counter() - start))
-                cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+                cache, token = out.past_key_values, sample(out.logits, generator)
                 start = time.perf_counter()
                 for _ in range(tokens - 1):
                     out = model(token, past_key_values=cache, use_cache=True)
-                    cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+                    cache, token = out.past_key_values, sample(out.logits, generator)
                 tg.append((tokens - 1) / (time.perf_counter() - start))
         from moeweave.engine.engine import peak_rss
 
         return {"pp": pp, "tg": tg, "peak_rss": peak_rss()}
+
+
+def sample(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The next token [1, 1] at temperature 1, as the engine's contestants sample."""
+    return torch.multinomial(torch.softmax(logits[0, -1].float(), -1), 1, generator=generator).view(1, 1)
 
 
 def child(args) -> None:

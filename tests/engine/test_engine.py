@@ -107,3 +107,15 @@ def test_an_hf_directory_is_converted_once_into_the_cache_directory(monkeypatch,
         written = (engine.store.path / "manifest.json").stat().st_mtime_ns
     with Engine.open(DEMO_MODEL_DIR) as engine:
         assert (engine.store.path / "manifest.json").stat().st_mtime_ns == written
+
+
+@pytest.mark.parametrize("predictor", PREDICTORS)
+def test_the_smallest_budget_one_layer_still_decodes_losslessly(demo_store, in_ram_tokens, predictor):
+    """At exactly one layer's experts, a prompt step needs the whole budget: protecting the next
+    layer's predicted experts must then give way instead of failing the step."""
+    per_layer = {}
+    for extent in load_manifest(demo_store).extents:
+        per_layer[extent.layer] = per_layer.get(extent.layer, 0) + extent.length
+    with Engine.open(demo_store, memory_budget=max(per_layer.values()), predictor=predictor) as engine:
+        assert list(engine.generate_tokens(PROMPT, max_new_tokens=20)) == in_ram_tokens
+        assert_nothing_in_flight(engine)

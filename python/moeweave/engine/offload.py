@@ -69,27 +69,34 @@ class OffloadedExperts:
         next_keys = self._next_keys(layer, guesses)
         start = time.perf_counter()
         self._drop_stale(layer, keys)
-        waiting = {}
-        for e in needed:
-            key, size = (layer, e), self._size(layer, e)
-            self.cache.record_use(layer, e)
-            counters.needed += 1
-            counters.expert_bytes_needed += size
-            counters.predicted_needed += key in self._predicted
-            if self.cache.get(layer, e) is not None:
-                counters.hit_bytes += size
-                continue
-            handle = self.pending.pop(key, None)
-            if handle is not None:
-                handle.promote()
-                counters.prefetches_used += 1
-            else:
-                self.cache.reserve(size, layer, keys | next_keys)
-                handle = self.store.prefetch(layer, e, priority="demand")
-                counters.demand_reads += 1
-                counters.bytes_read += size
-            waiting[e] = handle
-        self._fill_all(list(waiting.values()))
+        waiting = []
+        try:
+            for e in needed:
+                key, size = (layer, e), self._size(layer, e)
+                self.cache.record_use(layer, e)
+                counters.needed += 1
+                counters.expert_bytes_needed += size
+                counters.predicted_needed += key in self._predicted
+                if self.cache.get(layer, e) is not None:
+                    counters.hit_bytes += size
+                    continue
+                handle = self.pending.pop(key, None)
+                if handle is not None:
+                    handle.promote()
+                    counters.prefetches_used += 1
+                else:
+                    # The next layer's predicted experts are spared while the budget allows.
+                    if not self.cache.reserve(size, layer, keys | next_keys, required=False):
+                        self.cache.reserve(size, layer, keys)
+                    handle = self.store.prefetch(layer, e, priority="demand")
+                    counters.demand_reads += 1
+                    counters.bytes_read += size
+                waiting.append(handle)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the reads already submitted are settled first
+                self._fill_all(waiting)
+            raise
+        self._fill_all(waiting)
         counters.stall_seconds += time.perf_counter() - start
         self._predicted = next_keys
         self._prefetch(guesses, next_keys, keys)
