@@ -145,7 +145,7 @@ def bench_checkpoint(layers: int, vocab: int) -> Path:
     from moeweave import envs
     from moeweave.recipes.demo_model.random_checkpoint import preset_config, write_random_checkpoint
 
-    path = envs.cache_dir() / f"bench-qwen3-30b-a3b-shapes-{layers}l-{vocab}v"
+    path = envs.cache_dir() / f"bench-qwen3-30b-a3b-shapes-{layers}l-{vocab}v-unit-embeddings"
     if not (path / "config.json").exists():
         config = preset_config(
             "qwen3-30b-a3b", layers, vocab_size=vocab, bos_token_id=None, eos_token_id=None
