@@ -7,8 +7,8 @@ protected from eviction; every needed expert is a cache hit, a prefetch already 
 (promoted ahead of the other queued reads), or a demand read; the step waits only for those.
 Then the guesses not yet held are submitted as prefetches before the fused expert op runs, but
 only into free room of the budget (a prefetch never evicts: speculative reads that pushed out
-experts still in use, on a disk the demand reads already kept busy, made decode 3x slower on the
-benchmark checkpoint) and while the io queue is not full. Prefetches for this layer
+experts still in use, on a disk the demand reads already kept busy, made decode 3x slower on a
+concentrated-routing benchmark checkpoint) and while the io queue is not full. Prefetches for this layer
 that the step did not need are cancelled if still queued, or kept in the cache if already read.
 Each layer has one ExpertTable whose slots follow the cache (filled on insert, emptied on
 eviction), so no table is rebuilt per call.
