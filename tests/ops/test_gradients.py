@@ -5,6 +5,7 @@ and torch.library.opcheck with inputs that need gradients."""
 
 import pytest
 import torch
+from expert_tables import random_routing, random_table
 
 from moeweave.ops import (
     attention,
@@ -17,7 +18,7 @@ from moeweave.ops import (
     silu_mul,
 )
 from moeweave.ops.moe_experts import backward_by_expert
-from moeweave.quant import ExpertTable, dequantize, quantize
+from moeweave.quant import dequantize, quantize
 
 
 def _relative(a, b):
@@ -59,29 +60,6 @@ def test_bf16_matmul_dx_is_dy_times_the_weight(isa):
     assert _relative(dx, dy @ w.float()) < 1e-5
 
 
-def _experts(formats, hidden=96, inter=64, num_experts=6, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    experts = []
-    for e in range(num_experts):
-        bits = formats[e % len(formats)]
-        weights = [torch.randn(inter, hidden, generator=generator) / hidden**0.5,
-                   torch.randn(inter, hidden, generator=generator) / hidden**0.5,
-                   torch.randn(hidden, inter, generator=generator) / inter**0.5]  # fmt: skip
-        experts.append(
-            tuple(
-                w.bfloat16() if bits == 16 else quantize(w, bits=bits, group_size=32, sym=bits >= 4)
-                for w in weights
-            )
-        )
-    return ExpertTable(experts)
-
-
-def _routing(tokens, top_k, num_experts, seed=1):
-    generator = torch.Generator().manual_seed(seed)
-    weights, ids = torch.rand(tokens, num_experts, generator=generator).softmax(-1).topk(top_k, dim=-1)
-    return ids.to(torch.int32), weights
-
-
 # bf16 experts compute with exact fp32 activations, so the fused backward meets the oracle to
 # rounding; packed experts see int8 activations at the gate/up and down inputs (forward and
 # recomputation alike), ~1-2 % of the gradient's norm.
@@ -92,8 +70,8 @@ def _routing(tokens, top_k, num_experts, seed=1):
 def test_moe_experts_gradients_match_autograd_through_the_dequantised_experts(
     isa, formats, tolerance, tokens, top_k
 ):
-    table = _experts(formats)
-    ids, weights = _routing(tokens, top_k, len(table))
+    table = random_table(6, 96, 64, formats)
+    ids, weights = random_routing(tokens, top_k, len(table))
     x = torch.randn(tokens, table.hidden_size, generator=torch.Generator().manual_seed(2))
     dy = torch.randn(tokens, table.hidden_size, generator=torch.Generator().manual_seed(5))
     got = _grads(lambda x, w: moe_experts(x, ids, w, table), [_leaf(x), _leaf(weights)], dy)
@@ -103,8 +81,8 @@ def test_moe_experts_gradients_match_autograd_through_the_dequantised_experts(
 
 
 def test_moe_experts_gradients_in_bfloat16_keep_the_input_dtypes(isa):
-    table = _experts((4,))
-    ids, weights = _routing(5, 2, len(table))
+    table = random_table(6, 96, 64, (4,))
+    ids, weights = random_routing(5, 2, len(table))
     x = _leaf(torch.randn(5, table.hidden_size), torch.bfloat16)
     w = _leaf(weights, torch.bfloat16)
     moe_experts(x, ids, w, table).float().sum().backward()
@@ -185,8 +163,8 @@ def test_backward_formulas_pass_gradcheck_in_float64():
 def test_opcheck_with_inputs_that_need_gradients():
     generator = torch.Generator().manual_seed(13)
     qw = quantize(torch.randn(40, 96, generator=generator), bits=4, group_size=32, sym=False)
-    table = _experts((4, 16))
-    ids, weights = _routing(5, 2, len(table))
+    table = random_table(6, 96, 64, (4, 16))
+    ids, weights = random_routing(5, 2, len(table))
     mask = torch.rand(2, 3, 6, generator=generator) > 0.3
     grad = lambda *shape: torch.randn(*shape, generator=generator).requires_grad_()  # noqa: E731
     cases = [
@@ -206,8 +184,8 @@ def test_opcheck_with_inputs_that_need_gradients():
 def test_the_expert_by_expert_backward_matches_autograd_through_the_dequantised_experts(isa, formats):
     """The CUDA path's backward (one expert at a time on quant_matmul and its transposed product),
     run here on CPU tensors."""
-    table = _experts(formats)
-    ids, weights = _routing(9, 2, len(table))
+    table = random_table(6, 96, 64, formats)
+    ids, weights = random_routing(9, 2, len(table))
     x = torch.randn(9, table.hidden_size, generator=torch.Generator().manual_seed(2))
     dy = torch.randn(9, table.hidden_size, generator=torch.Generator().manual_seed(5))
     got = backward_by_expert(x, ids, weights, table, dy)

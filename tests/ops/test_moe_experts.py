@@ -3,9 +3,10 @@ with experts of mixed formats in one table."""
 
 import pytest
 import torch
+from expert_tables import random_routing, random_table
 
 from moeweave.ops import moe_experts, reference
-from moeweave.quant import ExpertTable, quantize
+from moeweave.quant import ExpertTable
 
 TOLERANCE = 0.02  # relative Frobenius: int8 activations at both the gate/up and the down input
 
@@ -14,34 +15,12 @@ def _relative(a, b):
     return float((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-12))
 
 
-def _table(num_experts, hidden, inter, formats, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    experts = []
-    for e in range(num_experts):
-        bits = formats[e % len(formats)]
-        weights = [torch.randn(inter, hidden, generator=generator) / hidden**0.5,
-                   torch.randn(inter, hidden, generator=generator) / hidden**0.5,
-                   torch.randn(hidden, inter, generator=generator) / inter**0.5]  # fmt: skip
-        if bits == 16:
-            experts.append(tuple(w.bfloat16() for w in weights))
-        else:
-            experts.append(tuple(quantize(w, bits=bits, group_size=32, sym=bits != 2) for w in weights))
-    return ExpertTable(experts)
-
-
-def _routing(tokens, top_k, num_experts, seed=1):
-    generator = torch.Generator().manual_seed(seed)
-    scores = torch.rand(tokens, num_experts, generator=generator)
-    weights, ids = scores.softmax(-1).topk(top_k, dim=-1)
-    return ids.to(torch.int32), weights
-
-
 @pytest.mark.parametrize("formats", [(4,), (8,), (16,), (2, 3, 4, 8, 16)], ids=str)
 @pytest.mark.parametrize(("tokens", "top_k", "num_experts", "hidden", "inter"),
                          [(1, 2, 8, 64, 96), (7, 2, 8, 96, 64), (19, 6, 16, 64, 160), (111, 8, 32, 128, 64)])  # fmt: skip
 def test_matches_loop_over_experts(isa, formats, tokens, top_k, num_experts, hidden, inter):
-    table = _table(num_experts, hidden, inter, formats)
-    ids, weights = _routing(tokens, top_k, num_experts)
+    table = random_table(num_experts, hidden, inter, formats)
+    ids, weights = random_routing(tokens, top_k, num_experts)
     x = torch.randn(tokens, hidden, generator=torch.Generator().manual_seed(2))
     y = moe_experts(x, ids, weights, table)
     assert y.shape == x.shape and y.dtype == x.dtype
@@ -49,7 +28,7 @@ def test_matches_loop_over_experts(isa, formats, tokens, top_k, num_experts, hid
 
 
 def test_bf16_tokens_and_repeated_expert():
-    table = _table(4, 64, 96, (4,))
+    table = random_table(4, 64, 96, (4,))
     x = torch.randn(5, 64).bfloat16()
     ids = torch.tensor([[0, 0], [1, 2], [3, 3], [2, 1], [0, 3]], dtype=torch.int32)
     weights = torch.rand(5, 2)
@@ -59,13 +38,13 @@ def test_bf16_tokens_and_repeated_expert():
 
 
 def test_no_tokens():
-    table = _table(4, 64, 96, (4,))
+    table = random_table(4, 64, 96, (4,))
     y = moe_experts(torch.empty(0, 64), torch.empty(0, 2, dtype=torch.int32), torch.empty(0, 2), table)
     assert y.shape == (0, 64)
 
 
 def test_bad_expert_id_is_named():
-    table = _table(4, 64, 96, (4,))
+    table = random_table(4, 64, 96, (4,))
     ids = torch.tensor([[0, 1], [2, 9]], dtype=torch.int32)
     with pytest.raises(ValueError, match=r"'topk_ids' \[1, 1\] = 9 is outside \[0, 4\)"):
         moe_experts(torch.randn(2, 64), ids, torch.rand(2, 2), table)
@@ -82,8 +61,8 @@ def test_table_refuses_mismatched_shapes():
 
 
 def test_opcheck():
-    table = _table(4, 64, 96, (4, 16))
-    ids, weights = _routing(3, 2, 4)
+    table = random_table(4, 64, 96, (4, 16))
+    ids, weights = random_routing(3, 2, 4)
     torch.library.opcheck(
         torch.ops.moeweave.moe_experts.default, (torch.randn(3, 64), ids, weights, table.table)
     )

@@ -1,7 +1,7 @@
 """The engine's counters: what was read, what the cache and the predictor saved, where the time
 went. One Counters per generated token and a running total."""
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 
 @dataclass
@@ -27,7 +27,7 @@ class Counters:
         return Counters(**{f.name: getattr(self, f.name) - getattr(other, f.name) for f in fields(self)})
 
     def copy(self) -> "Counters":
-        return Counters(**{f.name: getattr(self, f.name) for f in fields(self)})
+        return replace(self)
 
     @property
     def byte_hit_rate(self) -> float:
