@@ -7,9 +7,11 @@ from pathlib import Path
 from moeweave.engine import Engine
 from moeweave.engine.sizes import format_size
 from moeweave.engine.telemetry import Counters
+from moeweave.quant.policy import QUANTISED_BITS
+from moeweave.store.writer import PLAIN_BITS
 
-# Expert formats of `moeweave run --experts` -> the store's bits (16: bf16).
-STORE_BITS = {"bf16": 16, "int8": 8, "int4": 4, "int3": 3, "int2": 2}
+# Expert formats of `moeweave run --experts` -> the store's bits.
+STORE_BITS = {"bf16": PLAIN_BITS, **QUANTISED_BITS}
 
 
 def run(args, path: Path, prompt: str, sampling: dict) -> None:

@@ -42,9 +42,6 @@ class ExpertCache:
     def __contains__(self, key: tuple[int, int]) -> bool:
         return key in self._entries
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
     def get(self, layer: int, expert: int) -> Expert | None:
         found = self._entries.get((layer, expert))
         if found is not None:

@@ -66,7 +66,7 @@ def convert(
             "# no calibration text (--calib FILE): path statistics not profiled, so predictor 'path' is unavailable"
         )
         return
-    with Engine.open(out, memory_budget=_two_layers(manifest), predictor="none") as engine:
+    with Engine.open(out, memory_budget=2 * max(manifest.layer_bytes().values()), predictor="none") as engine:
         model = engine.model
         layers = [i for i, layer in enumerate(model.layers) if isinstance(layer.mlp, MoEBlock)]
         profile_paths(model, chunks, layers, model.spec.top_k).save(out)
@@ -78,13 +78,6 @@ def convert(
 
 def _width(bits: str) -> int:
     return PLAIN_BITS if bits == "bf16" else int(bits)
-
-
-def _two_layers(manifest) -> int:
-    per_layer = Counter()
-    for extent in manifest.extents:
-        per_layer[extent.layer] += extent.length
-    return 2 * max(per_layer.values())
 
 
 def _report_widths(manifest) -> None:

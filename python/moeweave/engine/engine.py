@@ -27,7 +27,6 @@ from moeweave.engine.telemetry import Counters
 from moeweave.formats.hf_checkpoint import read_config, safetensors_files
 from moeweave.models import load
 from moeweave.models.generate import TextStream, tokens
-from moeweave.models.moe_block import MoEBlock
 from moeweave.models.spec import spec_from_config
 from moeweave.store.manifest import MANIFEST
 from moeweave.store.reader import ExpertStore
@@ -120,9 +119,7 @@ class Engine:
     def _build(cls, store: ExpertStore, memory_budget, predictor: str, cache: str) -> "Engine":
         spec = spec_from_config(store.config)
         layers = [index for index, moe in enumerate(spec.moe_layers) if moe]
-        layer_bytes = {layer: 0 for layer in layers}
-        for extent in store.manifest.extents:
-            layer_bytes[extent.layer] += extent.length
+        layer_bytes = store.manifest.layer_bytes()
         total = sum(layer_bytes.values())
         budget = total if memory_budget is None else parse_size(memory_budget)
         # A prompt step may route to every expert of a layer, and they must be held at once.
@@ -141,12 +138,7 @@ class Engine:
         if predictor == "path":
             provider.predictor = PathPredictor(PathCounts.load(store.path))
         if predictor == "stale-gate":
-            routers = [
-                model.layers[layer].mlp.router
-                for layer in layers
-                if isinstance(model.layers[layer].mlp, MoEBlock)
-            ]
-            provider.predictor = StaleGate(routers, spec.top_k)
+            provider.predictor = StaleGate([model.layers[layer].mlp.router for layer in layers], spec.top_k)
         return cls(store, provider, model)
 
     def __enter__(self) -> "Engine":

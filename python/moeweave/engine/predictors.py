@@ -24,10 +24,6 @@ class Predictor(Protocol):
         ...
 
 
-def no_prediction(position: int, x: torch.Tensor, topk_ids: torch.Tensor) -> list[int]:
-    return []
-
-
 class StaleGate:
     """routers[p]: MoE layer p's router weight [E, H]; top_k experts per token."""
 

@@ -20,9 +20,17 @@ from moeweave.ops._vmap import register_rows_vmap
 from moeweave.quant.format import QuantizedWeight
 
 
+def _weight_args(w: QuantizedWeight | torch.Tensor) -> tuple:
+    """The op's weight arguments (packed, scales, zeros, n, k, bits, group_size) of a packed weight,
+    or of a plain bf16 w [N, K] (bits 16)."""
+    if isinstance(w, QuantizedWeight):
+        return (w.packed, w.scales, w.zeros, w.n, w.k, w.bits, w.group_size)
+    return (w.contiguous(), None, None, w.shape[0], w.shape[1], 16, 0)
+
+
 def quant_matmul(x: torch.Tensor, qw: QuantizedWeight) -> torch.Tensor:
     """x [M, K] @ dequantize(qw)^T -> [M, N], without ever dequantising the weight."""
-    args = (x, qw.packed, qw.scales, qw.zeros, qw.n, qw.k, qw.bits, qw.group_size)
+    args = (x, *_weight_args(qw))
     if can_skip_dispatcher(x):
         return _quant_matmul(*args)
     return _quant_matmul_op(*args)
@@ -33,7 +41,7 @@ def bf16_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     path, streaming bf16 rows with fp32 accumulation."""
     if w.dtype != torch.bfloat16 or w.dim() != 2:
         raise ValueError(f"bf16_matmul: 'w' must be a 2-D bfloat16 tensor, got {w.dtype} {list(w.shape)}")
-    args = (x, w.contiguous(), None, None, w.shape[0], w.shape[1], 16, 0)
+    args = (x, *_weight_args(w))
     if can_skip_dispatcher(x, w):
         return _quant_matmul(*args)
     return _quant_matmul_op(*args)
@@ -148,13 +156,9 @@ register_rows_vmap(_quant_matmul_op, row_args=(0,))
 def project(x: torch.Tensor, w) -> torch.Tensor:
     """x [M, K] fp32 @ w^T -> [M, N] fp32 for a projection of an expert table (packed or bf16),
     on the op implementations (no autograd)."""
-    if isinstance(w, QuantizedWeight):
-        return _quant_matmul(x, w.packed, w.scales, w.zeros, w.n, w.k, w.bits, w.group_size)
-    return _quant_matmul(x, w, None, None, w.shape[0], w.shape[1], 16, 0)
+    return _quant_matmul(x, *_weight_args(w))
 
 
 def project_t(dy: torch.Tensor, w) -> torch.Tensor:
     """dy [M, N] fp32 @ w -> [M, K] fp32, the transposed product of `project`."""
-    if isinstance(w, QuantizedWeight):
-        return _quant_matmul_t(dy, w.packed, w.scales, w.zeros, w.n, w.k, w.bits, w.group_size)
-    return _quant_matmul_t(dy, w, None, None, w.shape[0], w.shape[1], 16, 0)
+    return _quant_matmul_t(dy, *_weight_args(w))

@@ -12,14 +12,14 @@ from moeweave.quant.quantize import quantize
 GROUP_SIZE = 64
 SYMMETRIC_FROM = 4  # bits at and above which the named formats are symmetric
 FUSED_FORMATS = ("bf16", "int8", "int4", "int3", "int2")  # what the fused MoE op computes with
-_BITS = {"int8": 8, "int4": 4, "int3": 3, "int2": 2}
+QUANTISED_BITS = {"int8": 8, "int4": 4, "int3": 3, "int2": 2}
 
 
 def quantize_as(w: torch.Tensor, name: str) -> QuantizedWeight:
     """w [N, K] packed in the named quantised format ("int8", "int4", "int3" or "int2")."""
-    if name not in _BITS:
-        raise ValueError(f"quantize_as: format must be one of {tuple(_BITS)}, got {name!r}")
-    bits = _BITS[name]
+    if name not in QUANTISED_BITS:
+        raise ValueError(f"quantize_as: format must be one of {tuple(QUANTISED_BITS)}, got {name!r}")
+    bits = QUANTISED_BITS[name]
     return quantize(w.detach().float(), bits=bits, group_size=GROUP_SIZE, sym=bits >= SYMMETRIC_FROM)
 
 

@@ -106,6 +106,13 @@ class Manifest:
     dense_file: str = DENSE_FILE
     version: tuple[int, int] = VERSION
 
+    def layer_bytes(self) -> dict[int, int]:
+        """layer -> bytes of its experts' extents."""
+        sizes: dict[int, int] = {}
+        for extent in self.extents:
+            sizes[extent.layer] = sizes.get(extent.layer, 0) + extent.length
+        return sizes
+
     def to_json(self) -> str:
         """The manifest as written: sorted keys, one expert per line, checksum filled in."""
         body = {
