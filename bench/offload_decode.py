@@ -31,10 +31,12 @@ import time
 from pathlib import Path
 
 import torch
-from common import RESULTS_DIR, bench_checkpoint, machine, stream_triad_gbps
+from common import RESULTS_DIR, bench_checkpoint, machine
 
-CONTESTANTS = ("moeweave stale-gate", "moeweave on-demand", "moeweave all in RAM", "accelerate disk offload",
+CONTESTANTS = ("moeweave stale-gate", "moeweave on-demand", "moeweave stale-gate, INT2 fallback",
+               "moeweave on-demand, INT2 fallback", "moeweave all in RAM", "accelerate disk offload",
                "accelerate, no memory limit")  # fmt: skip
+FALLBACK_BITS = 2
 VOCAB = 32000
 # What a process holds besides weights: the interpreter, torch, buffers, activations.
 PROCESS_ALLOWANCE = 640 << 20
@@ -70,23 +72,15 @@ def memory_cgroup(limit: int | None):
             group.rmdir()
 
 
-def disk_bandwidth(store: Path) -> float:
-    """Bytes/s of reading every expert of the store with the engine's reader (O_DIRECT, queued)."""
-    from moeweave.store.reader import ExpertStore
-
-    drop_page_cache()
-    with ExpertStore(store, verify=False, queue_depth=16) as reader:
-        start = time.perf_counter()
-        handles = [reader.prefetch(layer, e) for layer, e in reader.experts()]
-        total = sum(h.wait().buffer.numel() for h in handles)
-        return total / (time.perf_counter() - start)
-
-
 def run_engine(name: str, store: Path, budget: int, prompt: list[int], tokens: int, reps: int) -> dict:
     from moeweave.engine import Engine
 
-    predictor = "none" if name == "moeweave on-demand" else "stale-gate"
-    with Engine.open(store, memory_budget=None if "RAM" in name else budget, predictor=predictor) as engine:
+    with Engine.open(
+        store,
+        memory_budget=None if "RAM" in name else budget,
+        predictor="none" if "on-demand" in name else "stale-gate",
+        fallback="fallback" in name,
+    ) as engine:
         pp, tg, telemetry = [], [], []
         for rep in range(reps):
             list(engine.generate_tokens(prompt, max_new_tokens=tokens, temperature=1.0, seed=rep))
@@ -94,17 +88,39 @@ def run_engine(name: str, store: Path, budget: int, prompt: list[int], tokens: i
             pp.append(len(prompt) / steps[0].step_seconds)
             tg.append((len(steps) - 1) / sum(s.step_seconds for s in steps[1:]))
             telemetry.extend(steps[1:])
-        n = len(telemetry)
         return {
             "pp": pp, "tg": tg,
-            "bytes_read_per_token": sum(s.bytes_read for s in telemetry) / n,
-            "expert_bytes_per_token": sum(s.expert_bytes_needed for s in telemetry) / n,
             "byte_hit_rate": sum(s.hit_bytes for s in telemetry) / sum(s.expert_bytes_needed for s in telemetry),
             "stall_share": sum(s.stall_seconds for s in telemetry) / sum(s.step_seconds for s in telemetry),
             "prefetch_precision": sum(s.prefetches_used for s in telemetry) / max(1, sum(s.prefetches for s in telemetry)),
-            "seconds_per_token": sum(s.step_seconds for s in telemetry) / n,
+            "roofline": engine.roofline(telemetry),
             "peak_rss": engine.stats()["peak_rss_bytes"],
         }  # fmt: skip
+
+
+def fallback_quality(budget_share: float = 0.25, tokens: int = 2048) -> dict:
+    """The quality cost of the low-bit fallback, on the bundled (trained) model: held-out
+    perplexity through the engine at a budget of `budget_share` of its experts, with misses read
+    from the INT4 store (lossless) or its INT2 copy, and of the model all at INT2 (the floor)."""
+    from tokenizers import Tokenizer
+
+    from moeweave.engine import Engine, store_for
+    from moeweave.engine.calibration import calibration_text, mean_loss, perplexity, token_chunks
+    from moeweave.models.bundled import DEMO_MODEL_DIR
+    from moeweave.store.manifest import load_manifest
+
+    tokenizer = Tokenizer.from_file(str(DEMO_MODEL_DIR / "tokenizer.json"))
+    chunks = token_chunks(tokenizer, calibration_text(DEMO_MODEL_DIR, None), tokens)
+    budget = int(sum(e.length for e in load_manifest(store_for(DEMO_MODEL_DIR)).extents) * budget_share)
+    out = {}
+    for name, fallback, memory_budget in (("INT4", False, budget), ("INT4, INT2 fallback", True, budget),
+                                          ("INT2 all in RAM", True, None)):  # fmt: skip
+        # All in RAM with the fallback and no prediction: every expert's first read is its INT2 copy.
+        with Engine.open(
+            DEMO_MODEL_DIR, memory_budget=memory_budget, predictor="none", fallback=fallback
+        ) as engine:
+            out[name] = perplexity(mean_loss(engine.model, chunks))
+    return out
 
 
 def run_accelerate(checkpoint: Path, budget: int, prompt: list[int], tokens: int, reps: int) -> dict:
@@ -196,21 +212,22 @@ def main() -> None:
         child(args)
         return
     from moeweave.engine import parse_size, store_for
+    from moeweave.engine.fallback import DIRECTORY, write_fallback
     from moeweave.store.manifest import load_manifest
 
     args.budget_bytes = parse_size(args.budget)
     args.checkpoint = bench_checkpoint(args.layers, VOCAB)
     args.store = store_for(args.checkpoint, bits=4)
+    if not (args.store / DIRECTORY).is_dir():
+        write_fallback(args.checkpoint, args.store, FALLBACK_BITS)
     extents = load_manifest(args.store).extents
     expert_bytes = sum(e.length for e in extents)
     dense_bytes = (args.store / "dense.safetensors").stat().st_size
     if expert_bytes < 4 * args.budget_bytes:
         print(f"# note: experts {expert_bytes >> 20} MiB are < 4x the budget; use more --layers")
-    b_disk, b_mem = disk_bandwidth(args.store), stream_triad_gbps() * 1e9
-    per_expert = expert_bytes / len(extents)
     layers = len({e.layer for e in extents})
     print(f"# {machine()['cpu']}: experts {expert_bytes >> 20} MiB ({layers} layers), dense {dense_bytes >> 20} MiB, "
-          f"budget {args.budget_bytes >> 20} MiB; disk {b_disk / 1e9:.2f} GB/s (O_DIRECT), memory {b_mem / 1e9:.1f} GB/s")  # fmt: skip
+          f"budget {args.budget_bytes >> 20} MiB")  # fmt: skip
     limit = args.budget_bytes + dense_bytes + PROCESS_ALLOWANCE
     rows = []
     for name in CONTESTANTS:
@@ -223,17 +240,19 @@ def main() -> None:
             print(f"{name:<26} {where}", flush=True)
             continue
         line = f"{name:<26} pp{args.prompt} {mean_sd(result['pp']):>14}  tg{args.tokens} {mean_sd(result['tg']):>13}"
-        if "bytes_read_per_token" in result:
-            d, m = result["bytes_read_per_token"], dense_bytes + 8 * layers * per_expert
-            bound = max(d / b_disk, m / b_mem)
-            result["roofline_ratio"] = bound / result["seconds_per_token"]
-            line += (f"  read {d / 2**20:6.1f} MiB/tok  hit {result['byte_hit_rate']:.0%}  "
-                     f"stall {result['stall_share']:.0%}  roofline {result['roofline_ratio']:.2f}")  # fmt: skip
+        if "roofline" in result:
+            roofline = result["roofline"]
+            line += (f"  read {roofline['bytes_read_per_token'] / 2**20:6.1f} MiB/tok  hit {result['byte_hit_rate']:.0%}  "
+                     f"stall {result['stall_share']:.0%}  roofline {roofline['ratio']:.2f} (disk "
+                     f"{roofline['disk_bytes_per_second'] / 1e9:.2f} GB/s, memory {roofline['memory_bytes_per_second'] / 1e9:.1f} GB/s)")  # fmt: skip
         print(f"{line}  peak RSS {result['peak_rss'] >> 20} MiB  ({where})", flush=True)
+    quality = fallback_quality()
+    print("# quality cost of the fallback, bundled model, held-out perplexity: "
+          + ", ".join(f"{name} {value:.3f}" for name, value in quality.items()))  # fmt: skip
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     with open(RESULTS_DIR / "offload_decode.jsonl", "a") as out:
         out.write(json.dumps({"machine": machine(), "budget": args.budget_bytes, "expert_bytes": expert_bytes,
-                              "dense_bytes": dense_bytes, "disk_bps": b_disk, "mem_bps": b_mem,
+                              "dense_bytes": dense_bytes, "fallback_perplexity": quality,
                               "rows": [{"name": n, "result": r, "where": w} for n, r, w in rows]}) + "\n")  # fmt: skip
 
 

@@ -47,7 +47,7 @@ def _convert(args) -> None:
     convert(
         Path(args.hf_dir), Path(args.out_dir), bits=args.bits, tolerance=args.tolerance,
         calib=None if args.calib is None else Path(args.calib), low_bits=args.low_bits, high_bits=args.high_bits,
-        bits_map_file=args.bits_map, group_size=args.group_size,
+        bits_map_file=args.bits_map, group_size=args.group_size, fallback_bits=args.fallback_bits,
     )  # fmt: skip
 
 
@@ -83,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("--low-bits", type=int, default=2, choices=(2, 3), help="auto: the lower width")
     convert.add_argument("--high-bits", type=int, default=4, choices=(4, 8), help="auto: the higher width")
+    convert.add_argument("--fallback-bits", type=int, choices=(2, 3),
+                         help="also write a copy of the experts at these bits, for `run --low-bit-fallback`")  # fmt: skip
     return parser
 
 

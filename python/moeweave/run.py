@@ -55,6 +55,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--predictor", choices=PREDICTORS, default="stale-gate",
                         help="how the engine guesses the next layer's experts to read ahead")  # fmt: skip
     parser.add_argument("--cache", choices=POLICIES, default="edgemoe", help="the engine's eviction policy")
+    parser.add_argument("--low-bit-fallback", action="store_true",
+                        help="read experts nobody prefetched from the store's low-bit copy: fewer bytes, lower quality")  # fmt: skip
     parser.add_argument(
         "--stats", action="store_true", help="print the engine's telemetry per token and in sum"
     )

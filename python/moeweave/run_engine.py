@@ -25,11 +25,13 @@ def run(args, path: Path, prompt: str, sampling: dict) -> None:
         predictor=args.predictor,
         cache=args.cache,
         bits=STORE_BITS[args.experts],
+        fallback=args.low_bit_fallback,
     ) as engine:
         budget = engine.provider.cache.budget
         print(
             f"# {path} through the engine: store {engine.store.path}, expert budget {format_size(budget)}, "
             f"predictor {args.predictor}, cache {args.cache}, io {engine.store.backend}"
+            + (", misses from the low-bit copy" if args.low_bit_fallback else "")
         )
         sys.stdout.write(prompt)
         sys.stdout.flush()
@@ -44,12 +46,24 @@ def run(args, path: Path, prompt: str, sampling: dict) -> None:
         )
         if args.stats:
             print_stats(engine.stats(), steps)
+            if len(steps) > 1:
+                print_roofline(engine.roofline())
 
 
 def _line(label: str, c: Counters) -> str:
     return (
         f"{label:>7} {c.bytes_read / 2**20:9.2f} {c.byte_hit_rate:6.1%} {c.prefetch_precision:6.1%} "
         f"{c.prefetch_recall:6.1%} {c.stall_seconds * 1e3:9.1f} {c.expert_seconds * 1e3:9.1f} {c.step_seconds * 1e3:9.1f}"
+    )
+
+
+def print_roofline(roofline: dict) -> None:
+    print(
+        f"# roofline: {roofline['ratio']:.2f} of the bound ({roofline['bound_seconds_per_token'] * 1e3:.2f} ms/token "
+        f"against {roofline['seconds_per_token'] * 1e3:.2f}): per decode token "
+        f"{format_size(roofline['bytes_read_per_token'])} read at {roofline['disk_bytes_per_second'] / 1e9:.2f} GB/s "
+        f"(O_DIRECT), {format_size(roofline['bytes_moved_per_token'])} moved at "
+        f"{roofline['memory_bytes_per_second'] / 1e9:.1f} GB/s (STREAM triad)"
     )
 
 

@@ -70,3 +70,22 @@ def test_edgemoe_evicts_rare_experts_of_far_ahead_layers_first():
     expected = max(uses, key=score)
     cache.reserve(100, current, set())
     assert evicted == [expected] == [(3, 0)]
+
+
+@pytest.mark.parametrize("policy", ["edgemoe", "lru"])
+def test_a_prefetch_evicts_only_experts_worth_less_than_its_guess(policy):
+    cache, evicted = cache_with(policy, budget=200)
+    uses = {(3, 0): 2, (3, 1): 6}  # held; d = 3 layers ahead of layer 0
+    for (layer, e), count in uses.items():
+        put(cache, layer, e)
+        for _ in range(count):
+            cache.record_use(layer, e)
+    current, guess = 0, (1, 5)  # the guess is for the next layer: d = 1
+    for _ in range(2):
+        cache.record_use(*guess)
+    assert cache.reserve(100, current, set(), required=False, guess=guess)
+    assert evicted == [(3, 0)]  # worth 2/3 < the guess's (2 + 1)/1 (for lru too: it is also the least recent)
+    cache.fill(expert(*guess))  # the prefetch completed
+    # The next guess is worth (0 + 1) / 1 = 1, and every held expert is worth at least that.
+    assert not cache.reserve(100, current, set(), required=False, guess=(1, 6))
+    assert evicted == [(3, 0)] and cache.reserved == 0

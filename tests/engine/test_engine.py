@@ -5,14 +5,16 @@ outlive a generation; a corrupt expert is named and leaves the engine usable; ba
 refused clearly."""
 
 import shutil
+import statistics
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import moeweave.models
 from moeweave.engine import POLICIES, PREDICTORS, BudgetError, Engine, parse_size
 from moeweave.models.bundled import DEMO_MODEL_DIR
-from moeweave.store.manifest import StoreError, load_manifest
+from moeweave.store.manifest import DENSE_FILE, StoreError, load_manifest
 
 PROMPT = "Once upon a time"
 
@@ -119,3 +121,24 @@ def test_the_smallest_budget_one_layer_still_decodes_losslessly(demo_store, in_r
     with Engine.open(demo_store, memory_budget=max(per_layer.values()), predictor=predictor) as engine:
         assert list(engine.generate_tokens(PROMPT, max_new_tokens=20)) == in_ram_tokens
         assert_nothing_in_flight(engine)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_the_roofline_counts_what_a_decode_step_moves(tiny_checkpoint, tmp_path, monkeypatch, tied):
+    monkeypatch.setenv("MOEWEAVE_CACHE_DIR", str(tmp_path / "cache"))
+    path = tiny_checkpoint("qwen3_moe", tie_word_embeddings=tied)
+    with Engine.open(path, predictor="none") as engine:
+        list(engine.generate_tokens([5, 6, 7], max_new_tokens=6))
+        steps = engine.per_token[1:]
+        roofline = engine.roofline()
+        dense_file = engine.store.path / DENSE_FILE
+    weights = load_file(dense_file)
+    assert ("lm_head.weight" not in weights) == tied
+    # A step reads one row of the embedding; a tied output head reads all of it.
+    dense = dense_file.stat().st_size - (0 if tied else weights["model.embed_tokens.weight"].nbytes)
+    read = statistics.mean(s.bytes_read for s in steps)
+    moved = dense + statistics.mean(s.expert_bytes_needed for s in steps)
+    assert roofline["bytes_read_per_token"] == pytest.approx(read)
+    assert roofline["bytes_moved_per_token"] == pytest.approx(moved)
+    bound = max(read / roofline["disk_bytes_per_second"], moved / roofline["memory_bytes_per_second"])
+    assert roofline["ratio"] == pytest.approx(bound / statistics.mean(s.step_seconds for s in steps))

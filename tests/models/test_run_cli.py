@@ -95,6 +95,7 @@ def test_run_through_the_engine_streams_the_in_ram_continuation(checkpoint, tmp_
         line for line in output.splitlines() if not line.startswith("#")
     )
     assert "#     all " in output and "evictions" in output
+    assert "# roofline: " in output and "GB/s (STREAM triad)" in output
 
 
 @pytest.fixture

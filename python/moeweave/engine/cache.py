@@ -8,6 +8,11 @@ go first. (SPEC prints the denominator as (S - i + I) mod S, which counts layers
 would evict the next layer's experts first, against the rule it states, so the rule is followed.)
 The current layer's own experts are next used a whole cycle later: d = S for them. Experts the
 current step needs are pinned and never evicted.
+
+A prefetch is a guess, so it may only push out an expert worth less than itself: its victim
+(chosen by the policy as for any read) must have a smaller value f / d than the guess's
+(f + 1) / d, the guess counted as one more activation. A rarely used expert of a layer far ahead
+makes room for a guess of the next layer; an expert the model keeps coming back to does not.
 """
 
 from collections import OrderedDict
@@ -58,13 +63,17 @@ class ExpertCache:
         current_layer: int,
         pinned: set[tuple[int, int]],
         required: bool = True,
-        evict: bool = True,
+        guess: tuple[int, int] | None = None,
     ) -> bool:
-        """Makes room for a read of nbytes, evicting unpinned experts by the policy (unless not
-        evict: then only free room counts). When it cannot, raises BudgetError if the read is
-        required (a step needs it), else returns False."""
+        """Makes room for a read of nbytes, evicting unpinned experts by the policy; for the
+        prefetch of `guess`, only experts worth less than it (see the module docstring). When it
+        cannot, raises BudgetError if the read is required (a step needs it), else returns False."""
         while self.used + self.reserved + nbytes > self.budget:
-            victim = self._victim(current_layer, pinned) if evict else None
+            victim = self._victim(current_layer, pinned)
+            if victim is not None and guess is not None:
+                worth = self._frequency.get(guess, 0) + 1
+                if self._value(victim, current_layer) * self._ahead(guess, current_layer) >= worth:
+                    victim = None
             if victim is None:
                 if not required:
                     return False
@@ -111,10 +120,13 @@ class ExpertCache:
             return None
         if self.policy == "lru":
             return candidates[0]
-        layers, now = len(self._position), self._position[current_layer]
+        return min(candidates, key=lambda key: self._value(key, current_layer))
 
-        def score(key: tuple[int, int]) -> float:
-            ahead = (self._position[key[0]] - now) % layers or layers
-            return -self._frequency.get(key, 0) / ahead
+    def _ahead(self, key: tuple[int, int], current_layer: int) -> int:
+        """d: MoE layers from the current one to key's, 1..S (S for the current layer's own)."""
+        layers = len(self._position)
+        return (self._position[key[0]] - self._position[current_layer]) % layers or layers
 
-        return max(candidates, key=score)
+    def _value(self, key: tuple[int, int], current_layer: int) -> float:
+        """f / d, the negated EdgeMoE score: the expert with the least is evicted first."""
+        return self._frequency.get(key, 0) / self._ahead(key, current_layer)

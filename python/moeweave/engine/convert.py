@@ -1,7 +1,8 @@
 """`moeweave convert HF_DIR OUT --bits 2|3|4|8|bf16|auto`: the one way to make an expert store.
 Uniform widths, a --bits-map, or EdgeMoE's `auto` search (moeweave.engine.bitwidths); then the
 path statistics of the path predictor are profiled on calibration text through the engine (any
-model size: the experts are read under a budget of two layers). Prints a report."""
+model size: the experts are read under a budget of two layers), and with --fallback-bits the
+low-bit copy of the experts is written (moeweave.engine.fallback). Prints a report."""
 
 from collections import Counter
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 from moeweave.engine.bitwidths import bits_map, choose_bitwidths
 from moeweave.engine.calibration import calibration_text, mean_loss, perplexity, token_chunks
 from moeweave.engine.engine import Engine, dense_dtype
+from moeweave.engine.fallback import write_fallback
 from moeweave.engine.paths import FILE as PATHS_FILE
 from moeweave.engine.paths import profile_paths
 from moeweave.engine.sizes import format_size
@@ -30,6 +32,7 @@ def convert(
     bits_map_file: Path | None = None,
     group_size: int = 64,
     calib_tokens: int = 4096,
+    fallback_bits: int | None = None,
 ) -> None:
     if bits not in BITS_CHOICES:
         raise ValueError(f"--bits must be one of {', '.join(BITS_CHOICES)}, got {bits!r}")
@@ -61,6 +64,11 @@ def convert(
         widths = _width(bits)
     manifest = write_store(hf_dir, out, bits=widths, group_size=group_size, sym=None)
     _report_widths(manifest)
+    if fallback_bits is not None:
+        copy = write_fallback(hf_dir, out, fallback_bits, group_size)
+        print(
+            f"# low-bit fallback: every expert also at {fallback_bits} bits, {format_size(sum(copy.layer_bytes().values()))}"
+        )
     if chunks is None:
         print(
             "# no calibration text (--calib FILE): path statistics not profiled, so predictor 'path' is unavailable"

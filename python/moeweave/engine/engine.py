@@ -10,31 +10,41 @@ store's experts all in RAM.
 
 import hashlib
 import json
+import math
 import resource
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from moeweave import envs
 from moeweave.engine.cache import POLICIES, BudgetError
+from moeweave.engine.fallback import DIRECTORY as FALLBACK_DIRECTORY
+from moeweave.engine.fallback import open_fallback, write_fallback
 from moeweave.engine.offload import OffloadedExperts
 from moeweave.engine.paths import PathCounts, PathPredictor
 from moeweave.engine.predictors import PREDICTORS, StaleGate
+from moeweave.engine.roofline import bound_seconds, disk_bandwidth, memory_bandwidth
 from moeweave.engine.sizes import format_size, parse_size
 from moeweave.engine.telemetry import Counters
 from moeweave.formats.hf_checkpoint import read_config, safetensors_files
 from moeweave.models import load
 from moeweave.models.generate import TextStream, tokens
 from moeweave.models.spec import spec_from_config
-from moeweave.store.manifest import MANIFEST
+from moeweave.store.manifest import DENSE_FILE, MANIFEST
 from moeweave.store.reader import ExpertStore
 from moeweave.store.writer import write_store
 
 # Prefetches in flight at most: beyond the io engine's queue they would only wait in line
 # ahead of the next demand read.
 MAX_PREFETCHES = 16
+EMBEDDING, OUTPUT_HEAD = "model.embed_tokens.weight", "lm_head.weight"
+# safetensors dtype -> bytes per element
+DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I8": 1, "U8": 1}
+# The low-bit copy written for a Hugging Face directory opened with the fallback on.
+FALLBACK_BITS = 2
 
 
 def is_store(path: str | Path) -> bool:
@@ -94,12 +104,15 @@ class Engine:
         threads: int | None = None,
         backend: str | None = None,
         bits: int = 4,
+        fallback: bool = False,
     ) -> "Engine":
         """path: an expert store or a Hugging Face checkpoint directory (converted once into a store
         under the cache directory). memory_budget: bytes of experts held in RAM (reads in flight
         included), e.g. "1GiB"; None holds every expert. predictor: one of PREDICTORS; cache: the
         eviction policy, one of POLICIES. bits: the experts' bitwidth when an HF directory is
-        converted (16: bf16)."""
+        converted (16: bf16). fallback: read misses from the store's low-bit copy
+        (moeweave.engine.fallback; written at FALLBACK_BITS for an HF directory): faster under a
+        tight budget, no longer identical to the in-RAM model."""
         if predictor not in PREDICTORS:
             raise ValueError(f"Engine.open: predictor must be one of {PREDICTORS}, got {predictor!r}")
         if cache not in POLICIES:
@@ -108,15 +121,27 @@ class Engine:
             import moeweave.cpu
 
             moeweave.cpu.set_num_threads(threads)
-        store = ExpertStore(store_for(path, bits), backend=backend)
+        store_path = store_for(path, bits)
+        if fallback and not is_store(path) and not is_store(store_path / FALLBACK_DIRECTORY):
+            write_fallback(path, store_path, FALLBACK_BITS)
+        store = ExpertStore(store_path, backend=backend)
         try:
-            return cls._build(store, memory_budget, predictor, cache)
+            low_bits = open_fallback(store, backend) if fallback else None
         except BaseException:
             store.close()
             raise
+        try:
+            return cls._build(store, memory_budget, predictor, cache, low_bits)
+        except BaseException:
+            store.close()
+            if low_bits is not None:
+                low_bits.close()
+            raise
 
     @classmethod
-    def _build(cls, store: ExpertStore, memory_budget, predictor: str, cache: str) -> "Engine":
+    def _build(
+        cls, store: ExpertStore, memory_budget, predictor: str, cache: str, fallback: ExpertStore | None
+    ) -> "Engine":
         spec = spec_from_config(store.config)
         layers = [index for index, moe in enumerate(spec.moe_layers) if moe]
         layer_bytes = store.manifest.layer_bytes()
@@ -132,7 +157,7 @@ class Engine:
             )
         provider = OffloadedExperts(
             store, budget, cache, layers, spec.num_experts, spec.hidden_size, spec.moe_intermediate_size,
-            MAX_PREFETCHES,
+            MAX_PREFETCHES, fallback,
         )  # fmt: skip
         model = load(store.path, experts=provider, dtype=dense_dtype(store.config))
         if predictor == "path":
@@ -151,6 +176,8 @@ class Engine:
         self.provider.finish()
         self.provider.cache.clear()
         self.store.close()
+        if self.provider.fallback is not None:
+            self.provider.fallback.close()
 
     def generate_tokens(
         self,
@@ -185,6 +212,40 @@ class Engine:
             if piece := stream.push(token):
                 yield piece
 
+    @property
+    def dense_bytes(self) -> int:
+        """Bytes of dense weights a token step reads: the whole dense file but the token
+        embedding, of which it reads one row (unless the output head is the embedding: tied)."""
+        path = self.store.path / DENSE_FILE
+        with safe_open(path, "pt") as weights:
+            names = set(weights.keys())  # safe_open has no `in`
+            if EMBEDDING not in names or OUTPUT_HEAD not in names:
+                return path.stat().st_size
+            embedding = weights.get_slice(EMBEDDING)
+            return path.stat().st_size - math.prod(embedding.get_shape()) * DTYPE_BYTES[embedding.get_dtype()]
+
+    def roofline(self, steps: list[Counters] | None = None) -> dict:
+        """SPEC §1's roofline of decode steps (default: the last generation's, its prompt step
+        left out), with the disk and memory bandwidth measured now (about a second)."""
+        steps = self.per_token[1:] if steps is None else steps
+        if not steps:
+            raise ValueError("Engine.roofline: no decode step to bound; generate at least two tokens")
+        disk, memory = disk_bandwidth(self.store), memory_bandwidth()
+        count = len(steps)
+        read = sum(s.bytes_read for s in steps) / count
+        moved = self.dense_bytes + sum(s.expert_bytes_needed for s in steps) / count
+        bound = bound_seconds(read, moved, disk, memory)
+        actual = sum(s.step_seconds for s in steps) / count
+        return {
+            "disk_bytes_per_second": disk,
+            "memory_bytes_per_second": memory,
+            "bytes_read_per_token": read,
+            "bytes_moved_per_token": moved,
+            "bound_seconds_per_token": bound,
+            "seconds_per_token": actual,
+            "ratio": bound / actual,
+        }
+
     def stats(self) -> dict:
         """Totals since open, the last generation's per-token counters, the cache and peak RSS."""
         cache = self.provider.cache
@@ -196,5 +257,6 @@ class Engine:
             "cache_peak_bytes": cache.peak,
             "evictions": cache.evictions,
             "io_backend": self.store.backend,
+            "fallback": self.provider.fallback is not None,
             "peak_rss_bytes": peak_rss(),
         }

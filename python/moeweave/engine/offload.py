@@ -5,10 +5,10 @@ while this one computes.
 Per MoE layer call: the predictor first guesses the next layer's experts, which are then
 protected from eviction; every needed expert is a cache hit, a prefetch already in flight
 (promoted ahead of the other queued reads), or a demand read; the step waits only for those.
-Then the guesses not yet held are submitted as prefetches before the fused expert op runs, but
-only into free room of the budget (a prefetch never evicts: speculative reads that pushed out
-experts still in use, on a disk the demand reads already kept busy, made decode 3x slower on a
-concentrated-routing benchmark checkpoint) and while the io queue is not full. Prefetches for this layer
+Then the guesses not yet held are submitted as prefetches before the fused expert op runs, while
+the io queue is not full, each into free room of the budget or in place of experts worth less
+than the guess (moeweave.engine.cache: a prefetch free to evict anything pushed out experts still
+in use and made decode 3x slower on a concentrated-routing benchmark checkpoint). Prefetches for this layer
 that the step did not need are cancelled if still queued, or kept in the cache if already read.
 Each layer has one ExpertTable whose slots follow the cache (filled on insert, emptied on
 eviction), so no table is rebuilt per call.
@@ -42,8 +42,12 @@ class OffloadedExperts:
         hidden_size: int,
         intermediate_size: int,
         max_prefetches: int,
+        fallback: ExpertStore | None = None,
     ):
+        """fallback: the low-bit copy of the store's experts that misses are read from
+        (moeweave.engine.fallback), or None: misses read the full expert."""
         self.store, self.layers, self.max_prefetches = store, layers, max_prefetches
+        self.fallback = fallback
         self._position = {layer: p for p, layer in enumerate(layers)}
         self.tables = {
             layer: ExpertTable.empty(num_experts, hidden_size, intermediate_size) for layer in layers
@@ -55,6 +59,11 @@ class OffloadedExperts:
         self.pending: dict[tuple[int, int], ReadHandle] = {}  # prefetches in flight
         self._predicted: set[tuple[int, int]] = set()  # guesses for the layer that comes next
         self.counters = Counters()
+        # What the disk can read before the next layer asks: the window from issuing a layer's
+        # prefetches to the next layer's call, times the rate reads reached waiting steps.
+        self._window = 0.0  # seconds, smoothed
+        self._bandwidth = 0.0  # bytes/s, smoothed
+        self._issued_at: float | None = None  # when the last prefetches were issued
 
     def _size(self, layer: int, expert: int) -> int:
         return self.store.extent(layer, expert).length
@@ -62,6 +71,8 @@ class OffloadedExperts:
     def __call__(self, layer: int, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor):
         """x [T, H], topk_ids [T, K], topk_weights [T, K] -> [T, H] in x's dtype."""
         counters = self.counters
+        if self._issued_at is not None:
+            self._window = _smoothed(self._window, time.perf_counter() - self._issued_at)
         ids = topk_ids.to(torch.int32)
         needed = ids.unique().tolist()
         keys = {(layer, e) for e in needed}
@@ -69,7 +80,7 @@ class OffloadedExperts:
         next_keys = self._next_keys(layer, guesses)
         start = time.perf_counter()
         self._drop_stale(layer, keys)
-        waiting = []
+        waiting, waited_bytes = [], 0
         try:
             for e in needed:
                 key, size = (layer, e), self._size(layer, e)
@@ -85,21 +96,28 @@ class OffloadedExperts:
                     handle.promote()
                     counters.prefetches_used += 1
                 else:
+                    source = self.fallback or self.store
+                    nbytes = source.extent(layer, e).length
                     # The next layer's predicted experts are spared while the budget allows.
-                    if not self.cache.reserve(size, layer, keys | next_keys, required=False):
-                        self.cache.reserve(size, layer, keys)
-                    handle = self.store.prefetch(layer, e, priority="demand")
+                    if not self.cache.reserve(nbytes, layer, keys | next_keys, required=False):
+                        self.cache.reserve(nbytes, layer, keys)
+                    handle = source.prefetch(layer, e, priority="demand")
                     counters.demand_reads += 1
-                    counters.bytes_read += size
+                    counters.fallback_reads += source is self.fallback
+                    counters.bytes_read += nbytes
                 waiting.append(handle)
+                waited_bytes += handle.nbytes
         except BaseException:
             with contextlib.suppress(Exception):  # the reads already submitted are settled first
                 self._fill_all(waiting)
             raise
         self._fill_all(waiting)
-        counters.stall_seconds += time.perf_counter() - start
+        stall = time.perf_counter() - start
+        counters.stall_seconds += stall
+        if waited_bytes and stall > 0:
+            self._bandwidth = _smoothed(self._bandwidth, waited_bytes / stall)
         self._predicted = next_keys
-        self._prefetch(guesses, next_keys, keys)
+        self._prefetch(layer, guesses, next_keys, keys)
         start = time.perf_counter()
         y = moe_experts(x, ids, topk_weights.float(), self.tables[layer])
         counters.expert_seconds += time.perf_counter() - start
@@ -110,7 +128,7 @@ class OffloadedExperts:
         try:
             expert = handle.wait()
         except Exception:
-            self.cache.release(self._size(handle.layer, handle.expert))
+            self.cache.release(handle.nbytes)
             raise
         self.cache.fill(expert)
         self.tables[expert.layer].set_slot(expert.expert, expert.projections)
@@ -132,7 +150,7 @@ class OffloadedExperts:
         speculative read is only dropped: it fails again, and is reported, if a step needs it."""
         handle = self.pending.pop(key)
         if handle.cancel():
-            self.cache.release(self._size(*key))
+            self.cache.release(handle.nbytes)
             self.counters.prefetches_cancelled += 1
             return
         with contextlib.suppress(Exception):  # _fill released the reservation
@@ -150,20 +168,27 @@ class OffloadedExperts:
         return {(self.layers[position + 1], e) for e in guesses}
 
     def _prefetch(
-        self, guesses: list[int], next_keys: set[tuple[int, int]], needed: set[tuple[int, int]]
+        self, layer: int, guesses: list[int], next_keys: set[tuple[int, int]], needed: set[tuple[int, int]]
     ) -> None:
-        """Reads the guesses (most likely first) not yet held, into free room only."""
+        """While `layer` computes, reads the guesses (most likely first) not yet held, as many as
+        the disk can read before the next layer asks (at least one): a read still in flight then
+        cannot be cancelled, and a wrong one delays the next layer's demand reads."""
+        allowance = self._window * self._bandwidth - sum(self._size(*key) for key in self.pending)
         for key in sorted(next_keys, key=lambda k: guesses.index(k[1])):
             if key in self.cache or key in self.pending:
                 continue
             if len(self.pending) >= self.max_prefetches:
                 break  # the io queue is full: a prefetch now would only delay demand reads
             size = self._size(*key)
-            if not self.cache.reserve(size, key[0], needed | next_keys, required=False, evict=False):
+            if size > allowance and self.pending:
+                break
+            allowance -= size
+            if not self.cache.reserve(size, layer, needed | next_keys, required=False, guess=key):
                 break
             self.pending[key] = self.store.prefetch(*key)
             self.counters.prefetches += 1
             self.counters.bytes_read += size
+        self._issued_at = time.perf_counter()
 
     def finish(self) -> None:
         """Ends a generation: reads still in flight are cancelled or absorbed, so no read handle or
@@ -171,3 +196,9 @@ class OffloadedExperts:
         for key in list(self.pending):
             self._settle(key)
         self._predicted = set()
+        self._issued_at = None  # the time until the next generation is not a compute window
+
+
+def _smoothed(average: float, sample: float, weight: float = 0.25) -> float:
+    """An exponential moving average; the first sample starts it."""
+    return sample if average == 0.0 else average + weight * (sample - average)

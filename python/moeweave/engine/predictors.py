@@ -3,7 +3,7 @@ reads overlap compute. A wrong guess costs only a wasted read: outputs never dep
 
   none        nothing is predicted; every miss is a demand read (EdgeMoE's IO-EXP baseline)
   stale-gate  the next layer's router applied to the hidden state entering this layer
-              (mixtral-offloading, HOBBIT): its top-k per token, most tokens first
+              (mixtral-offloading, HOBBIT): its top-k per token, most routing mass first
   path        EdgeMoE's path statistics: the next layer's experts given this layer's and the
               previous one's, profiled on calibration text (moeweave.engine.paths)
 
@@ -34,8 +34,10 @@ class StaleGate:
         if position + 1 >= len(self.routers):
             return []
         router = self.routers[position + 1]
-        logits = x.to(router.dtype) @ router.t()  # [T, E]
-        guessed = logits.topk(self.top_k, dim=-1).indices.flatten()  # [T * K]
-        votes = torch.bincount(guessed, minlength=router.shape[0])  # [E]
-        order = torch.argsort(votes, descending=True, stable=True)
-        return order[: int((votes > 0).sum())].tolist()
+        probs = torch.softmax((x.to(router.dtype) @ router.t()).float(), dim=-1)  # [T, E]
+        top = probs.topk(self.top_k, dim=-1)  # [T, K]
+        # Each guess weighs its routing probability summed over the tokens choosing it: with one
+        # token the surest guesses come first, and those are the ones a short window can read.
+        mass = torch.zeros(router.shape[0]).index_add_(0, top.indices.flatten(), top.values.flatten())  # [E]
+        order = torch.argsort(mass, descending=True, stable=True)
+        return order[: int((mass > 0).sum())].tolist()

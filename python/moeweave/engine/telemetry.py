@@ -10,6 +10,7 @@ class Counters:
     hit_bytes: int = 0  # of those, found in the cache
     bytes_read: int = 0  # read from the store (demand and prefetch)
     demand_reads: int = 0
+    fallback_reads: int = 0  # of those, read from the low-bit copy
     prefetches: int = 0  # prefetch reads issued
     prefetches_used: int = 0  # prefetched experts a step then needed
     prefetches_cancelled: int = 0

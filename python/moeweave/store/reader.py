@@ -65,6 +65,11 @@ class ReadHandle:
     def expert(self) -> int:
         return self._extent.expert
 
+    @property
+    def nbytes(self) -> int:
+        """The bytes read: the extent's length."""
+        return self._extent.length
+
     def done(self) -> bool:
         """True once wait() would not block."""
         if self._id is None:
