@@ -11,9 +11,13 @@ reads from disk instead of keeping the file in RAM (accelerate also runs once wi
 a reference whose offloaded weights come from the page cache, i.e. from RAM). llama-bench style: pp (prompt tokens/s) and
 tg (decode tokens/s), mean +- sd over the repetitions; and per decode token the engine's bytes
 read, byte hit rate, stall share and roofline ratio (SPEC §1: the bound max(D / B_disk,
-M / B_mem), with B_disk read by the store's own O_DIRECT reader and B_mem the STREAM triad, both
-measured in this run). Decoding samples at temperature 1 (seeded): greedy decoding of random
-weights repeats one token, so every step would route to the same experts.
+M / B_mem): Engine.roofline, which measures B_disk with the store's own O_DIRECT reader and
+B_mem with a STREAM triad in each contestant's process after its run). The engine runs with the
+stale gate and on demand, each also with the INT2 fallback (a copy written beside the store on
+first use), whose quality cost is measured on the bundled trained model (held-out perplexity
+through the engine, against lossless INT4 and all-INT2). Decoding samples at temperature 1
+(seeded): greedy decoding of random weights repeats one token, so every step would route to the
+same experts.
 
     python bench/offload_decode.py              # 7 layers, 480 MiB budget (several minutes)
     python bench/offload_decode.py --layers 4 --budget 400MiB --reps 2
@@ -93,8 +97,8 @@ def run_engine(name: str, store: Path, budget: int, prompt: list[int], tokens: i
             "byte_hit_rate": sum(s.hit_bytes for s in telemetry) / sum(s.expert_bytes_needed for s in telemetry),
             "stall_share": sum(s.stall_seconds for s in telemetry) / sum(s.step_seconds for s in telemetry),
             "prefetch_precision": sum(s.prefetches_used for s in telemetry) / max(1, sum(s.prefetches for s in telemetry)),
+            "peak_rss": engine.stats()["peak_rss_bytes"],  # before the roofline's own buffers
             "roofline": engine.roofline(telemetry),
-            "peak_rss": engine.stats()["peak_rss_bytes"],
         }  # fmt: skip
 
 

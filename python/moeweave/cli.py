@@ -51,6 +51,16 @@ def _convert(args) -> None:
     )  # fmt: skip
 
 
+def _adapters_synth(args) -> None:
+    from moeweave.adapters.synth import synth_command
+    from moeweave.models.bundled import DEMO_MODEL_DIR
+
+    base = DEMO_MODEL_DIR if args.base is None else Path(args.base)
+    synth_command(
+        Path(args.out), base, None if args.config is None else Path(args.config), args.fraction, args.seed
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     from moeweave import run as run_module
     from moeweave.engine.convert import BITS_CHOICES
@@ -85,6 +95,17 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--high-bits", type=int, default=4, choices=(4, 8), help="auto: the higher width")
     convert.add_argument("--fallback-bits", type=int, choices=(2, 3),
                          help="also write a copy of the experts at these bits, for `run --low-bit-fallback`")  # fmt: skip
+    adapters = add("adapters", None, "ESFT adapters (expert-specialised fine-tunes of an MoE base)")
+    adapter_commands = adapters.add_subparsers(required=True)
+    synth = add("synth", _adapters_synth, "write a synthetic ESFT adapter: perturbed copies of chosen experts",
+                adapter_commands)  # fmt: skip
+    synth.add_argument("out", help="new or empty directory for the adapter")
+    synth.add_argument("--base", help="the base checkpoint directory (default: the bundled model)")
+    chosen = synth.add_mutually_exclusive_group()
+    chosen.add_argument("--config", help="an ESFT expert_cfg.json choosing the experts")
+    chosen.add_argument("--fraction", type=float, default=0.07,
+                        help="else this fraction of each MoE layer's experts, drawn at random (default 0.07)")  # fmt: skip
+    synth.add_argument("--seed", type=int, default=0)
     return parser
 
 

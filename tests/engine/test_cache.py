@@ -27,9 +27,9 @@ def put(cache, layer, e, nbytes=100, current=0):
 def test_reads_in_flight_count_against_the_budget():
     cache, _ = cache_with("lru")
     put(cache, 0, 0)
-    assert cache.reserve(200, 0, set())
+    assert cache.reserve(200, 0, set()) is not None
     assert (cache.used, cache.reserved) == (100, 200)
-    assert not cache.reserve(100, 0, {(0, 0)}, required=False)  # the only held expert is pinned
+    assert cache.reserve(100, 0, {(0, 0)}, required=False) is None  # the only held expert is pinned
     with pytest.raises(BudgetError, match="do not fit in the budget of 300 bytes"):
         cache.reserve(100, 0, {(0, 0)})
     cache.release(200)
@@ -83,9 +83,21 @@ def test_a_prefetch_evicts_only_experts_worth_less_than_its_guess(policy):
     current, guess = 0, (1, 5)  # the guess is for the next layer: d = 1
     for _ in range(2):
         cache.record_use(*guess)
-    assert cache.reserve(100, current, set(), required=False, guess=guess)
+    assert cache.reserve(100, current, set(), required=False, guess=guess) is not None
     assert evicted == [(3, 0)]  # worth 2/3 < the guess's (2 + 1)/1 (for lru too: it is also the least recent)
     cache.fill(expert(*guess))  # the prefetch completed
     # The next guess is worth (0 + 1) / 1 = 1, and every held expert is worth at least that.
-    assert not cache.reserve(100, current, set(), required=False, guess=(1, 6))
+    assert cache.reserve(100, current, set(), required=False, guess=(1, 6)) is None
     assert evicted == [(3, 0)] and cache.reserved == 0
+
+
+def test_a_read_reuses_the_buffer_of_an_expert_it_evicts_when_the_sizes_match():
+    cache, evicted = cache_with("lru", budget=300)
+    put(cache, 1, 0, nbytes=200)
+    put(cache, 1, 1, nbytes=100)
+    held = {key: cache.get(*key).buffer.data_ptr() for key in [(1, 0), (1, 1)]}
+    buffer = cache.reserve(100, 0, {(1, 0)})
+    assert evicted == [(1, 1)] and buffer.data_ptr() == held[(1, 1)] and buffer.numel() == 100
+    buffer = cache.reserve(150, 0, set())  # evicts the 200-byte expert: a new buffer of 150
+    assert evicted == [(1, 1), (1, 0)] and buffer.data_ptr() != held[(1, 0)] and buffer.numel() == 150
+    assert buffer.data_ptr() % 4096 == 0

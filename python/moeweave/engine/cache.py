@@ -18,6 +18,9 @@ makes room for a guess of the next layer; an expert the model keeps coming back 
 from collections import OrderedDict
 from collections.abc import Callable
 
+import torch
+
+from moeweave.store.buffers import aligned_empty
 from moeweave.store.reader import Expert
 
 POLICIES = ("edgemoe", "lru")
@@ -64,27 +67,32 @@ class ExpertCache:
         pinned: set[tuple[int, int]],
         required: bool = True,
         guess: tuple[int, int] | None = None,
-    ) -> bool:
+    ) -> torch.Tensor | None:
         """Makes room for a read of nbytes, evicting unpinned experts by the policy; for the
-        prefetch of `guess`, only experts worth less than it (see the module docstring). When it
-        cannot, raises BudgetError if the read is required (a step needs it), else returns False."""
+        prefetch of `guess`, only experts worth less than it (see the module docstring). Returns
+        the 4 KiB-aligned buffer to read into: an evicted expert's of the same size when there is
+        one (a fresh buffer costs the kernel a page fault and zeroing per 4 KiB when the read pins
+        it, about as long as the read of a cached disk block), else a new one. When it cannot make
+        room, raises BudgetError if the read is required (a step needs it), else returns None."""
+        freed = []
         while self.used + self.reserved + nbytes > self.budget:
             victim = self._victim(current_layer, pinned)
             if victim is not None and guess is not None:
                 worth = self._frequency.get(guess, 0) + 1
-                if self._value(victim, current_layer) * self._ahead(guess, current_layer) >= worth:
+                if self._value(victim, current_layer) * self._layers_ahead(current_layer)[guess[0]] >= worth:
                     victim = None
             if victim is None:
                 if not required:
-                    return False
+                    return None
                 raise BudgetError(
                     f"expert cache: {nbytes} more bytes do not fit in the budget of {self.budget} bytes beside "
                     f"the {len(pinned)} experts this step needs and the reads in flight ({self.reserved} bytes)"
                 )
-            self._evict(victim)
+            freed.append(self._evict(victim))
         self.reserved += nbytes
         self._check()
-        return True
+        reused = next((buffer for buffer in freed if buffer.numel() == nbytes), None)
+        return aligned_empty(nbytes) if reused is None else reused
 
     def release(self, nbytes: int) -> None:
         """A reserved read was cancelled or failed."""
@@ -108,25 +116,34 @@ class ExpertCache:
             raise AssertionError(f"expert cache over budget: {self.used} + {self.reserved} > {self.budget}")
         self.peak = max(self.peak, self.used + self.reserved)
 
-    def _evict(self, key: tuple[int, int]) -> None:
+    def _evict(self, key: tuple[int, int]) -> torch.Tensor:
+        """Drops an expert; returns its buffer, free for another read."""
         expert = self._entries.pop(key)
         self.used -= expert.buffer.numel()
         self.evictions += 1
         self.on_evict(*key)
+        return expert.buffer
 
     def _victim(self, current_layer: int, pinned: set[tuple[int, int]]) -> tuple[int, int] | None:
-        candidates = [key for key in self._entries if key not in pinned]
-        if not candidates:
-            return None
+        """The unpinned expert to evict first (the least recent among equals), or None. One plain
+        pass: this runs once per eviction over every held expert."""
         if self.policy == "lru":
-            return candidates[0]
-        return min(candidates, key=lambda key: self._value(key, current_layer))
+            return next((key for key in self._entries if key not in pinned), None)
+        ahead = self._layers_ahead(current_layer)
+        frequency = self._frequency
+        victim, least = None, float("inf")
+        for key in self._entries:
+            if key not in pinned:
+                value = frequency.get(key, 0) / ahead[key[0]]
+                if value < least:
+                    victim, least = key, value
+        return victim
 
-    def _ahead(self, key: tuple[int, int], current_layer: int) -> int:
-        """d: MoE layers from the current one to key's, 1..S (S for the current layer's own)."""
-        layers = len(self._position)
-        return (self._position[key[0]] - self._position[current_layer]) % layers or layers
+    def _layers_ahead(self, current_layer: int) -> dict[int, int]:
+        """layer -> d, the MoE layers from the current one to it, 1..S (S for the current one)."""
+        layers, now = len(self._position), self._position[current_layer]
+        return {layer: (position - now) % layers or layers for layer, position in self._position.items()}
 
     def _value(self, key: tuple[int, int], current_layer: int) -> float:
         """f / d, the negated EdgeMoE score: the expert with the least is evicted first."""
-        return self._frequency.get(key, 0) / self._ahead(key, current_layer)
+        return self._frequency.get(key, 0) / self._layers_ahead(current_layer)[key[0]]

@@ -28,13 +28,14 @@ class StaleGate:
     """routers[p]: MoE layer p's router weight [E, H]; top_k experts per token."""
 
     def __init__(self, routers: list[torch.Tensor], top_k: int):
-        self.routers, self.top_k = routers, top_k
+        # fp32 copies: a [1, H] x [H, E] product in bf16 takes a CPU several times longer.
+        self.routers, self.top_k = [router.float() for router in routers], top_k
 
     def __call__(self, position: int, x: torch.Tensor, topk_ids: torch.Tensor) -> list[int]:
         if position + 1 >= len(self.routers):
             return []
         router = self.routers[position + 1]
-        probs = torch.softmax((x.to(router.dtype) @ router.t()).float(), dim=-1)  # [T, E]
+        probs = torch.softmax(x.float() @ router.t(), dim=-1)  # [T, E]
         top = probs.topk(self.top_k, dim=-1)  # [T, K]
         # Each guess weighs its routing probability summed over the tokens choosing it: with one
         # token the surest guesses come first, and those are the ones a short window can read.

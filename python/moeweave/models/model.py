@@ -86,12 +86,14 @@ class MoEModel:
         attention_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         logits_to_keep: int = 0,
+        adapters: torch.Tensor | None = None,
     ) -> CausalLMOutput:
         """input_ids [B, S]; attention_mask [B, S] for these tokens (1 = real, 0 = left padding);
         cache from a previous call continues the same sequences. Returns fp32 logits [B, S, V] and
         the extended cache (when one was passed). logits_to_keep = n > 0 computes logits for the
         last n positions only ([B, n, V]), as transformers does: a prompt's LM head over every
-        position costs S x V x H multiply-adds that generation never reads."""
+        position costs S x V x H multiply-adds that generation never reads. adapters [B] int32:
+        each sequence's adapter id in the model's moeweave.adapters.AdapterSet (-1: the base)."""
         batch, seq = input_ids.shape
         past = cache.length if cache is not None else 0
         new_mask = (
@@ -113,6 +115,7 @@ class MoEModel:
         )
         mask = mask[:, None]
         cos, sin = self.rope(past, seq)
+        tok_adapter = None if adapters is None else adapters.to(torch.int32).repeat_interleave(seq)  # [B * S]
         h = F.embedding(input_ids, self.embed)  # [B, S, H]
         eps = self.spec.rms_norm_eps
         for index, layer in enumerate(self.layers):
@@ -123,7 +126,7 @@ class MoEModel:
             )
             x = rms_norm(h, layer.post_attention_norm, eps)
             if isinstance(layer.mlp, MoEBlock):
-                h = h + layer.mlp(x.reshape(batch * seq, -1)).view(batch, seq, -1)
+                h = h + layer.mlp(x.reshape(batch * seq, -1), tok_adapter).view(batch, seq, -1)
             else:
                 h = h + gated_mlp(layer.mlp, x)
         # fp32 logits: the LM head accumulates in fp32, and sampling wants that precision.

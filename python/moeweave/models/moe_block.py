@@ -26,15 +26,17 @@ class MoEBlock:
     shared: MLPWeights | None = None
     shared_gate: torch.Tensor | None = None  # [1, H]
     correction_bias: torch.Tensor | None = None  # [E] fp32 (DeepSeek-V3)
-    # Maps base expert ids to the slots the provider should use (e.g. an adapter's experts);
-    # topk_ids [T, K] -> [T, K]. None = the base experts.
-    reroute: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # Maps base expert ids to the slots of each token's adapter (moeweave.adapters.AdapterSet):
+    # (topk_ids [T, K] int32, tok_adapter [T] int32) -> [T, K]. None: no adapters loaded.
+    reroute: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """x [T, H] -> [T, H]."""
+    def __call__(self, x: torch.Tensor, tok_adapter: torch.Tensor | None = None) -> torch.Tensor:
+        """x [T, H] -> [T, H]; tok_adapter [T]: each token's adapter id (-1: the base)."""
         ids, weights = self.route(x)
-        if self.reroute is not None:
-            ids = self.reroute(ids)
+        if tok_adapter is not None:
+            if self.reroute is None:
+                raise ValueError("MoEBlock: adapter ids given, but no adapters are loaded (AdapterSet)")
+            ids = self.reroute(ids.to(torch.int32), tok_adapter)
         y = self.experts(self.layer, x, ids, weights)
         if self.shared is not None:
             shared = gated_mlp(self.shared, x)
