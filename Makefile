@@ -16,7 +16,7 @@ $(DEPS): pyproject.toml
 	touch $@
 
 install: $(DEPS)
-	$(PIP) install -q --no-build-isolation -e '.[test,aggregate]'
+	$(PIP) install -q --no-build-isolation -e '.[test,aggregate,serve]'
 
 run: install
 	$(VENV)/bin/moeweave info

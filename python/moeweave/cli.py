@@ -95,6 +95,11 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--high-bits", type=int, default=4, choices=(4, 8), help="auto: the higher width")
     convert.add_argument("--fallback-bits", type=int, choices=(2, 3),
                          help="also write a copy of the experts at these bits, for `run --low-bit-fallback`")  # fmt: skip
+    from moeweave.serve import server
+
+    server.add_arguments(
+        add("serve", server.serve, "serve a base and its ESFT adapters over an OpenAI-compatible API")
+    )
     adapters = add("adapters", None, "ESFT adapters (expert-specialised fine-tunes of an MoE base)")
     adapter_commands = adapters.add_subparsers(required=True)
     synth = add("synth", _adapters_synth, "write a synthetic ESFT adapter: perturbed copies of chosen experts",

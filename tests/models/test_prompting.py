@@ -48,7 +48,7 @@ def test_chat_prompt_renders_as_transformers_does(tmp_path, template_in):
 
 
 def test_chat_without_a_template_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="--chat needs a chat template"):
+    with pytest.raises(ValueError, match="chat needs a chat template"):
         chat_prompt(tmp_path, "hello")
 
 

@@ -91,23 +91,32 @@ def attention(
     """x [B, S, H] -> [B, S, H]. mask [B, 1, S, T] bool (True = may attend). `cache` is this
     layer's LayerCache of keys and values ([B, nKV, T, D]), extended with this call's."""
     batch, seq, _ = x.shape
+    q, k, v = project_qkv(spec, w, x)
+    q = rope_op(q, cos, sin).transpose(1, 2)  # [B, nH, S, D]
+    k = rope_op(k, cos, sin).transpose(1, 2)  # [B, nKV, S, D]
+    v = v.transpose(1, 2)
+    if cache is not None:
+        k, v = cache.extend(k, v)
+    out = scaled_attention(q, k, v, mask)
+    return linear(out.transpose(1, 2).reshape(batch, seq, -1), w.o, w.o_bias)
+
+
+def project_qkv(
+    spec: ModelSpec, w: AttentionWeights, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x [..., H] -> q [..., nH, D], k and v [..., nKV, D]: the projections with their biases,
+    QK-norms and clipping, before RoPE."""
     heads, kv_heads, dim = spec.num_heads, spec.num_kv_heads, spec.head_dim
     q, k, v = linear(x, w.q, w.q_bias), linear(x, w.k, w.k_bias), linear(x, w.v, w.v_bias)
     if spec.qk_norm == "full":
         q, k = rms_norm(q, w.q_norm, spec.rms_norm_eps), rms_norm(k, w.k_norm, spec.rms_norm_eps)
     if spec.clip_qkv is not None:
         q, k, v = (t.clamp(-spec.clip_qkv, spec.clip_qkv) for t in (q, k, v))
-    q = q.view(batch, seq, heads, dim)
-    k = k.view(batch, seq, kv_heads, dim)
+    lead = x.shape[:-1]
+    q, k, v = q.view(*lead, heads, dim), k.view(*lead, kv_heads, dim), v.view(*lead, kv_heads, dim)
     if spec.qk_norm == "head":
         q, k = rms_norm(q, w.q_norm, spec.rms_norm_eps), rms_norm(k, w.k_norm, spec.rms_norm_eps)
-    q = rope_op(q, cos, sin).transpose(1, 2)  # [B, nH, S, D]
-    k = rope_op(k, cos, sin).transpose(1, 2)  # [B, nKV, S, D]
-    v = v.view(batch, seq, kv_heads, dim).transpose(1, 2)
-    if cache is not None:
-        k, v = cache.extend(k, v)
-    out = scaled_attention(q, k, v, mask)
-    return linear(out.transpose(1, 2).reshape(batch, seq, heads * dim), w.o, w.o_bias)
+    return q, k, v
 
 
 @dataclass

@@ -34,6 +34,12 @@ def sampling_defaults(path: Path) -> dict:
 def chat_prompt(path: Path, text: str) -> str:
     """`text` as one user message in the checkpoint's chat template, ready for the assistant's
     reply; ValueError when the checkpoint has no template."""
+    return render_chat(path, [{"role": "user", "content": text}])
+
+
+def render_chat(path: Path, messages: list[dict]) -> str:
+    """`messages` ({"role", "content"} each) in the checkpoint's chat template, ready for the
+    assistant's reply; ValueError when the checkpoint has no template."""
     tokenizer_config = _json(path, "tokenizer_config.json")
     template = tokenizer_config.get("chat_template")
     if (path / "chat_template.jinja").is_file():
@@ -42,7 +48,7 @@ def chat_prompt(path: Path, text: str) -> str:
         template = next((t["template"] for t in template if t.get("name") == "default"), None)
     if not isinstance(template, str):
         raise ValueError(
-            f"{path}: --chat needs a chat template (tokenizer_config.json or chat_template.jinja)"
+            f"{path}: chat needs a chat template (tokenizer_config.json or chat_template.jinja), and this model has none"
         )
     from jinja2.exceptions import TemplateError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -61,7 +67,7 @@ def chat_prompt(path: Path, text: str) -> str:
     }
     try:
         return environment.from_string(template).render(
-            messages=[{"role": "user", "content": text}], add_generation_prompt=True, **special
+            messages=messages, add_generation_prompt=True, **special
         )
     except TemplateError as error:
         raise ValueError(f"{path}: the chat template failed: {error}") from None

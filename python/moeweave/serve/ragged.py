@@ -1,0 +1,101 @@
+"""One forward step over many sequences of different lengths and positions, each with its own KV
+cache and adapter: the server's batch (continuous batching). The tokens of all sequences are
+stacked into one [N, H] matrix, so every projection, the MoE layers (routed with each token's
+adapter) and the LM head run once for the whole batch; only the attention core runs per
+sequence, over that sequence's own cache. A sequence joining or leaving touches no other
+sequence's cache. DeepSeek's MLA attention also projects per sequence.
+
+Dimension legend: N tokens of the batch, S one sequence's new tokens, T its cached + new tokens,
+H hidden, V vocabulary, nH heads, D head dim.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from moeweave.adapters import BASE
+from moeweave.models.layers import AttentionWeights, gated_mlp, project_qkv, rms_norm, scaled_attention
+from moeweave.models.linear import linear
+from moeweave.models.mla import mla_attention
+from moeweave.models.model import KVCache, LayerCache
+from moeweave.models.moe_block import MoEBlock
+from moeweave.ops import rope as rope_op
+
+
+@dataclass
+class Chunk:
+    """New tokens of one sequence; `cache` holds its past and is extended in place."""
+
+    ids: list[int]
+    cache: KVCache = field(default_factory=KVCache)
+    adapter: int = BASE  # its adapter's id in the model's AdapterSet
+
+    @property
+    def past(self) -> int:
+        return self.cache.length
+
+
+@torch.inference_mode()
+def forward_chunks(model, chunks: list[Chunk]) -> torch.Tensor:
+    """Runs every chunk's new tokens; returns fp32 logits [len(chunks), V] at each chunk's last
+    token. Each chunk's logits are those of the model run on that sequence alone."""
+    if not chunks or any(not chunk.ids for chunk in chunks):
+        raise ValueError("forward_chunks: every chunk needs at least one new token")
+    lengths = [len(chunk.ids) for chunk in chunks]
+    starts = [sum(lengths[:i]) for i in range(len(chunks))]
+    ids = torch.tensor([token for chunk in chunks for token in chunk.ids])  # [N]
+    positions = torch.cat([torch.arange(c.past, c.past + n) for c, n in zip(chunks, lengths, strict=True)])
+    cos, sin = model.rope(0, int(positions.max()) + 1)
+    cos, sin = cos[positions], sin[positions]  # [N, D]
+    adapters = torch.tensor([chunk.adapter for chunk in chunks], dtype=torch.int32)
+    tok_adapter = (
+        None if bool((adapters == BASE).all()) else adapters.repeat_interleave(torch.tensor(lengths))
+    )
+    for chunk in chunks:
+        while len(chunk.cache.layers) < len(model.layers):
+            chunk.cache.layers.append(LayerCache())
+    spans = list(zip(starts, lengths, [c.past for c in chunks], strict=True))
+    eps = model.spec.rms_norm_eps
+    h = F.embedding(ids, model.embed)  # [N, H]
+    for index, layer in enumerate(model.layers):
+        caches = [chunk.cache.layers[index] for chunk in chunks]
+        x = rms_norm(h, layer.input_norm, eps)
+        if isinstance(layer.attention, AttentionWeights):
+            h = h + _attention(model.spec, layer.attention, x, cos, sin, spans, caches)
+        else:
+            h = h + _mla_per_sequence(model.spec, layer.attention, x, cos, sin, spans, caches)
+        x = rms_norm(h, layer.post_attention_norm, eps)
+        h = h + (layer.mlp(x, tok_adapter) if isinstance(layer.mlp, MoEBlock) else gated_mlp(layer.mlp, x))
+    for chunk, n in zip(chunks, lengths, strict=True):
+        chunk.cache.mask = torch.ones(1, chunk.past + n, dtype=torch.bool)
+    last = torch.tensor([start + n - 1 for start, n in zip(starts, lengths, strict=True)])
+    return linear(rms_norm(h[last], model.norm, eps).float(), model.lm_head)
+
+
+def _causal_mask(past: int, new: int) -> torch.Tensor:
+    """[1, 1, S, T]: a new token sees the past and the new tokens up to itself."""
+    return (torch.arange(past + new)[None, :] <= torch.arange(past, past + new)[:, None])[None, None]
+
+
+def _attention(spec, w: AttentionWeights, x, cos, sin, spans, caches) -> torch.Tensor:
+    """x [N, H] -> [N, H]: projections for the whole batch, attention per sequence."""
+    q, k, v = project_qkv(spec, w, x)  # [N, nH, D], [N, nKV, D] x 2
+    q, k = rope_op(q[None], cos, sin)[0], rope_op(k[None], cos, sin)[0]
+    out = torch.empty(x.shape[0], spec.num_heads * spec.head_dim, dtype=q.dtype)
+    for (start, n, past), cache in zip(spans, caches, strict=True):
+        rows = slice(start, start + n)
+        keys, values = cache.extend(k[rows].transpose(0, 1)[None], v[rows].transpose(0, 1)[None])
+        attended = scaled_attention(q[rows].transpose(0, 1)[None], keys, values, _causal_mask(past, n))
+        out[rows] = attended[0].transpose(0, 1).reshape(n, -1)
+    return linear(out, w.o, w.o_bias)
+
+
+def _mla_per_sequence(spec, w, x, cos, sin, spans, caches) -> torch.Tensor:
+    out = torch.empty_like(x)
+    for (start, n, past), cache in zip(spans, caches, strict=True):
+        rows = slice(start, start + n)
+        out[rows] = mla_attention(spec, w, x[None, rows], cos[rows], sin[rows], _causal_mask(past, n), cache)[
+            0
+        ]
+    return out
