@@ -164,6 +164,19 @@ TINY = {
     "mixtral-8x7b": dict(
         hidden_size=64, intermediate_size=96, vocab_size=512, num_attention_heads=4, num_key_value_heads=2
     ),
+    "deepseek-v2-lite": dict(
+        hidden_size=64,
+        intermediate_size=96,
+        moe_intermediate_size=32,
+        n_routed_experts=8,
+        vocab_size=512,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        kv_lora_rank=32,
+        qk_nope_head_dim=16,
+        qk_rope_head_dim=16,
+        v_head_dim=16,
+    ),
 }
 
 
@@ -175,7 +188,7 @@ def _shapes(path) -> dict[str, list[int]]:
 
 @pytest.mark.parametrize("preset", sorted(TINY))
 def test_random_checkpoint_matches_transformers_layout(preset, tmp_path):
-    cfg = random_checkpoint.preset_config(preset, 1, **TINY[preset])
+    cfg = random_checkpoint.preset_config(preset, 2, **TINY[preset])  # DeepSeek's first layer is dense
     out = random_checkpoint.write_random_checkpoint(cfg, tmp_path / "random")
     # The oracle: the layout transformers itself writes for the same config.
     reference = AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16)

@@ -63,17 +63,43 @@ def mla_attention(
 ) -> torch.Tensor:
     """x [B, S, H] -> [B, S, H]; cos, sin [S, R]; mask [B, 1, S, T]; cache: a LayerCache of the
     latent [B, 1, T, C] and the rotary key [B, 1, T, R], extended with this call's."""
+    q, latent, k_rot = mla_project(spec, w, x)
+    return linear(mla_attend(spec, w, q, latent, k_rot, cos, sin, mask, cache), w.o, w.o_bias)
+
+
+def mla_project(
+    spec: ModelSpec, w: MLAWeights, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x [B, S, H] -> the queries [B, S, nH, N + R], the normalised latent [B, S, C] and the
+    rotary key [B, S, R], before RoPE: the per-token projections, which a batch can share."""
     batch, seq, _ = x.shape
-    heads, nope, rope, v_dim = spec.num_heads, spec.qk_nope_head_dim, spec.qk_rope_head_dim, spec.v_head_dim
+    heads, nope, rope = spec.num_heads, spec.qk_nope_head_dim, spec.qk_rope_head_dim
     if w.q is not None:
         q = linear(x, w.q)
     else:
         q = linear(rms_norm(linear(x, w.q_a, w.q_a_bias), w.q_norm, LATENT_NORM_EPS), w.q_b)
-    q = q.view(batch, seq, heads, nope + rope).transpose(1, 2)  # [B, nH, S, N + R]
-    q_pass, q_rot = q.split([nope, rope], dim=-1)
     latent, k_rot = linear(x, w.kv_a, w.kv_a_bias).split([spec.kv_lora_rank, rope], dim=-1)
-    latent = rms_norm(latent, w.kv_norm, LATENT_NORM_EPS).view(batch, 1, seq, spec.kv_lora_rank)
-    k_rot = k_rot.view(batch, 1, seq, rope)
+    return q.view(batch, seq, heads, nope + rope), rms_norm(latent, w.kv_norm, LATENT_NORM_EPS), k_rot
+
+
+def mla_attend(
+    spec: ModelSpec,
+    w: MLAWeights,
+    q: torch.Tensor,
+    latent: torch.Tensor,
+    k_rot: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    mask: torch.Tensor,
+    cache,
+) -> torch.Tensor:
+    """mla_project's outputs of one batch of sequences -> the attention output [B, S, nH * Dv],
+    before the output projection: RoPE, the cache, keys and values from the latents."""
+    batch, seq = q.shape[:2]
+    heads, nope, rope, v_dim = spec.num_heads, spec.qk_nope_head_dim, spec.qk_rope_head_dim, spec.v_head_dim
+    q_pass, q_rot = q.transpose(1, 2).split([nope, rope], dim=-1)  # [B, nH, S, N], [B, nH, S, R]
+    latent = latent.reshape(batch, 1, seq, spec.kv_lora_rank)
+    k_rot = k_rot.reshape(batch, 1, seq, rope)
     rotate = rope_pairs if spec.rope_interleave else rope_half_split
     q_rot, k_rot = rotate(q_rot, cos, sin), rotate(k_rot, cos, sin)
     if cache is not None:
@@ -84,4 +110,4 @@ def mla_attention(
     k = torch.cat([k_pass, k_rot.expand(-1, heads, -1, -1)], dim=-1)
     query = torch.cat([q_pass, q_rot], dim=-1)
     out = scaled_attention(query, k, v, mask, scale=mla_softmax_scale(nope + rope, spec.rope_scaling))
-    return linear(out.transpose(1, 2).reshape(batch, seq, heads * v_dim), w.o, w.o_bias)
+    return out.transpose(1, 2).reshape(batch, seq, heads * v_dim)

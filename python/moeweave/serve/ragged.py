@@ -2,8 +2,8 @@
 cache and adapter: the server's batch (continuous batching). The tokens of all sequences are
 stacked into one [N, H] matrix, so every projection, the MoE layers (routed with each token's
 adapter) and the LM head run once for the whole batch; only the attention core runs per
-sequence, over that sequence's own cache. A sequence joining or leaving touches no other
-sequence's cache. DeepSeek's MLA attention also projects per sequence.
+sequence, over that sequence's own cache (for DeepSeek's MLA, with the keys and values its
+latents expand to). A sequence joining or leaving touches no other sequence's cache.
 
 Dimension legend: N tokens of the batch, S one sequence's new tokens, T its cached + new tokens,
 H hidden, V vocabulary, nH heads, D head dim.
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from moeweave.adapters import BASE
 from moeweave.models.layers import AttentionWeights, gated_mlp, project_qkv, rms_norm, scaled_attention
 from moeweave.models.linear import linear
-from moeweave.models.mla import mla_attention
+from moeweave.models.mla import mla_attend, mla_project
 from moeweave.models.model import KVCache, LayerCache
 from moeweave.models.moe_block import MoEBlock
 from moeweave.ops import rope as rope_op
@@ -64,7 +64,7 @@ def forward_chunks(model, chunks: list[Chunk]) -> torch.Tensor:
         if isinstance(layer.attention, AttentionWeights):
             h = h + _attention(model.spec, layer.attention, x, cos, sin, spans, caches)
         else:
-            h = h + _mla_per_sequence(model.spec, layer.attention, x, cos, sin, spans, caches)
+            h = h + _mla(model.spec, layer.attention, x, cos, sin, spans, caches)
         x = rms_norm(h, layer.post_attention_norm, eps)
         h = h + (layer.mlp(x, tok_adapter) if isinstance(layer.mlp, MoEBlock) else gated_mlp(layer.mlp, x))
     for chunk, n in zip(chunks, lengths, strict=True):
@@ -91,11 +91,15 @@ def _attention(spec, w: AttentionWeights, x, cos, sin, spans, caches) -> torch.T
     return linear(out, w.o, w.o_bias)
 
 
-def _mla_per_sequence(spec, w, x, cos, sin, spans, caches) -> torch.Tensor:
-    out = torch.empty_like(x)
+def _mla(spec, w, x, cos, sin, spans, caches) -> torch.Tensor:
+    """x [N, H] -> [N, H]: DeepSeek's MLA, projections for the whole batch, keys and values from
+    each sequence's own latents."""
+    q, latent, k_rot = mla_project(spec, w, x[None])
+    out = torch.empty(x.shape[0], spec.num_heads * spec.v_head_dim, dtype=x.dtype)
     for (start, n, past), cache in zip(spans, caches, strict=True):
         rows = slice(start, start + n)
-        out[rows] = mla_attention(spec, w, x[None, rows], cos[rows], sin[rows], _causal_mask(past, n), cache)[
-            0
-        ]
-    return out
+        mask = _causal_mask(past, n)
+        out[rows] = mla_attend(
+            spec, w, q[:, rows], latent[:, rows], k_rot[:, rows], cos[rows], sin[rows], mask, cache
+        )[0]
+    return linear(out, w.o, w.o_bias)

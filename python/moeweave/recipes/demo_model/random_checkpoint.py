@@ -1,8 +1,8 @@
 """Random-weight checkpoints with real MoE expert shapes but fewer layers, for benchmarks.
 
 A benchmark of expert offloading needs expert matrices of production size and a checkpoint
-larger than the caches it measures, but not trained weights. This writes Qwen3-30B-A3B or
-Mixtral-8x7B shapes (any number of layers) as a standard Hugging Face directory in the on-disk
+larger than the caches it measures, but not trained weights. This writes Qwen3-30B-A3B,
+Mixtral-8x7B or DeepSeek-V2-Lite (the base of DeepSeek's released ESFT adapters) shapes (any number of layers) as a standard Hugging Face directory in the on-disk
 per-expert layout transformers reads and writes. Tensors are generated and written one row
 block at a time straight into safetensors shards, so memory stays at one block however many GB
 the checkpoint holds. Values are N(0, initializer_range) (norm gains 1), seeded per tensor, so
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
-from transformers import MixtralConfig, PretrainedConfig, Qwen3MoeConfig
+from transformers import DeepseekV2Config, MixtralConfig, PretrainedConfig, Qwen3MoeConfig
 
 from moeweave.envs import cache_dir
 from moeweave.recipes.demo_model.paths import PACKAGE_ROOT
@@ -73,6 +73,41 @@ PRESETS: dict[str, tuple[type[PretrainedConfig], dict]] = {
             architectures=["MixtralForCausalLM"],
         ),
     ),
+    # Values from the published config.json of deepseek-ai/DeepSeek-V2-Lite, without its YaRN
+    # scaling (the shapes are what a benchmark needs).
+    "deepseek-v2-lite": (
+        DeepseekV2Config,
+        dict(
+            vocab_size=102400,
+            hidden_size=2048,
+            intermediate_size=10944,
+            moe_intermediate_size=1408,
+            num_hidden_layers=27,
+            num_attention_heads=16,
+            num_key_value_heads=16,
+            n_shared_experts=2,
+            n_routed_experts=64,
+            num_experts_per_tok=6,
+            first_k_dense_replace=1,
+            kv_lora_rank=512,
+            q_lora_rank=None,
+            qk_nope_head_dim=128,
+            qk_rope_head_dim=64,
+            v_head_dim=128,
+            topk_method="greedy",
+            n_group=1,
+            topk_group=1,
+            routed_scaling_factor=1.0,
+            norm_topk_prob=False,
+            max_position_embeddings=163840,
+            rope_theta=10000.0,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=False,
+            bos_token_id=100000,
+            eos_token_id=100001,
+            architectures=["DeepseekV2ForCausalLM"],
+        ),
+    ),
 }
 
 
@@ -95,6 +130,9 @@ def tensor_specs(cfg: PretrainedConfig) -> Iterator[tuple[str, tuple[int, ...]]]
     for layer in range(cfg.num_hidden_layers):
         p = f"model.layers.{layer}"
         yield f"{p}.input_layernorm.weight", (h,)
+        if cfg.model_type == "deepseek_v2":
+            yield from _deepseek_v2_layer(cfg, p, layer)
+            continue
         yield f"{p}.self_attn.q_proj.weight", (q, h)
         yield f"{p}.self_attn.k_proj.weight", (kv, h)
         yield f"{p}.self_attn.v_proj.weight", (kv, h)
@@ -119,6 +157,34 @@ def tensor_specs(cfg: PretrainedConfig) -> Iterator[tuple[str, tuple[int, ...]]]
                 yield f"{p}.block_sparse_moe.experts.{e}.w3.weight", (i, h)
     yield "model.norm.weight", (h,)
     yield "lm_head.weight", (v, h)
+
+
+def _deepseek_v2_layer(cfg: PretrainedConfig, p: str, layer: int) -> Iterator[tuple[str, tuple[int, ...]]]:
+    """A DeepSeek-V2 layer after its input norm: MLA without a query LoRA, then a dense MLP
+    (the first first_k_dense_replace layers) or the MoE block with its shared experts."""
+    h, heads, rope = cfg.hidden_size, cfg.num_attention_heads, cfg.qk_rope_head_dim
+    yield f"{p}.self_attn.q_proj.weight", (heads * (cfg.qk_nope_head_dim + rope), h)
+    yield f"{p}.self_attn.kv_a_proj_with_mqa.weight", (cfg.kv_lora_rank + rope, h)
+    yield f"{p}.self_attn.kv_a_layernorm.weight", (cfg.kv_lora_rank,)
+    yield (
+        f"{p}.self_attn.kv_b_proj.weight",
+        (heads * (cfg.qk_nope_head_dim + cfg.v_head_dim), cfg.kv_lora_rank),
+    )
+    yield f"{p}.self_attn.o_proj.weight", (h, heads * cfg.v_head_dim)
+    yield f"{p}.post_attention_layernorm.weight", (h,)
+    if layer < cfg.first_k_dense_replace:
+        yield from _gated(f"{p}.mlp", cfg.intermediate_size, h)
+        return
+    yield f"{p}.mlp.gate.weight", (cfg.n_routed_experts, h)
+    for e in range(cfg.n_routed_experts):
+        yield from _gated(f"{p}.mlp.experts.{e}", cfg.moe_intermediate_size, h)
+    yield from _gated(f"{p}.mlp.shared_experts", cfg.n_shared_experts * cfg.moe_intermediate_size, h)
+
+
+def _gated(prefix: str, inter: int, h: int) -> Iterator[tuple[str, tuple[int, ...]]]:
+    yield f"{prefix}.gate_proj.weight", (inter, h)
+    yield f"{prefix}.up_proj.weight", (inter, h)
+    yield f"{prefix}.down_proj.weight", (h, inter)
 
 
 def _numel(shape: tuple[int, ...]) -> int:
