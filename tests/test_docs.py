@@ -2,18 +2,24 @@
 one namespace (a block may use what an earlier one imported or built); before each block the
 tiny inputs the examples describe are set afresh (tensors, data, the bundled model for checkpoint
 paths, a store converted from it), so an example's `y = ...` does not feed the next one's `y`.
-A renamed function, a changed signature or a wrong example fails here instead of in a user's
-hands."""
+An example talking to a server at http://127.0.0.1:8000/v1 gets a live one: the bundled model
+with a synthetic adapter "demo". A renamed function, a changed signature or a wrong example fails
+here instead of in a user's hands."""
 
 import re
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from live import live_server
 
 import moeweave.cpu
+from moeweave.adapters import random_selection, save_esft, synth_adapter
+from moeweave.formats.hf_checkpoint import read_config
 from moeweave.models.bundled import DEMO_MODEL_DIR
+from moeweave.models.spec import spec_from_config
 from moeweave.store.writer import write_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +36,20 @@ def demo_store(tmp_path_factory):
     store = tmp_path_factory.mktemp("docs") / "store"
     write_store(DEMO_MODEL_DIR, store, progress=False)
     return store
+
+
+SERVER = "http://127.0.0.1:8000/v1"
+
+
+def _serve(stack: ExitStack, directory: Path) -> str:
+    """A live server of the bundled model with adapter "demo"; its URL."""
+    from moeweave.serve.server import build
+
+    spec = spec_from_config(read_config(DEMO_MODEL_DIR))
+    save_esft(synth_adapter(DEMO_MODEL_DIR, random_selection(spec, 0.25, 0), name="demo"), directory / "demo")
+    app, scheduler = build(DEMO_MODEL_DIR, [], directory, None, "int4", 2, 8, 8)
+    stack.callback(scheduler.stop)
+    return stack.enter_context(live_server(app))
 
 
 def _inputs() -> dict:
@@ -76,11 +96,18 @@ def test_python_blocks_run(document, demo_store, tmp_path, monkeypatch):
              "store-dir": demo_store, "/tmp/qa-cache": tmp_path / "qa-cache"}  # fmt: skip
     inputs, namespace = _inputs(), {}
     threads = moeweave.cpu.num_threads()
-    try:
-        for number, block in enumerate(python_blocks(document), 1):
-            for placeholder, real in paths.items():
-                block = block.replace(f'"{placeholder}"', repr(str(real)))
-            namespace.update(inputs)
-            exec(compile(block, f"{document.name} python block {number}", "exec"), namespace)
-    finally:
-        moeweave.cpu.set_num_threads(threads)
+    with ExitStack() as servers:
+        if any(SERVER in block for block in python_blocks(document)):
+            paths[SERVER] = _serve(servers, tmp_path / "adapters")
+        try:
+            run_blocks(document, paths, inputs, namespace)
+        finally:
+            moeweave.cpu.set_num_threads(threads)
+
+
+def run_blocks(document: Path, paths: dict, inputs: dict, namespace: dict) -> None:
+    for number, block in enumerate(python_blocks(document), 1):
+        for placeholder, real in paths.items():
+            block = block.replace(f'"{placeholder}"', repr(str(real)))
+        namespace.update(inputs)
+        exec(compile(block, f"{document.name} python block {number}", "exec"), namespace)

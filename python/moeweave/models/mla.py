@@ -96,18 +96,38 @@ def mla_attend(
     """mla_project's outputs of one batch of sequences -> the attention output [B, S, nH * Dv],
     before the output projection: RoPE, the cache, keys and values from the latents."""
     batch, seq = q.shape[:2]
-    heads, nope, rope, v_dim = spec.num_heads, spec.qk_nope_head_dim, spec.qk_rope_head_dim, spec.v_head_dim
-    q_pass, q_rot = q.transpose(1, 2).split([nope, rope], dim=-1)  # [B, nH, S, N], [B, nH, S, R]
-    latent = latent.reshape(batch, 1, seq, spec.kv_lora_rank)
-    k_rot = k_rot.reshape(batch, 1, seq, rope)
-    rotate = rope_pairs if spec.rope_interleave else rope_half_split
-    q_rot, k_rot = rotate(q_rot, cos, sin), rotate(k_rot, cos, sin)
+    query, latent, k_rot = mla_rotate(spec, q, latent.reshape(batch, 1, seq, -1), k_rot, cos, sin)
     if cache is not None:
         latent, k_rot = cache.extend(latent, k_rot)
-    total = latent.shape[2]
-    kv = linear(latent, w.kv_b).view(batch, total, heads, nope + v_dim).transpose(1, 2)  # [B, nH, T, N + Dv]
+    kv = linear(latent, w.kv_b)  # [B, 1, T, nH * (N + Dv)]
+    return mla_core(spec, query, kv.view(batch, latent.shape[2], -1), k_rot, mask)
+
+
+def mla_rotate(
+    spec: ModelSpec,
+    q: torch.Tensor,
+    latent: torch.Tensor,
+    k_rot: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q [B, S, nH, N + R], latent [B, 1, S, C], k_rot [B, S, R] -> the query [B, nH, S, N + R]
+    and the rotary key [B, 1, S, R] with RoPE applied, the latent as given (what the cache holds)."""
+    batch, seq = q.shape[:2]
+    nope, rope = spec.qk_nope_head_dim, spec.qk_rope_head_dim
+    q_pass, q_rot = q.transpose(1, 2).split([nope, rope], dim=-1)  # [B, nH, S, N], [B, nH, S, R]
+    rotate = rope_pairs if spec.rope_interleave else rope_half_split
+    q_rot, k_rot = rotate(q_rot, cos, sin), rotate(k_rot.reshape(batch, 1, seq, rope), cos, sin)
+    return torch.cat([q_pass, q_rot], dim=-1), latent, k_rot
+
+
+def mla_core(spec: ModelSpec, query: torch.Tensor, kv: torch.Tensor, k_rot: torch.Tensor, mask: torch.Tensor):
+    """query [B, nH, S, N + R], kv [B, T, nH * (N + Dv)] (the latents through kv_b), k_rot
+    [B, 1, T, R] -> [B, S, nH * Dv]."""
+    batch, heads, seq = query.shape[:3]
+    nope, rope, v_dim = spec.qk_nope_head_dim, spec.qk_rope_head_dim, spec.v_head_dim
+    kv = kv.view(batch, kv.shape[1], heads, nope + v_dim).transpose(1, 2)  # [B, nH, T, N + Dv]
     k_pass, v = kv.split([nope, v_dim], dim=-1)
     k = torch.cat([k_pass, k_rot.expand(-1, heads, -1, -1)], dim=-1)
-    query = torch.cat([q_pass, q_rot], dim=-1)
     out = scaled_attention(query, k, v, mask, scale=mla_softmax_scale(nope + rope, spec.rope_scaling))
     return out.transpose(1, 2).reshape(batch, seq, heads * v_dim)

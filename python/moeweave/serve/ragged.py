@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from moeweave.adapters import BASE
 from moeweave.models.layers import AttentionWeights, gated_mlp, project_qkv, rms_norm, scaled_attention
 from moeweave.models.linear import linear
-from moeweave.models.mla import mla_attend, mla_project
+from moeweave.models.mla import mla_core, mla_project, mla_rotate
 from moeweave.models.model import KVCache, LayerCache
 from moeweave.models.moe_block import MoEBlock
 from moeweave.ops import rope as rope_op
@@ -92,14 +92,24 @@ def _attention(spec, w: AttentionWeights, x, cos, sin, spans, caches) -> torch.T
 
 
 def _mla(spec, w, x, cos, sin, spans, caches) -> torch.Tensor:
-    """x [N, H] -> [N, H]: DeepSeek's MLA, projections for the whole batch, keys and values from
-    each sequence's own latents."""
+    """x [N, H] -> [N, H]: DeepSeek's MLA, projections for the whole batch, and every sequence's
+    cached latents expanded to keys and values by one kv_b product."""
     q, latent, k_rot = mla_project(spec, w, x[None])
+    query, latent, k_rot = mla_rotate(
+        spec, q, latent[:, None], k_rot, cos, sin
+    )  # [1, nH, N, .], [1, 1, N, .]
+    cached = [
+        cache.extend(latent[:, :, start : start + n], k_rot[:, :, start : start + n])
+        for (start, n, _), cache in zip(spans, caches, strict=True)
+    ]
+    kv = linear(torch.cat([latents[0, 0] for latents, _ in cached]), w.kv_b)  # [sum T, nH * (N + Dv)]
     out = torch.empty(x.shape[0], spec.num_heads * spec.v_head_dim, dtype=x.dtype)
-    for (start, n, past), cache in zip(spans, caches, strict=True):
+    offset = 0
+    for (start, n, past), (latents, keys) in zip(spans, cached, strict=True):
+        total = latents.shape[2]
         rows = slice(start, start + n)
-        mask = _causal_mask(past, n)
-        out[rows] = mla_attend(
-            spec, w, q[:, rows], latent[:, rows], k_rot[:, rows], cos[rows], sin[rows], mask, cache
+        out[rows] = mla_core(
+            spec, query[:, :, rows], kv[None, offset : offset + total], keys, _causal_mask(past, n)
         )[0]
+        offset += total
     return linear(out, w.o, w.o_bias)

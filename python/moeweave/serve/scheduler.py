@@ -195,7 +195,8 @@ class Scheduler:
                 continue
             adapter = BASE if request.adapter is None else self.adapters.index[request.adapter]
             request.chunk = Chunk(list(request.prompt), adapter=adapter)
-            request.stream = TextStream(self.model.tokenizer)
+            # Without a tokenizer (token-level use: benchmarks) there is no text and no stop string.
+            request.stream = None if self.model.tokenizer is None else TextStream(self.model.tokenizer)
             if request.sampling.seed is not None:
                 request.generator = torch.Generator().manual_seed(request.sampling.seed)
             self.running.append(request)
@@ -220,7 +221,8 @@ class Scheduler:
             if token in self._eos:
                 self._finish(request, self._done(request, "stop"))
                 continue
-            request.text += request.stream.push(token)
+            if request.stream is not None:
+                request.text += request.stream.push(token)
             if self._stopped_by_string(request):
                 continue
             if len(request.tokens) >= sampling.max_tokens:

@@ -1,0 +1,251 @@
+"""Many ESFT adapters over one base: what do they cost in decode speed and memory, and how close
+does continuous batching come to the memory-bandwidth bound of a step?
+
+Base: DeepSeek-V2-Lite's shapes (64 routed experts of 1408 + 2 shared, top-6, MLA, 102400-token
+vocabulary) with random weights and --layers layers (the first dense, as in the model), INT4
+experts, bf16 dense weights. Adapters: synthetic (perturbed copies) over the expert selections
+of DeepSeek's four released ESFT adapters (../shared/data/esft_expert_configs, layers this
+base has), round robin. The scheduler runs in-process (the HTTP layer adds the same to every
+row): `concurrency` requests at once, spread round robin over `adapters` adapters (0: all on
+the base), each generating --tokens tokens after a --prompt-token prompt, greedy.
+
+Per row: decode tokens/s (tokens over the decode steps' time), per-token latency p50 / p99 (a
+decode step's duration: each request gets one token per step), the latency overhead against the
+base alone at the same concurrency, and two bounds of a decode step, both measured in this run:
+bytes (the dense weights once, all but the embedding; every distinct expert the batch touches;
+the KV cache it reads) over the STREAM triad's bandwidth, and multiply-adds (2 x the weights
+each token uses: dense, its top-k experts per layer) over the FLOP/s of a large bf16 matmul.
+The ratio reported is the larger bound over the measured step. Memory: the adapters' pools as
+committed, against their tuned experts' bytes, one merged model per adapter, and the padded
+[E + N * E_max] layout.
+
+    python bench/serve_adapters.py                 # 4 layers (3 MoE), 16 tokens
+    python bench/serve_adapters.py --layers 3 --tokens 8
+"""
+
+import argparse
+import itertools
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from common import RESULTS_DIR, machine, stream_triad_gbps
+
+CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "esft_expert_configs"
+ADAPTER_COUNTS = (0, 1, 4, 20)
+CONCURRENCY = (1, 8, 32)
+
+
+def checkpoint(layers: int) -> Path:
+    from moeweave import envs
+    from moeweave.recipes.demo_model.random_checkpoint import preset_config, write_random_checkpoint
+
+    path = envs.cache_dir() / f"bench-deepseek-v2-lite-shapes-{layers}l"
+    if not (path / "config.json").exists():
+        config = preset_config("deepseek-v2-lite", layers, bos_token_id=None, eos_token_id=None)
+        write_random_checkpoint(config, path)
+    return path
+
+
+def load_adapters(path: Path, adapter_set, count: int) -> dict[str, int]:
+    """Loads `count` synthetic adapters over the released selections; name -> tuned experts."""
+    from moeweave.adapters import read_selection, synth_adapter
+
+    configs = sorted(CONFIGS.glob("*.json"))
+    moe_layers = [i for i, moe in enumerate(adapter_set.spec.moe_layers) if moe]
+    tuned = {}
+    for index in range(count):
+        released = read_selection(configs[index % len(configs)])
+        selection = {layer: released[layer] for layer in moe_layers if layer in released}
+        name = f"{configs[index % len(configs)].stem}-{index}"
+        adapter_set.load(synth_adapter(path, selection, seed=index, name=name))
+        tuned[name] = sum(len(experts) for experts in selection.values())
+    return tuned
+
+
+class TouchedExperts:
+    """Wraps a layer's expert provider to record the distinct experts (table slots) each call uses."""
+
+    def __init__(self, provider, log: list):
+        self.provider, self.log = provider, log
+
+    def __call__(self, layer, x, topk_ids, topk_weights):
+        self.log.append((layer, topk_ids.unique().tolist()))
+        return self.provider(layer, x, topk_ids, topk_weights)
+
+
+def slot_bytes(projections) -> int:
+    from moeweave.adapters.pool import slot_bytes as measure
+
+    return measure(projections)
+
+
+def run(model, adapter_set, names, concurrency, prompt, tokens, touched) -> dict:
+    from moeweave.serve.scheduler import Request, Sampling, Scheduler
+
+    steps = []
+    scheduler = Scheduler(model, 4096, adapter_set, max_batch=64, max_queue=64)
+    scheduler.on_step = lambda sched, requests: steps.append((time.perf_counter(), requests, len(touched)))
+    for index in range(concurrency):
+        adapter = names[index % len(names)] if names else None
+        scheduler.submit(
+            Request(list(prompt), Sampling(tokens, temperature=0.0), lambda event: None, adapter)
+        )
+    touched.clear()
+    scheduler._admit()
+    start = time.perf_counter()
+    while scheduler.running:
+        scheduler._step()
+    durations = [b[0] - a[0] for a, b in zip([(start, 0, 0), *steps[:-1]], steps, strict=True)]
+    decode = durations[1:]  # the first step is the prefill
+    decode_tokens = sum(requests for _, requests, _ in steps[1:])
+    expert_bytes = []
+    for (_, _, before), (_, _, after) in itertools.pairwise(steps):
+        expert_bytes.append(
+            sum(
+                slot_bytes(adapter_set.tables[layer].experts[slot])
+                for layer, slots in touched[before:after]
+                for slot in slots
+            )
+        )
+    return {
+        "tokens_per_second": decode_tokens / sum(decode),
+        "p50_ms": statistics.median(decode) * 1e3,
+        "p99_ms": sorted(decode)[min(len(decode) - 1, int(0.99 * len(decode)))] * 1e3,
+        "step_seconds": statistics.mean(decode),
+        "expert_bytes_per_step": statistics.mean(expert_bytes),
+    }
+
+
+def matmul_flops(size: int = 2048) -> float:
+    """FLOP/s of a [size, size] x [size, size] bf16 matmul, the best of 5."""
+    a, b = torch.randn(size, size).bfloat16(), torch.randn(size, size).bfloat16()
+    a @ b
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def kv_bytes_per_step(model, concurrency: int, prompt: int, tokens: int) -> float:
+    """Mean KV-cache bytes a decode step reads: MLA caches the latent and the rotary key per token
+    and layer (bf16), over the prompt and the tokens generated so far, for every request."""
+    spec = model.spec
+    per_token = (spec.kv_lora_rank + spec.qk_rope_head_dim) * 2 * spec.num_layers
+    mean_length = prompt + tokens / 2
+    return concurrency * mean_length * per_token
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--prompt", type=int, default=16)
+    args = parser.parse_args()
+
+    import moeweave.models
+    from moeweave.adapters import AdapterSet
+    from moeweave.models.moe_block import MoEBlock
+
+    path = checkpoint(args.layers)
+    model = moeweave.models.load(path, experts="int4", dtype=torch.bfloat16)
+    adapter_set = AdapterSet(model, max_adapters=max(ADAPTER_COUNTS))
+    base_resident = adapter_set.resident_bytes()
+    tuned = load_adapters(path, adapter_set, max(ADAPTER_COUNTS))
+    names = list(tuned)
+    touched: list = []
+    for layer in model.layers:
+        if isinstance(layer.mlp, MoEBlock):
+            layer.mlp.experts = TouchedExperts(layer.mlp.experts, touched)
+    prompt = torch.randint(
+        0, model.spec.vocab_size, (args.prompt,), generator=torch.Generator().manual_seed(0)
+    ).tolist()
+    dense = sum(
+        t.numel() * t.element_size()
+        for t in [model.lm_head, model.norm] + [w for layer in model.layers for w in _dense_tensors(layer)]
+    )
+    triad = stream_triad_gbps() * 1e9
+    peak = matmul_flops()
+    spec = model.spec
+    expert_elements = 3 * spec.hidden_size * spec.moe_intermediate_size
+    flops_per_token = 2 * (dense // 2 + sum(spec.moe_layers) * spec.top_k * expert_elements)  # bf16 dense
+    print(f"# {machine()['cpu']}: DeepSeek-V2-Lite shapes, {args.layers} layers, dense {dense >> 20} MiB read per step, "
+          f"triad {triad / 1e9:.1f} GB/s, bf16 matmul {peak / 1e9:.0f} GFLOP/s")  # fmt: skip
+    run(model, adapter_set, names[:4], 8, prompt, args.tokens, touched)  # warm-up: first-touch page faults
+    rows = []
+    base_latency = {}
+    for count in ADAPTER_COUNTS:
+        for concurrency in CONCURRENCY:
+            result = run(model, adapter_set, names[:count], concurrency, prompt, args.tokens, touched)
+            kv = kv_bytes_per_step(model, concurrency, args.prompt, args.tokens)
+            memory_bound = (dense + result["expert_bytes_per_step"] + kv) / triad
+            compute_bound = concurrency * flops_per_token / peak
+            bound = max(memory_bound, compute_bound)
+            result.update(adapters=count, concurrency=concurrency, bound_ratio=bound / result["step_seconds"],
+                          bound_by="memory" if memory_bound >= compute_bound else "compute")  # fmt: skip
+            if count == 0:
+                base_latency[concurrency] = result["p50_ms"]
+            result["overhead"] = result["p50_ms"] / base_latency[concurrency] - 1
+            rows.append(result)
+            print(f"adapters {count:2d}  concurrency {concurrency:2d}  {result['tokens_per_second']:7.1f} tok/s  "
+                  f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  overhead {result['overhead']:+6.1%}  "
+                  f"bound {result['bound_ratio']:.2f} ({result['bound_by']})", flush=True)  # fmt: skip
+    memory = memory_report(model, adapter_set, tuned, base_resident)
+    print("# memory: " + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in memory.items()))
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS_DIR / "serve_adapters.jsonl", "a") as out:
+        out.write(json.dumps({"machine": machine(), "layers": args.layers, "tokens": args.tokens, "rows": rows,
+                              "memory": memory}) + "\n")  # fmt: skip
+
+
+def _dense_tensors(layer):
+    """The dense weights of a decoder layer that a step reads (not its routed experts)."""
+    from dataclasses import fields, is_dataclass
+
+    found = []
+
+    def walk(value):
+        if isinstance(value, torch.Tensor):
+            found.append(value)
+        elif is_dataclass(value) and not isinstance(value, type):
+            for f in fields(value):
+                if f.name not in ("experts", "spec", "reroute"):
+                    walk(getattr(value, f.name))
+
+    for part in (layer.attention, layer.mlp, layer.input_norm, layer.post_attention_norm):
+        walk(part)
+    return found
+
+
+def memory_report(model, adapter_set, tuned: dict[str, int], base_resident: int) -> dict:
+    """Bytes: the pools as committed, the adapters' tuned experts, one merged model per adapter,
+    and a padded layout giving every adapter E_max slots in every layer."""
+    experts = model.spec.num_experts
+    layers = list(adapter_set.tables)
+    expert = slot_bytes(adapter_set.tables[layers[0]].experts[0])
+    base_experts = expert * experts * len(layers)
+    dense = sum(t.numel() * t.element_size() for t in [model.embed, model.lm_head, model.norm]) + sum(
+        t.numel() * t.element_size() for layer in model.layers for t in _dense_tensors(layer)
+    )
+    per_layer_max = max(
+        int((adapter_set.remap[layer][row] != torch.arange(experts)).sum())
+        for layer in layers
+        for row in range(1, len(tuned) + 1)
+    )
+    return {
+        "pools committed": adapter_set.resident_bytes() - base_resident,
+        "tuned experts": sum(tuned.values()) * expert,
+        "merged models": len(tuned) * (dense + base_experts),
+        "padded layout": len(tuned) * per_layer_max * len(layers) * expert,
+        "base": dense + base_experts,
+    }
+
+
+if __name__ == "__main__":
+    main()
