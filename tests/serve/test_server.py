@@ -199,3 +199,18 @@ def test_a_full_queue_answers_429(adapter_dir):
         wait_for(lambda: scheduler.waiting == 1)
         with pytest.raises(openai.RateLimitError):
             complete(client, BASE)
+
+
+def test_adapters_over_a_base_offloaded_by_the_engine(adapter_dir, expected, tmp_path, monkeypatch):
+    monkeypatch.setenv("MOEWEAVE_CACHE_DIR", str(tmp_path / "cache"))
+    app, scheduler = build(DEMO_MODEL_DIR, [], adapter_dir, None, "int4", 8, 32, 64, memory_budget="2MiB")
+    try:
+        with live_server(app) as url:
+            client = openai.OpenAI(base_url=url, api_key="unused")
+            for model in [BASE, "a1", "a2"]:
+                assert complete(client, model).choices[0].text == expected[model]
+        stats = app.state.engine.stats()
+        assert stats["evictions"] > 0 and stats["cache_peak_bytes"] <= 2 << 20  # it really offloaded
+    finally:
+        scheduler.stop()
+        app.state.engine.close()

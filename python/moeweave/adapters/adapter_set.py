@@ -17,6 +17,7 @@ import torch
 
 from moeweave.adapters.esft import EsftAdapter, check_selection
 from moeweave.adapters.pool import ExpertPool, slot_bytes
+from moeweave.engine.offload import OffloadedExperts
 from moeweave.models.experts import FusedExperts
 from moeweave.models.moe_block import MoEBlock
 from moeweave.ops import reroute
@@ -24,25 +25,44 @@ from moeweave.quant import ExpertTable
 from moeweave.quant.experts import Projection
 from moeweave.quant.format import QuantizedWeight
 from moeweave.quant.quantize import quantize
+from moeweave.store.manifest import DTYPES, PROJECTIONS, ProjectionLayout
 
 BASE = -1  # the adapter id of a request on the base model
 
 
 class AdapterSet:
     def __init__(self, model, max_adapters: int = 16):
-        """Widens `model`'s expert tables (loaded by moeweave.models.load with fused experts:
-        bf16 or intN) and hooks its MoE blocks; the model then takes `adapters=`."""
+        """Widens `model`'s expert tables and hooks its MoE blocks; the model then takes
+        `adapters=`. Its experts: fused, all in RAM (moeweave.models.load with experts='bf16' or
+        'intN'), or offloaded by the on-device engine (Engine.open(...).model), whose cache then
+        fills the wide tables' base slots while the adapters' experts stay in RAM."""
         blocks = [layer.mlp for layer in model.layers if isinstance(layer.mlp, MoEBlock)]
         providers = {id(block.experts): block.experts for block in blocks}
-        if len(providers) != 1 or not isinstance(blocks[0].experts, FusedExperts):
-            raise ValueError(
-                "AdapterSet: the model's experts must be one FusedExperts provider (moeweave.models.load with "
-                "experts='bf16' or 'intN', all in RAM)"
-            )
         provider = blocks[0].experts
+        if len(providers) != 1 or not isinstance(provider, FusedExperts | OffloadedExperts):
+            raise ValueError(
+                "AdapterSet: the model's experts must be fused (moeweave.models.load with experts='bf16' or "
+                "'intN') or offloaded by moeweave.engine"
+            )
+        experts = model.spec.num_experts
+        # What an adapter expert is quantised like: the base expert it replaces, or for an
+        # offloaded base (whose cache may not hold it) that expert's layout in the store.
+        if isinstance(provider, OffloadedExperts):
+            store = provider.store
+            self._reference = lambda layer, e: tuple(
+                store.extent(layer, e).projections[p] for p in PROJECTIONS
+            )
+            largest = {
+                layer: max(store.extent(layer, e).length for e in range(experts)) for layer in provider.tables
+            }
+        else:
+            self._reference = lambda layer, e: provider.tables[layer].experts[e]
+            largest = {
+                layer: max(slot_bytes(table.experts[e]) for e in range(experts))
+                for layer, table in provider.tables.items()
+            }
         spec = model.spec
         self.spec, self.max_adapters = spec, max_adapters
-        experts = spec.num_experts
         self.tables: dict[int, ExpertTable] = {}
         self.pools: dict[int, ExpertPool] = {}
         self.remap: dict[int, torch.Tensor] = {}  # layer -> [A + 1, E] int32
@@ -53,8 +73,7 @@ class AdapterSet:
             )
             for e in range(experts):
                 table.set_slot(e, base.experts[e])
-            largest = max(slot_bytes(base.experts[e]) for e in range(experts))
-            self.pools[block.layer] = ExpertPool(largest, experts * max_adapters)
+            self.pools[block.layer] = ExpertPool(largest[block.layer], experts * max_adapters)
             self.tables[block.layer] = table
             self.remap[block.layer] = torch.arange(experts, dtype=torch.int32).repeat(max_adapters + 1, 1)
             provider.tables[block.layer] = table
@@ -78,7 +97,7 @@ class AdapterSet:
         try:
             for (layer, e), weights in adapter.experts.items():
                 table = self.tables[layer]
-                like = table.experts[e]
+                like = self._reference(layer, e)
                 slot, placed = self.pools[layer].put(
                     tuple(_like(w, base) for w, base in zip(weights, like, strict=True))
                 )
@@ -116,11 +135,15 @@ class AdapterSet:
         return sum(pool.resident_bytes() for pool in self.pools.values())
 
 
-def _like(w: torch.Tensor, base: Projection) -> Projection:
-    """w [N, K] in the base projection's format: its bits, group size and symmetry, or bf16."""
-    if isinstance(base, QuantizedWeight):
-        return quantize(
-            w.detach().float(), bits=base.bits, group_size=base.group_size, sym=base.zeros is None,
-            scale_dtype=base.scales.dtype,
-        )  # fmt: skip
-    return w.detach().to(base.dtype).contiguous()
+def _like(w: torch.Tensor, base: Projection | ProjectionLayout) -> Projection:
+    """w [N, K] in the base projection's format (a projection, or its layout in an expert
+    store): its bits, group size, symmetry and scale dtype, or plain."""
+    if isinstance(base, ProjectionLayout):
+        if base.format == "bf16":
+            return w.detach().to(torch.bfloat16).contiguous()
+        bits, group, sym, scale_dtype = base.bits, base.group_size, base.sym, DTYPES[base.scale_dtype]
+    elif isinstance(base, QuantizedWeight):
+        bits, group, sym, scale_dtype = base.bits, base.group_size, base.zeros is None, base.scales.dtype
+    else:
+        return w.detach().to(base.dtype).contiguous()
+    return quantize(w.detach().float(), bits=bits, group_size=group, sym=sym, scale_dtype=scale_dtype)

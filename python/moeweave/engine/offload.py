@@ -56,7 +56,7 @@ class OffloadedExperts:
         """fallback: the low-bit copy of the store's experts that misses are read from
         (moeweave.engine.fallback), or None: misses read the full expert."""
         self.store, self.layers, self.max_prefetches = store, layers, max_prefetches
-        self.fallback = fallback
+        self.num_experts, self.fallback = num_experts, fallback
         self._position = {layer: p for p, layer in enumerate(layers)}
         self.tables = {
             layer: ExpertTable.empty(num_experts, hidden_size, intermediate_size) for layer in layers
@@ -86,7 +86,9 @@ class OffloadedExperts:
         if self._issued_at is not None:
             self._window = _smoothed(self._window, time.perf_counter() - self._issued_at)
         ids = topk_ids.to(torch.int32)
-        needed = ids.unique().tolist()
+        # Slots past the base's experts hold adapter experts (moeweave.adapters.AdapterSet), which
+        # live in RAM outside the budget: only base experts come from the store.
+        needed = [e for e in ids.unique().tolist() if e < self.num_experts]
         keys = {(layer, e) for e in needed}
         guesses = self.predictor(self._position[layer], x, ids) if self.predictor is not None else []
         next_keys = self._next_keys(layer, guesses)

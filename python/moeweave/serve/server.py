@@ -2,7 +2,10 @@
 and the OpenAI-compatible API, on uvicorn.
 
     moeweave serve [BASE] [--adapter NAME=PATH ...] [--adapter-dir DIR] [--host 127.0.0.1]
-                   [--port 8000] [--api-key KEY]
+                   [--port 8000] [--api-key KEY] [--memory-budget SIZE]
+
+With --memory-budget the base's routed experts are read from an expert store through the
+on-device engine (moeweave.engine) under that budget, the adapters' experts held in RAM beside it.
 """
 
 from pathlib import Path
@@ -27,10 +30,20 @@ def build(
     max_adapters: int,
     max_batch: int,
     max_queue: int,
+    memory_budget: str | None = None,
 ):
-    """The app and its started scheduler (stop it when the server ends)."""
+    """The app and its started scheduler (stop it when the server ends, then close
+    app.state.engine when there is one)."""
     config = read_config(base)
-    model = load(base, experts=experts, dtype=dense_dtype(config))
+    engine = None
+    if memory_budget is None:
+        model = load(base, experts=experts, dtype=dense_dtype(config))
+    else:
+        from moeweave.engine import Engine
+        from moeweave.run_engine import STORE_BITS
+
+        engine = Engine.open(base, memory_budget=memory_budget, bits=STORE_BITS[experts])
+        model = engine.model
     adapter_set = AdapterSet(model, max_adapters)
     named = [_named(spec) for spec in adapters]
     if adapter_dir is not None:
@@ -44,6 +57,7 @@ def build(
     context = config.get("max_position_embeddings") or DEFAULT_CONTEXT
     scheduler = Scheduler(model, context, adapter_set, max_batch, max_queue).start()
     app = create_app(scheduler, base.name, base, api_key, adapter_dir)
+    app.state.engine = engine
     for name, _ in named:
         app.state.metrics.adapter_loaded.labels(name).set(1)
     return app, scheduler
@@ -64,7 +78,7 @@ def serve(args) -> None:
     base = Path(args.base) if args.base else default_model_dir()
     app, scheduler = build(
         base, args.adapter, None if args.adapter_dir is None else Path(args.adapter_dir), args.api_key,
-        args.experts, args.max_adapters, args.max_batch, args.max_queue,
+        args.experts, args.max_adapters, args.max_batch, args.max_queue, args.memory_budget,
     )  # fmt: skip
     print(
         f"# serving {base.name} with adapters {scheduler.models()} on http://{args.host}:{args.port}/v1",
@@ -74,6 +88,8 @@ def serve(args) -> None:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:
         scheduler.stop()
+        if app.state.engine is not None:
+            app.state.engine.close()
 
 
 def add_arguments(parser) -> None:
@@ -92,3 +108,5 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-adapters", type=int, default=16, help="adapters loaded at once at most")
     parser.add_argument("--max-batch", type=int, default=32, help="requests per model step at most")
     parser.add_argument("--max-queue", type=int, default=64, help="waiting requests at most (then 429)")
+    parser.add_argument("--memory-budget", metavar="SIZE",
+                        help="read the base's experts from SSD through the on-device engine, holding at most SIZE")  # fmt: skip
