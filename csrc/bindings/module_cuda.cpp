@@ -2,7 +2,9 @@
 // stream (torch.cuda.current_stream().cuda_stream) and never synchronise the host.
 #include <pybind11/pybind11.h>
 
+#include <cerrno>
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 
 #include "moeweave/kernels_cuda.h"
@@ -88,6 +90,36 @@ void moe_experts(const py::capsule& table_c, const py::capsule& x_c, const py::c
                                                           workspace.data<float>(), as_stream(stream)));
 }
 
+// The device expert pool, owned by its Python object (freed with it).
+class DeviceExpertPool {
+ public:
+  DeviceExpertPool(int device, int64_t slot_bytes, int64_t capacity) {
+    if (slot_bytes <= 0 || capacity <= 0) throw std::invalid_argument("DeviceExpertPool: sizes must be positive");
+    check("create", moeweave::cuda::pool_create(device, slot_bytes, capacity, &pool_));
+    capacity_ = capacity;
+  }
+  ~DeviceExpertPool() { moeweave::cuda::pool_destroy(pool_); }
+  DeviceExpertPool(const DeviceExpertPool&) = delete;
+  DeviceExpertPool& operator=(const DeviceExpertPool&) = delete;
+
+  void map(int64_t slot) { check("map", moeweave::cuda::pool_map(pool_, slot)); }
+  void unmap(int64_t slot) { check("unmap", moeweave::cuda::pool_unmap(pool_, slot)); }
+  uint64_t address() const { return moeweave::cuda::pool_address(pool_); }
+  int64_t stride() const { return moeweave::cuda::pool_stride(pool_); }
+  int64_t capacity() const { return capacity_; }
+  int64_t mapped_bytes() const { return moeweave::cuda::pool_mapped_bytes(pool_); }
+
+ private:
+  static void check(const char* what, moeweave::Status status) {
+    if (status == 0) return;
+    if (status == -ENOSYS) throw std::runtime_error("DeviceExpertPool: the CUDA driver has no virtual-memory entry points");
+    if (status == -EINVAL) throw std::invalid_argument(std::string("DeviceExpertPool.") + what + ": slot out of range or in the wrong state");
+    throw std::runtime_error(std::string("DeviceExpertPool.") + what + ": CUresult " + std::to_string(-status));
+  }
+  moeweave::cuda::DevicePool* pool_ = nullptr;
+  int64_t capacity_ = 0;
+};
+
 }  // namespace
 
 PYBIND11_MODULE(_C_cuda, m) {
@@ -102,6 +134,15 @@ PYBIND11_MODULE(_C_cuda, m) {
   m.def("moe_experts", &moe_experts, py::arg("expert_table"), py::arg("x"), py::arg("topk_ids"), py::arg("topk_weights"),
         py::arg("y"), py::arg("slots_buffer"), py::arg("workspace"), py::arg("intermediate_size"), py::arg("stream"));
   m.attr("expert_slot_bytes") = sizeof(moeweave::ExpertSlot);
+  py::class_<DeviceExpertPool>(m, "DeviceExpertPool",
+                               "Device virtual memory in slots of whole granules, mapped only while in use")
+      .def(py::init<int, int64_t, int64_t>(), py::arg("device"), py::arg("slot_bytes"), py::arg("capacity"))
+      .def("map", &DeviceExpertPool::map, py::arg("slot"))
+      .def("unmap", &DeviceExpertPool::unmap, py::arg("slot"))
+      .def_property_readonly("address", &DeviceExpertPool::address)
+      .def_property_readonly("stride", &DeviceExpertPool::stride)
+      .def_property_readonly("capacity", &DeviceExpertPool::capacity)
+      .def("mapped_bytes", &DeviceExpertPool::mapped_bytes);
   m.def("device_count", &moeweave::cuda::device_count,
         "CUDA devices visible, or a negative cudaError_t when the driver is unusable");
   m.def("runtime_version", &moeweave::cuda::runtime_version);

@@ -36,6 +36,19 @@ Status moe_experts(const ExpertSlot* device_slots, int64_t num_slots, DType x_dt
 // Asynchronous host-to-device copy on `stream` (the expert slot table of moe_experts).
 Status copy_to_device(void* dst, const void* src, int64_t bytes, void* stream);
 
+// The device expert pool (expert_pool.cu): a reserved range of device addresses in slots of
+// whole allocation granules, each backed by physical memory only while mapped. Errors: -ENOSYS
+// without the driver's virtual-memory entry points, -EINVAL for a bad or busy slot, otherwise
+// the negated CUresult.
+struct DevicePool;
+Status pool_create(int device, int64_t slot_bytes, int64_t capacity, DevicePool** out);
+Status pool_map(DevicePool* pool, int64_t slot);
+Status pool_unmap(DevicePool* pool, int64_t slot);
+uint64_t pool_address(const DevicePool* pool);
+int64_t pool_stride(const DevicePool* pool);
+int64_t pool_mapped_bytes(const DevicePool* pool);
+void pool_destroy(DevicePool* pool);
+
 // Devices visible to the CUDA runtime, or -errno-like negative value when the driver is
 // missing (no GPU, no libcuda).
 int device_count();

@@ -16,7 +16,7 @@ Dimension legend: B sequences, E routed experts per layer, A adapters at most.
 import torch
 
 from moeweave.adapters.esft import EsftAdapter, check_selection
-from moeweave.adapters.pool import ExpertPool, slot_bytes
+from moeweave.adapters.pool import DeviceExpertPool, ExpertPool, slot_bytes
 from moeweave.engine.offload import OffloadedExperts
 from moeweave.models.experts import FusedExperts
 from moeweave.models.moe_block import MoEBlock
@@ -64,16 +64,21 @@ class AdapterSet:
         spec = model.spec
         self.spec, self.max_adapters = spec, max_adapters
         self.tables: dict[int, ExpertTable] = {}
-        self.pools: dict[int, ExpertPool] = {}
+        self.pools: dict[int, ExpertPool | DeviceExpertPool] = {}
         self.remap: dict[int, torch.Tensor] = {}  # layer -> [A + 1, E] int32
         for block in blocks:
             base = provider.tables[block.layer]
             table = ExpertTable.empty(
-                experts * (1 + max_adapters), spec.hidden_size, spec.moe_intermediate_size
+                experts * (1 + max_adapters), spec.hidden_size, spec.moe_intermediate_size, base.device
             )
             for e in range(experts):
                 table.set_slot(e, base.experts[e])
-            self.pools[block.layer] = ExpertPool(largest[block.layer], experts * max_adapters)
+            capacity = experts * max_adapters
+            self.pools[block.layer] = (
+                ExpertPool(largest[block.layer], capacity)
+                if base.device.type == "cpu"
+                else DeviceExpertPool(largest[block.layer], capacity, base.device)
+            )
             self.tables[block.layer] = table
             self.remap[block.layer] = torch.arange(experts, dtype=torch.int32).repeat(max_adapters + 1, 1)
             provider.tables[block.layer] = table
@@ -146,4 +151,4 @@ def _like(w: torch.Tensor, base: Projection | ProjectionLayout) -> Projection:
         bits, group, sym, scale_dtype = base.bits, base.group_size, base.zeros is None, base.scales.dtype
     else:
         return w.detach().to(base.dtype).contiguous()
-    return quantize(w.detach().float(), bits=bits, group_size=group, sym=sym, scale_dtype=scale_dtype)
+    return quantize(w.detach().float().cpu(), bits=bits, group_size=group, sym=sym, scale_dtype=scale_dtype)

@@ -1,9 +1,14 @@
-"""The expert pool of one MoE layer on CPU (SPEC §2, ExpertWeave's expert weight manager): one
-reserved range of virtual memory, cut into equal slots of whole pages, one adapter expert per
-slot. Pages are committed when an expert is written into its slot and handed back to the kernel
-(madvise MADV_DONTNEED) when it leaves, so the memory an adapter holds is its tuned experts'
-bytes rounded up to pages; addresses never move and nothing is re-allocated while adapters come
-and go, so the tensors the fused MoE op points at stay valid.
+"""The expert pool of one MoE layer (SPEC §2, ExpertWeave's expert weight manager): one
+reserved range of virtual memory, cut into equal slots, one adapter expert per slot, backed by
+memory only while an expert is in it; addresses never move and nothing is re-allocated while
+adapters come and go, so the tensors the fused MoE op points at stay valid.
+
+  ExpertPool        CPU: an anonymous mapping in slots of whole pages, committed when an expert
+                    is written and handed back to the kernel (madvise MADV_DONTNEED) when it
+                    leaves: an adapter holds its tuned experts' bytes rounded up to pages.
+  DeviceExpertPool  CUDA: device virtual memory in slots of whole allocation granules (2 MiB),
+                    each mapped to physical memory while an expert is in it (cuMemMap through
+                    the driver's entry points, moeweave._C_cuda).
 """
 
 import ctypes
@@ -12,6 +17,7 @@ from dataclasses import replace
 
 import torch
 
+from moeweave import _native
 from moeweave.quant.experts import Projection
 from moeweave.quant.format import QuantizedWeight
 
@@ -24,24 +30,15 @@ class PoolFull(RuntimeError):
     """Every slot of the pool holds an expert."""
 
 
-class ExpertPool:
-    """`capacity` slots of `slot_bytes` (rounded up to pages) each, in one anonymous mapping."""
+class _SlotPool:
+    """What both pools share: the free list and copying an expert into a slot's bytes."""
 
-    def __init__(self, slot_bytes: int, capacity: int):
-        self.stride = -(-slot_bytes // mmap.PAGESIZE) * mmap.PAGESIZE
+    stride: int
+    capacity: int
+
+    def _init_slots(self, capacity: int) -> None:
         self.capacity = capacity
-        self._map = mmap.mmap(
-            -1,
-            self.stride * capacity,
-            flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE,
-            prot=mmap.PROT_READ | mmap.PROT_WRITE,
-        )
-        self._bytes = torch.frombuffer(self._map, dtype=torch.uint8)  # [capacity * stride]
         self._free = list(range(capacity - 1, -1, -1))  # slot 0 is handed out first
-
-    @property
-    def address(self) -> int:
-        return self._bytes.data_ptr()
 
     def put(self, expert: tuple[Projection, Projection, Projection]) -> tuple[int, tuple[Projection, ...]]:
         """Copies one expert (gate, up, down) into a free slot; returns the slot and the expert as
@@ -49,7 +46,11 @@ class ExpertPool:
         if not self._free:
             raise PoolFull(f"expert pool: all {self.capacity} slots are in use")
         slot = self._free.pop()
-        region = self._bytes[slot * self.stride : (slot + 1) * self.stride]
+        try:
+            region = self._commit(slot)  # [stride] uint8
+        except BaseException:
+            self._free.append(slot)
+            raise
         cursor = 0
 
         def place(tensor: torch.Tensor) -> torch.Tensor:
@@ -70,9 +71,34 @@ class ExpertPool:
         return slot, placed
 
     def release(self, slot: int) -> None:
-        """Frees a slot and gives its pages back to the kernel."""
-        self._map.madvise(mmap.MADV_DONTNEED, slot * self.stride, self.stride)
+        """Frees a slot and gives its memory back."""
+        self._decommit(slot)
         self._free.append(slot)
+
+
+class ExpertPool(_SlotPool):
+    """`capacity` slots of `slot_bytes` (rounded up to pages) each, in one anonymous mapping."""
+
+    def __init__(self, slot_bytes: int, capacity: int):
+        self.stride = -(-slot_bytes // mmap.PAGESIZE) * mmap.PAGESIZE
+        self._map = mmap.mmap(
+            -1,
+            self.stride * capacity,
+            flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE,
+            prot=mmap.PROT_READ | mmap.PROT_WRITE,
+        )
+        self._bytes = torch.frombuffer(self._map, dtype=torch.uint8)  # [capacity * stride]
+        self._init_slots(capacity)
+
+    @property
+    def address(self) -> int:
+        return self._bytes.data_ptr()
+
+    def _commit(self, slot: int) -> torch.Tensor:
+        return self._bytes[slot * self.stride : (slot + 1) * self.stride]  # pages commit on write
+
+    def _decommit(self, slot: int) -> None:
+        self._map.madvise(mmap.MADV_DONTNEED, slot * self.stride, self.stride)
 
     def resident_bytes(self) -> int:
         """Bytes of the pool's range the kernel has committed (mincore: the kernel merges
@@ -82,6 +108,50 @@ class ExpertPool:
         if _libc.mincore(ctypes.c_void_p(self.address), ctypes.c_size_t(len(self._bytes)), resident) != 0:
             raise OSError(ctypes.get_errno(), "expert pool: mincore failed")
         return int(torch.frombuffer(resident, dtype=torch.uint8).bitwise_and(1).sum()) * mmap.PAGESIZE
+
+
+class DeviceExpertPool(_SlotPool):
+    """`capacity` slots of `slot_bytes` (rounded up to allocation granules) each, in one reserved
+    range of the virtual addresses of CUDA `device`."""
+
+    def __init__(self, slot_bytes: int, capacity: int, device: torch.device | str):
+        module = _native.cuda_module()
+        if module is None:
+            raise RuntimeError("DeviceExpertPool: moeweave._C_cuda is not available (built without CUDA)")
+        self.device = torch.device(device)
+        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        self._pool = module.DeviceExpertPool(index, slot_bytes, capacity)
+        self.stride = self._pool.stride
+        self._init_slots(capacity)
+
+    @property
+    def address(self) -> int:
+        return self._pool.address
+
+    def _commit(self, slot: int) -> torch.Tensor:
+        self._pool.map(slot)
+        return torch.as_tensor(
+            _DeviceBytes(self.address + slot * self.stride, self.stride), device=self.device
+        )
+
+    def _decommit(self, slot: int) -> None:
+        torch.cuda.synchronize(self.device)  # no kernel may still read the slot's experts
+        self._pool.unmap(slot)
+
+    def resident_bytes(self) -> int:
+        return self._pool.mapped_bytes()
+
+
+class _DeviceBytes:
+    """`nbytes` of device memory at `address`, handed to torch without a copy."""
+
+    def __init__(self, address: int, nbytes: int):
+        self.__cuda_array_interface__ = {
+            "shape": (nbytes,),
+            "typestr": "|u1",
+            "data": (address, False),
+            "version": 3,
+        }
 
 
 def slot_bytes(expert: tuple[Projection, Projection, Projection]) -> int:
