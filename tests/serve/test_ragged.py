@@ -73,3 +73,23 @@ def test_a_stop_string_ends_the_text_before_it(stop):
         scheduler._step()
     assert "".join(e.text for e in events[:-1]) == full[: full.index(stop)]
     assert events[-1].finish_reason == "stop"
+
+
+def test_a_request_whose_adapter_went_while_it_waited_fails_cleanly():
+    from moeweave.adapters import AdapterSet, random_selection, synth_adapter
+
+    model = moeweave.models.load(DEMO_MODEL_DIR, experts="int4", dtype=torch.bfloat16)
+    adapters = AdapterSet(model, max_adapters=1)
+    adapters.load(synth_adapter(DEMO_MODEL_DIR, random_selection(model.spec, 0.25, 1), name="a"))
+    scheduler = Scheduler(model, 1024, adapters)
+    events, other = [], []
+    scheduler.submit(Request([5, 6, 7], Sampling(4, 0.0), events.append, adapter="a"))
+    scheduler.submit(Request([5, 6, 7], Sampling(4, 0.0), other.append))
+    scheduler.unload_adapter("a")
+    scheduler._run_commands()
+    scheduler._unload_idle()  # nothing running on "a" yet: it goes while the request still waits
+    scheduler._admit()
+    assert [(e.kind, e.text) for e in events] == [("error", "adapter 'a' was unloaded")]
+    while scheduler.running:
+        scheduler._step()
+    assert other[-1].kind == "done" and other[-1].completion_tokens == 4

@@ -5,9 +5,11 @@ bounded queue (QueueFull when it is full: the server answers 429). Adapters are 
 unloaded between steps; an adapter being unloaded takes no new request, and goes once the
 requests on it have finished, so no request ever mixes two adapters' weights.
 
-A failed step fails the requests in it, not the scheduler.
+A failed step fails the requests in it, not the scheduler; a request whose adapter was unloaded
+while it waited fails cleanly when it would join.
 """
 
+import logging
 import queue
 import threading
 import time
@@ -20,6 +22,8 @@ import torch
 from moeweave.adapters import BASE, AdapterSet, EsftAdapter
 from moeweave.models.generate import TextStream, next_token
 from moeweave.serve.ragged import Chunk, forward_chunks
+
+log = logging.getLogger(__name__)
 
 
 class QueueFull(RuntimeError):
@@ -152,14 +156,19 @@ class Scheduler:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self._run_commands()
-            self._admit()
-            self._drop_cancelled()
-            self._unload_idle()
-            if not self.running:
-                self._wake.acquire()  # until a request or a command comes
-                continue
-            self._step()
+            try:
+                self._run_commands()
+                self._admit()
+                self._drop_cancelled()
+                self._unload_idle()
+                if not self.running:
+                    self._wake.acquire()  # until a request or a command comes
+                    continue
+                self._step()
+            except Exception:  # a bug must not stop the server: the running requests fail
+                log.exception("scheduler: a step failed outside the model")
+                for request in list(self.running):
+                    self._finish(request, Event("error", text="internal error"))
 
     def _run_commands(self) -> None:
         while True:
@@ -192,6 +201,9 @@ class Scheduler:
             except queue.Empty:
                 return
             if request.cancelled.is_set():
+                continue
+            if request.adapter is not None and request.adapter not in self.adapters.index:
+                self._emit(request, Event("error", text=f"adapter {request.adapter!r} was unloaded"))
                 continue
             adapter = BASE if request.adapter is None else self.adapters.index[request.adapter]
             request.chunk = Chunk(list(request.prompt), adapter=adapter)
@@ -245,7 +257,7 @@ class Scheduler:
 
     def _send(self, request: Request, upto: int) -> None:
         if upto > request.sent:
-            request.sink(Event("text", text=request.text[request.sent : upto]))
+            self._emit(request, Event("text", text=request.text[request.sent : upto]))
             request.sent = upto
 
     def _done(self, request: Request, reason: str) -> Event:
@@ -255,4 +267,13 @@ class Scheduler:
 
     def _finish(self, request: Request, event: Event) -> None:
         self.running.remove(request)
-        request.sink(event)
+        self._emit(request, event)
+
+    @staticmethod
+    def _emit(request: Request, event: Event) -> None:
+        """Hands an event to the request's sink; a sink that fails (its client's event loop has
+        closed) cancels that request only."""
+        try:
+            request.sink(event)
+        except Exception:
+            request.cancel()
