@@ -80,7 +80,9 @@ class AdapterSet:
                 else DeviceExpertPool(largest[block.layer], capacity, base.device)
             )
             self.tables[block.layer] = table
-            self.remap[block.layer] = torch.arange(experts, dtype=torch.int32).repeat(max_adapters + 1, 1)
+            self.remap[block.layer] = torch.arange(experts, dtype=torch.int32, device=base.device).repeat(
+                max_adapters + 1, 1
+            )
             provider.tables[block.layer] = table
             block.reroute = lambda ids, tok_adapter, layer=block.layer: reroute(
                 ids, tok_adapter, self.remap[layer]
@@ -124,7 +126,9 @@ class AdapterSet:
 
     def _free(self, row: int, held: list[tuple[int, int]]) -> None:
         for layer, slot in held:
-            self.remap[layer][row] = torch.arange(self.spec.num_experts, dtype=torch.int32)
+            self.remap[layer][row] = torch.arange(
+                self.spec.num_experts, dtype=torch.int32, device=self.remap[layer].device
+            )
             self.tables[layer].set_slot(self.spec.num_experts + slot, None)
             self.pools[layer].release(slot)
 
