@@ -33,6 +33,8 @@ from pathlib import Path
 import torch
 from common import RESULTS_DIR, machine, stream_triad_gbps
 
+from moeweave.adapters.pool import slot_bytes
+
 CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "esft_expert_configs"
 ADAPTER_COUNTS = (0, 1, 4, 20)
 CONCURRENCY = (1, 8, 32)
@@ -74,12 +76,6 @@ class TouchedExperts:
     def __call__(self, layer, x, topk_ids, topk_weights):
         self.log.append((layer, topk_ids.unique().tolist()))
         return self.provider(layer, x, topk_ids, topk_weights)
-
-
-def slot_bytes(projections) -> int:
-    from moeweave.adapters.pool import slot_bytes as measure
-
-    return measure(projections)
 
 
 def run(model, adapter_set, names, concurrency, prompt, tokens, touched) -> dict:

@@ -75,11 +75,12 @@ class ExpertCache:
         it, about as long as the read of a cached disk block), else a new one. When it cannot make
         room, raises BudgetError if the read is required (a step needs it), else returns None."""
         freed = []
+        ahead = self._layers_ahead(current_layer)
         while self.used + self.reserved + nbytes > self.budget:
-            victim = self._victim(current_layer, pinned)
+            victim = self._victim(ahead, pinned)
             if victim is not None and guess is not None:
-                worth = self._frequency.get(guess, 0) + 1
-                if self._value(victim, current_layer) * self._layers_ahead(current_layer)[guess[0]] >= worth:
+                worth = (self._frequency.get(guess, 0) + 1) / ahead[guess[0]]
+                if self._frequency.get(victim, 0) / ahead[victim[0]] >= worth:
                     victim = None
             if victim is None:
                 if not required:
@@ -124,12 +125,12 @@ class ExpertCache:
         self.on_evict(*key)
         return expert.buffer
 
-    def _victim(self, current_layer: int, pinned: set[tuple[int, int]]) -> tuple[int, int] | None:
-        """The unpinned expert to evict first (the least recent among equals), or None. One plain
-        pass: this runs once per eviction over every held expert."""
+    def _victim(self, ahead: dict[int, int], pinned: set[tuple[int, int]]) -> tuple[int, int] | None:
+        """The unpinned expert to evict first (the least recent among equals), or None; ahead:
+        _layers_ahead of the current layer. One plain pass: this runs once per eviction over
+        every held expert."""
         if self.policy == "lru":
             return next((key for key in self._entries if key not in pinned), None)
-        ahead = self._layers_ahead(current_layer)
         frequency = self._frequency
         victim, least = None, float("inf")
         for key in self._entries:
@@ -143,7 +144,3 @@ class ExpertCache:
         """layer -> d, the MoE layers from the current one to it, 1..S (S for the current one)."""
         layers, now = len(self._position), self._position[current_layer]
         return {layer: (position - now) % layers or layers for layer, position in self._position.items()}
-
-    def _value(self, key: tuple[int, int], current_layer: int) -> float:
-        """f / d, the negated EdgeMoE score: the expert with the least is evicted first."""
-        return self._frequency.get(key, 0) / self._layers_ahead(current_layer)[key[0]]

@@ -10,14 +10,12 @@ store's experts all in RAM.
 
 import hashlib
 import json
-import math
 import resource
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from moeweave import envs
 from moeweave.engine.cache import POLICIES, BudgetError
@@ -29,7 +27,7 @@ from moeweave.engine.predictors import PREDICTORS, StaleGate
 from moeweave.engine.roofline import bound_seconds, disk_bandwidth, memory_bandwidth
 from moeweave.engine.sizes import format_size, parse_size
 from moeweave.engine.telemetry import Counters
-from moeweave.formats.hf_checkpoint import read_config, safetensors_files
+from moeweave.formats.hf_checkpoint import read_config, safetensors_files, safetensors_header
 from moeweave.models import load
 from moeweave.models.generate import TextStream, tokens
 from moeweave.models.spec import spec_from_config
@@ -41,8 +39,6 @@ from moeweave.store.writer import write_store
 # ahead of the next demand read.
 MAX_PREFETCHES = 16
 EMBEDDING, OUTPUT_HEAD = "model.embed_tokens.weight", "lm_head.weight"
-# safetensors dtype -> bytes per element
-DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I8": 1, "U8": 1}
 # The low-bit copy written for a Hugging Face directory opened with the fallback on.
 FALLBACK_BITS = 2
 
@@ -61,9 +57,8 @@ def store_for(path: str | Path, bits: int = 4) -> Path:
         return path
     digest = hashlib.sha256(json.dumps([read_config(path), bits], sort_keys=True).encode())
     for file in safetensors_files(path):
-        with open(file, "rb") as f:
-            header = f.read(8)
-            digest.update(file.name.encode() + header + f.read(int.from_bytes(header, "little")))
+        header = safetensors_header(file)
+        digest.update(file.name.encode() + len(header).to_bytes(8, "little") + header)
         digest.update(str(file.stat().st_size).encode())
     target = envs.cache_dir() / "stores" / f"{path.resolve().name}-{digest.hexdigest()[:16]}"
     if not is_store(target):
@@ -217,12 +212,11 @@ class Engine:
         """Bytes of dense weights a token step reads: the whole dense file but the token
         embedding, of which it reads one row (unless the output head is the embedding: tied)."""
         path = self.store.path / DENSE_FILE
-        with safe_open(path, "pt") as weights:
-            names = set(weights.keys())  # safe_open has no `in`
-            if EMBEDDING not in names or OUTPUT_HEAD not in names:
-                return path.stat().st_size
-            embedding = weights.get_slice(EMBEDDING)
-            return path.stat().st_size - math.prod(embedding.get_shape()) * DTYPE_BYTES[embedding.get_dtype()]
+        tensors = json.loads(safetensors_header(path))
+        if EMBEDDING not in tensors or OUTPUT_HEAD not in tensors:
+            return path.stat().st_size
+        start, end = tensors[EMBEDDING]["data_offsets"]
+        return path.stat().st_size - (end - start)
 
     def roofline(self, steps: list[Counters] | None = None) -> dict:
         """SPEC §1's roofline of decode steps (default: the last generation's, its prompt step

@@ -20,6 +20,7 @@ Dimension legend: T tokens, H hidden, K experts per token, E experts of a layer.
 
 import contextlib
 import time
+from collections import Counter
 
 import torch
 
@@ -68,8 +69,8 @@ class OffloadedExperts:
         self.pending: dict[tuple[int, int], ReadHandle] = {}  # prefetches in flight
         self._predicted: dict[tuple[int, int], int] = {}  # guesses for the layer that comes next -> rank
         # Per guess rank (0: the most likely): guesses made and right so far, prefetched or not.
-        self._made: list[int] = []
-        self._right: list[int] = []
+        self._made: Counter[int] = Counter()
+        self._right: Counter[int] = Counter()
         self.counters = Counters()
         # What the disk can read before the next layer asks: the window from issuing a layer's
         # prefetches to the next layer's call, times the rate reads reached waiting steps.
@@ -187,18 +188,13 @@ class OffloadedExperts:
     def _score_guesses(self, layer: int, needed: set[tuple[int, int]]) -> None:
         """Counts, per rank, the guesses made for this layer and those it needed."""
         for key, rank in self._predicted.items():
-            if key[0] != layer:
-                continue
-            while len(self._made) <= rank:
-                self._made.append(0)
-                self._right.append(0)
-            self._made[rank] += 1
-            self._right[rank] += key in needed
+            if key[0] == layer:
+                self._made[rank] += 1
+                self._right[rank] += key in needed
 
     def _precision(self, rank: int) -> float:
         """How often guesses of this rank were right so far (1 of 2 before any is seen)."""
-        made, right = (self._made[rank], self._right[rank]) if rank < len(self._made) else (0, 0)
-        return (right + 1) / (made + 2)
+        return (self._right[rank] + 1) / (self._made[rank] + 2)
 
     def _prefetch(
         self, layer: int, next_keys: dict[tuple[int, int], int], needed: set[tuple[int, int]]
@@ -206,7 +202,7 @@ class OffloadedExperts:
         """While `layer` computes, reads the guesses (most likely first) not yet held, as many as
         the disk can read before the next layer asks (at least one): a read still in flight then
         cannot be cancelled, and a wrong one delays the next layer's demand reads."""
-        allowance = self._window * self._bandwidth - sum(self._size(*key) for key in self.pending)
+        allowance = self._window * self._bandwidth - sum(handle.nbytes for handle in self.pending.values())
         for key, rank in next_keys.items():  # most likely first
             if key in self.cache or key in self.pending or self._precision(rank) < PREFETCH_PRECISION:
                 continue

@@ -49,6 +49,13 @@ def safetensors_files(directory: Path) -> list[Path]:
     raise ValueError(f"{directory}: no *.safetensors files")
 
 
+def safetensors_header(path: Path) -> bytes:
+    """The JSON header of a safetensors file, as stored: every tensor's name, dtype, shape and
+    byte offsets."""
+    with open(path, "rb") as f:
+        return f.read(int.from_bytes(f.read(8), "little"))
+
+
 def read_config(directory: Path) -> dict:
     if not (directory / "config.json").is_file():
         raise ValueError(f"{directory / 'config.json'}: missing; a Hugging Face checkpoint needs its config")

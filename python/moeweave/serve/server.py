@@ -15,7 +15,6 @@ from moeweave.adapters.esft import CONFIG_FILE
 from moeweave.engine.engine import dense_dtype
 from moeweave.formats.hf_checkpoint import read_config
 from moeweave.models import load
-from moeweave.serve.app import create_app
 from moeweave.serve.scheduler import Scheduler
 
 DEFAULT_CONTEXT = 4096  # when config.json gives no max_position_embeddings
@@ -34,6 +33,10 @@ def build(
 ):
     """The app and its started scheduler (stop it when the server ends, then close
     app.state.engine when there is one)."""
+    # Here, not at the top: the CLI imports this module to build its parser, and only serving
+    # needs the `serve` extra (fastapi, prometheus-client).
+    from moeweave.serve.app import create_app
+
     config = read_config(base)
     engine = None
     if memory_budget is None:
