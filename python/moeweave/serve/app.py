@@ -70,6 +70,10 @@ class ApiError(Exception):
         self.status, self.message, self.kind, self.code = status, message, kind, code
 
 
+def no_such_model(model: str) -> ApiError:
+    return ApiError(404, f"The model `{model}` does not exist.", "NotFoundError", "model_not_found")
+
+
 def create_app(
     scheduler: Scheduler,
     base_name: str,
@@ -146,7 +150,7 @@ def create_app(
         if model == base_name:
             return None
         if model not in scheduler.models():
-            raise ApiError(404, f"The model `{model}` does not exist.", "NotFoundError", "model_not_found")
+            raise no_such_model(model)
         return model
 
     def sampling(body: _Generation, max_tokens: int | None, prompt: list[int]) -> Sampling:
@@ -168,9 +172,7 @@ def create_app(
         except QueueFull as error:
             raise ApiError(429, f"server busy: {error}", "rate_limit_error") from None
         except UnknownModel:
-            raise ApiError(
-                404, f"The model `{body.model}` does not exist.", "NotFoundError", "model_not_found"
-            ) from None
+            raise no_such_model(body.model) from None
         except ValueError as error:
             raise ApiError(400, str(error)) from None
         metrics.waiting.set(scheduler.waiting)
@@ -186,11 +188,12 @@ def create_app(
             await asyncio.wait({collecting, leaving}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             leaving.cancel()
-            if not collecting.done():  # the client went away: free its slot
+            gone = not collecting.done()
+            if gone:  # the client went away (or this handler was cancelled): free its slot
                 job.cancel()
                 collecting.cancel()
-        if not collecting.done() or collecting.cancelled():
-            record(job, body.model, None)
+                record(job, body.model, None)
+        if gone:
             return Response(status_code=499)  # nobody reads it
         text, done = collecting.result()
         record(job, body.model, done)
@@ -298,8 +301,7 @@ def create_app(
         try:
             await asyncio.wrap_future(scheduler.unload_adapter(body.lora_name))
         except UnknownModel:
-            raise ApiError(404, f"The model `{body.lora_name}` does not exist.", "NotFoundError",
-                           "model_not_found") from None  # fmt: skip
+            raise no_such_model(body.lora_name) from None
         metrics.adapter_loaded.labels(body.lora_name).set(0)
         return {"status": "ok", "model": body.lora_name}
 
