@@ -6,8 +6,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 DEPS := $(VENV)/.deps-installed
+# Google Benchmark, from Debian's libbenchmark-dev: the native microbenchmarks (bench/cpp) need it.
+BENCHMARK_H := /usr/include/benchmark/benchmark.h
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: run test install lint cpp-test bench clean
+.PHONY: run test install lint cpp-test bench bench-cpp clean
 
 $(DEPS): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +31,12 @@ lint: install
 	$(VENV)/bin/ruff check python tests bench
 	$(VENV)/bin/ruff format --check python tests bench
 
+# The microbenchmarks are built here too (not run) wherever Google Benchmark is installed, so a
+# kernel change that breaks them fails the tests; OFF is passed explicitly so that a build folder
+# configured while the library was there does not keep asking for it.
 cpp-test:
-	cmake -S . -B build/cpp -G Ninja -DMOEWEAVE_PYTHON=OFF -DMOEWEAVE_CUDA=OFF -DMOEWEAVE_BUILD_TESTS=ON > /dev/null
+	cmake -S . -B build/cpp -G Ninja -DMOEWEAVE_PYTHON=OFF -DMOEWEAVE_CUDA=OFF -DMOEWEAVE_BUILD_TESTS=ON \
+	  -DMOEWEAVE_BUILD_BENCHMARKS=$(if $(wildcard $(BENCHMARK_H)),ON,OFF) > /dev/null
 	cmake --build build/cpp
 	ctest --test-dir build/cpp --output-on-failure
 
@@ -38,6 +45,19 @@ test: lint cpp-test
 
 bench: install
 	for script in bench/[!_]*.py; do [ "$$script" = bench/common.py ] || $(PY) $$script || exit 1; done
+
+# Each binary measures its own STREAM triad first and reports every kernel against it; JSON of
+# the run lands next to the binaries. Half a second per benchmark keeps the run (build included)
+# within about 3 minutes on 2 cores. apt-get update only when stale package lists fail the install.
+bench-cpp:
+	test -f $(BENCHMARK_H) || $(SUDO) apt-get install -y libbenchmark-dev || \
+	  ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y libbenchmark-dev)
+	cmake -S . -B build/bench-cpp -G Ninja -DMOEWEAVE_PYTHON=OFF -DMOEWEAVE_CUDA=OFF -DMOEWEAVE_BUILD_BENCHMARKS=ON > /dev/null
+	cmake --build build/bench-cpp
+	for family in quant_matmul moe_experts attention norm_rope reroute store_read; do \
+	  build/bench-cpp/bench/cpp/bench_$$family --benchmark_min_time=0.5 \
+	    --benchmark_out=build/bench-cpp/$$family.json --benchmark_out_format=json || exit 1; \
+	done
 
 clean:
 	rm -rf build $(VENV)

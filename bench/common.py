@@ -18,8 +18,10 @@ from pathlib import Path
 
 import torch
 
+from moeweave.cpu import last_level_cache_bytes
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-L3_BYTES = 32 << 20  # this machine's L3 (DESIGN §8); working sets of >= 4x it come from DRAM
+L3_BYTES = last_level_cache_bytes()  # read off the machine; working sets of >= 4x it come from DRAM
 
 
 def median_seconds(

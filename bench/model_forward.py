@@ -26,7 +26,7 @@ from moeweave.models import KVCache, load
 from moeweave.models import layers as layers_module
 from moeweave.models import model as model_module
 from moeweave.models.moe_block import MoEBlock
-from moeweave.quant import ExpertTable, QuantizedWeight
+from moeweave.quant import ExpertTable
 
 
 class Decoder:
@@ -109,20 +109,11 @@ def stage_breakdown(model, decoder: Decoder, tokens: int) -> dict[str, float]:
     return stages
 
 
-def nbytes(w) -> int:
-    return w.nbytes if isinstance(w, QuantizedWeight) else w.numel() * w.element_size()
-
-
 def bytes_per_decode_token(model, tables: dict[int, ExpertTable]) -> float:
     """Weights a decode step reads: every dense weight once (embedding: one row) plus top-k
     experts per MoE layer at their stored size (the KV cache is small at these lengths)."""
-    spec = model.spec
-    dense = nbytes(model.lm_head) + spec.hidden_size * model.embed.element_size()
-    for layer in model.layers:
-        dense += sum(nbytes(getattr(layer.attention, name)) for name in ("q", "k", "v", "o"))
-        dense += nbytes(layer.mlp.router)
-    experts = sum(spec.top_k * table.nbytes / len(table) for table in tables.values())
-    return dense + experts
+    experts = sum(model.spec.top_k * table.nbytes / len(table) for table in tables.values())
+    return model.dense_bytes_per_token() + experts
 
 
 VARIANTS = (("bf16", "float"), ("int4", "float"), ("int4", "int8"))  # (experts, projections)

@@ -3,7 +3,7 @@ does continuous batching come to the memory-bandwidth bound of a step?
 
 Base: DeepSeek-V2-Lite's shapes (64 routed experts of 1408 + 2 shared, top-6, MLA, 102400-token
 vocabulary) with random weights and --layers layers (the first dense, as in the model), INT4
-experts, bf16 dense weights. Adapters: synthetic (perturbed copies) over the expert selections
+experts, INT8 projections (the server's default), bf16 elsewhere. Adapters: synthetic (perturbed copies) over the expert selections
 of DeepSeek's four released ESFT adapters (../shared/data/esft_expert_configs, layers this
 base has), round robin. The scheduler runs in-process (the HTTP layer adds the same to every
 row): `concurrency` requests at once, spread round robin over `adapters` adapters (0: all on
@@ -12,7 +12,7 @@ the base), each generating --tokens tokens after a --prompt-token prompt, greedy
 Per row: decode tokens/s (tokens over the decode steps' time), per-token latency p50 / p99 (a
 decode step's duration: each request gets one token per step), the latency overhead against the
 base alone at the same concurrency, and two bounds of a decode step, both measured in this run:
-bytes (the dense weights once, all but the embedding; every distinct expert the batch touches;
+bytes (the dense weights once, one row of the embedding; every distinct expert the batch touches;
 the KV cache it reads) over the STREAM triad's bandwidth, and multiply-adds (2 x the weights
 each token uses: dense, its top-k experts per layer) over the FLOP/s of a large bf16 matmul.
 The ratio reported is the larger bound over the measured step. Memory: the adapters' pools as
@@ -26,6 +26,7 @@ committed, against their tuned experts' bytes, one merged model per adapter, and
 import argparse
 import itertools
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -162,15 +163,13 @@ def main() -> None:
     prompt = torch.randint(
         0, model.spec.vocab_size, (args.prompt,), generator=torch.Generator().manual_seed(0)
     ).tolist()
-    dense = sum(
-        t.numel() * t.element_size()
-        for t in [model.lm_head, model.norm] + [w for layer in model.layers for w in _dense_tensors(layer)]
-    )
+    dense = model.dense_bytes_per_token()
     triad = stream_triad_gbps() * 1e9
     peak = matmul_flops()
     spec = model.spec
     expert_elements = 3 * spec.hidden_size * spec.moe_intermediate_size
-    flops_per_token = 2 * (dense // 2 + sum(spec.moe_layers) * spec.top_k * expert_elements)  # bf16 dense
+    dense_elements = sum(math.prod(w.shape) for w in model.dense_weights())
+    flops_per_token = 2 * (dense_elements + sum(spec.moe_layers) * spec.top_k * expert_elements)
     print(f"# {machine()['cpu']}: DeepSeek-V2-Lite shapes, {args.layers} layers, dense {dense >> 20} MiB read per step, "
           f"triad {triad / 1e9:.1f} GB/s, bf16 matmul {peak / 1e9:.0f} GFLOP/s")  # fmt: skip
     run(model, adapter_set, names[:4], 8, prompt, args.tokens, touched)  # warm-up: first-touch page faults
@@ -200,25 +199,6 @@ def main() -> None:
                               "memory": memory}) + "\n")  # fmt: skip
 
 
-def _dense_tensors(layer):
-    """The dense weights of a decoder layer that a step reads (not its routed experts)."""
-    from dataclasses import fields, is_dataclass
-
-    found = []
-
-    def walk(value):
-        if isinstance(value, torch.Tensor):
-            found.append(value)
-        elif is_dataclass(value) and not isinstance(value, type):
-            for f in fields(value):
-                if f.name not in ("experts", "spec", "reroute"):
-                    walk(getattr(value, f.name))
-
-    for part in (layer.attention, layer.mlp, layer.input_norm, layer.post_attention_norm):
-        walk(part)
-    return found
-
-
 def memory_report(model, adapter_set, tuned: dict[str, int], base_resident: int) -> dict:
     """Bytes: the pools as committed, the adapters' tuned experts, one merged model per adapter,
     and a padded layout giving every adapter E_max slots in every layer."""
@@ -226,9 +206,8 @@ def memory_report(model, adapter_set, tuned: dict[str, int], base_resident: int)
     layers = list(adapter_set.tables)
     expert = slot_bytes(adapter_set.tables[layers[0]].experts[0])
     base_experts = expert * experts * len(layers)
-    dense = sum(t.numel() * t.element_size() for t in [model.embed, model.lm_head, model.norm]) + sum(
-        t.numel() * t.element_size() for layer in model.layers for t in _dense_tensors(layer)
-    )
+    embedding = model.embed.numel() * model.embed.element_size()
+    dense = model.dense_bytes_per_token() - model.spec.hidden_size * model.embed.element_size() + embedding
     per_layer_max = max(
         int((adapter_set.remap[layer][row] != torch.arange(experts)).sum())
         for layer in layers

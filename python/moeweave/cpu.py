@@ -3,9 +3,35 @@ their pool uses. MOEWEAVE_ISA and MOEWEAVE_NUM_THREADS set the same things from 
 """
 
 import contextlib
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 from moeweave._native import require_cpu_module
+
+FALLBACK_CACHE_BYTES = 32 << 20  # when the machine does not say: the smallest L3 seen here
+
+
+def last_level_cache_bytes() -> int:
+    """Bytes of the largest cache this CPU reports: sysfs (cpu0's cache indices), else
+    sysconf(_SC_LEVEL3_CACHE_SIZE), else FALLBACK_CACHE_BYTES. Working sets meant to come from
+    DRAM (bandwidth probes, benchmarks) are sized from it; this family of machines ranged from
+    32 MiB to 300 MiB."""
+    sizes = [
+        _parse_size(p.read_text()) for p in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size")
+    ]
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        sizes.append(os.sysconf("SC_LEVEL3_CACHE_SIZE"))
+    return max([s for s in sizes if s > 0], default=FALLBACK_CACHE_BYTES)
+
+
+def _parse_size(text: str) -> int:
+    """sysfs writes cache sizes as '32768K' or '105M'."""
+    text = text.strip()
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    if text and text[-1] in units:
+        return int(text[:-1]) * units[text[-1]]
+    return int(text) if text.isdigit() else 0
 
 
 def supported_isas() -> list[str]:

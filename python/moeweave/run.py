@@ -14,7 +14,7 @@ from moeweave.formats.hf_checkpoint import read_config
 from moeweave.models import EXPERT_FORMATS, load
 from moeweave.models.bundled import default_model_dir
 from moeweave.models.generate import check_arguments
-from moeweave.models.load import PROJECTION_FORMATS
+from moeweave.models.load import PROJECTION_FORMATS, default_projections
 from moeweave.models.prompting import SAMPLING_DEFAULTS, chat_prompt, sampling_defaults
 
 DENSE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -40,8 +40,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-new-tokens", type=int,
                         help=f"default: generation_config.json's, else {SAMPLING_DEFAULTS['max_new_tokens']}")  # fmt: skip
     parser.add_argument("--experts", choices=EXPERT_FORMATS, default="int4", help="routed expert format")
-    parser.add_argument("--projections", choices=PROJECTION_FORMATS, default="float",
-                        help="attention / dense / LM-head projection weights: float, or INT8 (half the bytes)")  # fmt: skip
+    parser.add_argument("--projections", choices=PROJECTION_FORMATS,
+                        help="attention / dense / LM-head projection weights: float, int8 or int4 "
+                             "(default: int8 with quantised experts, else float)")  # fmt: skip
     parser.add_argument("--dtype", choices=["auto", *DENSE_DTYPES], default="auto",
                         help="dense weights: the checkpoint's own dtype (config.json), float32 or bfloat16")  # fmt: skip
     # Sampling: flags win, then the checkpoint's generation_config.json, then SAMPLING_DEFAULTS.
@@ -82,8 +83,9 @@ def main(args) -> None:
     if model.tokenizer is None:
         raise ValueError(f"{path} has no tokenizer.json, so a text prompt cannot be encoded")
     print(
-        f"# {path} ({model.spec.architecture}, {args.experts} experts, {str(dtype).removeprefix('torch.')} dense "
-        f"weights, {torch.get_num_threads()} torch threads)"
+        f"# {path} ({model.spec.architecture}, {args.experts} experts, "
+        f"{args.projections or default_projections(args.experts)} projections, {str(dtype).removeprefix('torch.')} "
+        f"dense weights, {torch.get_num_threads()} torch threads)"
     )
     sys.stdout.write(prompt)
     sys.stdout.flush()

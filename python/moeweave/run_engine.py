@@ -26,6 +26,7 @@ def run(args, path: Path, prompt: str, sampling: dict) -> None:
         cache=args.cache,
         bits=STORE_BITS[args.experts],
         fallback=args.low_bit_fallback,
+        projections=args.projections,
     ) as engine:
         budget = engine.provider.cache.budget
         print(

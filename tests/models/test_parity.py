@@ -2,12 +2,12 @@
 logits on a padded batch of prompts of different lengths, greedy tokens, KV-cache decoding, and
 quantised experts within stated tolerances."""
 
-import re
 import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from transformers_oracle import PROJECTION_TENSOR
 from transformers_oracle import oracle as _oracle
 from transformers_oracle import oracle_with_experts_as as _oracle_with_experts_as
 
@@ -39,7 +39,7 @@ def test_logits_match_transformers_on_a_padded_batch(checkpoint, experts, tmp_pa
     ids, mask = _padded_batch(oracle.config.vocab_size)
     with torch.no_grad():
         expected = oracle(input_ids=ids, attention_mask=mask).logits
-    got = load(path, experts=experts)(ids, attention_mask=mask).logits
+    got = load(path, experts=experts, projections="float")(ids, attention_mask=mask).logits
     real = mask.bool()
     error = (got - expected).abs().amax(-1)[real] / expected[real].abs().max()  # per real position
     if experts in ("fp32", "bf16"):
@@ -53,28 +53,23 @@ def test_logits_match_transformers_on_a_padded_batch(checkpoint, experts, tmp_pa
         )
 
 
-PROJECTION_TENSOR = re.compile(
-    r"(self_attn\.(q|k|v|o|q_a|q_b|kv_b)_proj|self_attn\.kv_a_proj_with_mqa|\.mlp\.(gate|up|down)_proj"
-    r"|shared_experts?\.(gate|up|down)_proj)\.weight$|^lm_head\.weight$"
-)
-
-
-def test_int8_projections_match_transformers_on_the_same_weights(checkpoint, tmp_path):
-    """projections="int8": attention, dense-MLP, shared-expert and LM-head weights packed as INT8;
+@pytest.mark.parametrize("projections", ["int8", "int4"])
+def test_quantised_projections_match_transformers_on_the_same_weights(checkpoint, projections, tmp_path):
+    """projections="int8" / "int4": attention, dense-MLP, shared-expert and LM-head weights packed;
     the oracle runs transformers on exactly those weights, dequantised."""
     _, path = checkpoint
-    target = tmp_path / "oracle-int8-projections"
+    target = tmp_path / f"oracle-{projections}-projections"
     shutil.copytree(path, target)
     tensors = load_file(target / "model.safetensors")
     for name, w in tensors.items():
         if PROJECTION_TENSOR.search(name):
-            tensors[name] = dequantize(quantize_as(w, "int8"))
+            tensors[name] = dequantize(quantize_as(w, projections))
     save_file(tensors, target / "model.safetensors")
     oracle = _oracle(target)
     ids, mask = _padded_batch(oracle.config.vocab_size)
     with torch.no_grad():
         expected = oracle(input_ids=ids, attention_mask=mask).logits
-    got = load(path, experts="fp32", projections="int8")(ids, attention_mask=mask).logits
+    got = load(path, experts="fp32", projections=projections)(ids, attention_mask=mask).logits
     real = mask.bool()
     error = (got - expected).abs().amax(-1)[real] / expected[real].abs().max()
     # Every projection adds its int8-activation error (~0.5 % each, several per layer), so

@@ -31,14 +31,13 @@ from moeweave.formats.hf_checkpoint import read_config, safetensors_files, safet
 from moeweave.models import load
 from moeweave.models.generate import TextStream, tokens
 from moeweave.models.spec import spec_from_config
-from moeweave.store.manifest import DENSE_FILE, MANIFEST
+from moeweave.store.manifest import MANIFEST
 from moeweave.store.reader import ExpertStore
 from moeweave.store.writer import write_store
 
 # Prefetches in flight at most: beyond the io engine's queue they would only wait in line
 # ahead of the next demand read.
 MAX_PREFETCHES = 16
-EMBEDDING, OUTPUT_HEAD = "model.embed_tokens.weight", "lm_head.weight"
 # The low-bit copy written for a Hugging Face directory opened with the fallback on.
 FALLBACK_BITS = 2
 
@@ -100,6 +99,7 @@ class Engine:
         backend: str | None = None,
         bits: int = 4,
         fallback: bool = False,
+        projections: str | None = None,
     ) -> "Engine":
         """path: an expert store or a Hugging Face checkpoint directory (converted once into a store
         under the cache directory). memory_budget: bytes of experts held in RAM (reads in flight
@@ -107,7 +107,8 @@ class Engine:
         eviction policy, one of POLICIES. bits: the experts' bitwidth when an HF directory is
         converted (16: bf16). fallback: read misses from the store's low-bit copy
         (moeweave.engine.fallback; written at FALLBACK_BITS for an HF directory): faster under a
-        tight budget, no longer identical to the in-RAM model."""
+        tight budget, no longer identical to the in-RAM model. projections: the dense projections'
+        format (moeweave.models.load; default int8, as the experts are quantised)."""
         if predictor not in PREDICTORS:
             raise ValueError(f"Engine.open: predictor must be one of {PREDICTORS}, got {predictor!r}")
         if cache not in POLICIES:
@@ -126,7 +127,7 @@ class Engine:
             store.close()
             raise
         try:
-            return cls._build(store, memory_budget, predictor, cache, low_bits)
+            return cls._build(store, memory_budget, predictor, cache, low_bits, projections)
         except BaseException:
             store.close()
             if low_bits is not None:
@@ -135,7 +136,13 @@ class Engine:
 
     @classmethod
     def _build(
-        cls, store: ExpertStore, memory_budget, predictor: str, cache: str, fallback: ExpertStore | None
+        cls,
+        store: ExpertStore,
+        memory_budget,
+        predictor: str,
+        cache: str,
+        fallback: ExpertStore | None,
+        projections: str | None,
     ) -> "Engine":
         spec = spec_from_config(store.config)
         layers = [index for index, moe in enumerate(spec.moe_layers) if moe]
@@ -154,7 +161,7 @@ class Engine:
             store, budget, cache, layers, spec.num_experts, spec.hidden_size, spec.moe_intermediate_size,
             MAX_PREFETCHES, fallback,
         )  # fmt: skip
-        model = load(store.path, experts=provider, dtype=dense_dtype(store.config))
+        model = load(store.path, experts=provider, dtype=dense_dtype(store.config), projections=projections)
         if predictor == "path":
             provider.predictor = PathPredictor(PathCounts.load(store.path))
         if predictor == "stale-gate":
@@ -207,17 +214,6 @@ class Engine:
             if piece := stream.push(token):
                 yield piece
 
-    @property
-    def dense_bytes(self) -> int:
-        """Bytes of dense weights a token step reads: the whole dense file but the token
-        embedding, of which it reads one row (unless the output head is the embedding: tied)."""
-        path = self.store.path / DENSE_FILE
-        tensors = json.loads(safetensors_header(path))
-        if EMBEDDING not in tensors or OUTPUT_HEAD not in tensors:
-            return path.stat().st_size
-        start, end = tensors[EMBEDDING]["data_offsets"]
-        return path.stat().st_size - (end - start)
-
     def roofline(self, steps: list[Counters] | None = None) -> dict:
         """SPEC §1's roofline of decode steps (default: the last generation's, its prompt step
         left out), with the disk and memory bandwidth measured now (about a second)."""
@@ -227,7 +223,7 @@ class Engine:
         disk, memory = disk_bandwidth(self.store), memory_bandwidth()
         count = len(steps)
         read = sum(s.bytes_read for s in steps) / count
-        moved = self.dense_bytes + sum(s.expert_bytes_needed for s in steps) / count
+        moved = self.model.dense_bytes_per_token() + sum(s.expert_bytes_needed for s in steps) / count
         bound = bound_seconds(read, moved, disk, memory)
         actual = sum(s.step_seconds for s in steps) / count
         return {

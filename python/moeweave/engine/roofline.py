@@ -11,10 +11,10 @@ from collections import deque
 
 import torch
 
+from moeweave.cpu import last_level_cache_bytes
 from moeweave.store.reader import ExpertStore
 
 DISK_SAMPLE_BYTES = 256 << 20
-TRIAD_ARRAY_BYTES = 64 << 20
 
 
 def disk_bandwidth(store: ExpertStore, sample_bytes: int = DISK_SAMPLE_BYTES, in_flight: int = 16) -> float:
@@ -35,11 +35,11 @@ def disk_bandwidth(store: ExpertStore, sample_bytes: int = DISK_SAMPLE_BYTES, in
     return total / (time.perf_counter() - start)
 
 
-def memory_bandwidth(array_bytes: int = TRIAD_ARRAY_BYTES) -> float:
+def memory_bandwidth(array_bytes: int | None = None) -> float:
     """Bytes/s of the STREAM triad a = b + s * c over fp32 arrays (3 arrays moved per element, as
-    STREAM counts), the best of 5. Arrays that fit a large last-level cache overstate DRAM's
-    bandwidth, which only loosens the bound."""
-    n = array_bytes // 4
+    STREAM counts), the best of 5. The arrays default to the last-level cache's size each (64 MiB
+    at least): the three together overflow it, so the triad reads DRAM and not a large L3."""
+    n = (array_bytes or max(64 << 20, last_level_cache_bytes())) // 4
     a, b, c = torch.empty(n), torch.rand(n), torch.rand(n)
     torch.add(b, c, alpha=3.0, out=a)
     best = float("inf")

@@ -6,6 +6,8 @@ a shard index naming `../x` or `/x`, or a symlink out of the directory, is refus
 
 import contextlib
 import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -83,28 +85,53 @@ def open_safetensors(path: Path):
         raise ValueError(f"{path}: not a valid safetensors file ({error})") from None
 
 
+# safetensors' dtype names -> torch dtypes.
+SAFETENSORS_DTYPES = {
+    "BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
+    "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """Where one tensor lies: its file (an open descriptor) and its bytes there."""
+
+    fd: int
+    offset: int  # of the first byte in the file
+    nbytes: int
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
 class Checkpoint:
     """The one reader of a checkpoint directory: its config and its safetensors tensors by name,
-    each read on demand (safetensors maps the files). A tensor name in two files (which one is
-    meant?) and a NaN or infinity in a tensor read (it would spread through every output or be
-    quantised into garbage without a word) are refused. Records the tensors taken, so a loader
-    can report the ones it never used. Use as a context manager, or close()."""
+    each read on demand. Tensors are read with pread into memory of their own, not through a
+    mapping of the file: a mapped file's pages stay resident while it is open, so loading a
+    model would hold the whole checkpoint on top of what it converts it into. A tensor name in
+    two files (which one is meant?) and a NaN or infinity in a tensor read (it would spread
+    through every output or be quantised into garbage without a word) are refused. Records the
+    tensors taken, so a loader can report the ones it never used. Use as a context manager, or
+    close()."""
 
     def __init__(self, directory: str | Path):
         self.directory = checkpoint_directory(directory)
         self.config = read_config(self.directory)
         self.architecture = self.config.get("model_type", "unknown")
         self._stack = contextlib.ExitStack()
-        self._handles = {}  # tensor name -> safe_open handle of its file
+        self._entries: dict[str, _Entry] = {}
         self._files: dict[str, Path] = {}  # tensor name -> file
         for path in safetensors_files(self.directory):
-            handle = self._stack.enter_context(open_safetensors(path))
-            for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
+            with open_safetensors(path):  # validates the header: offsets, dtypes, sizes
+                pass
+            fd = os.open(path, os.O_RDONLY)
+            self._stack.callback(os.close, fd)
+            for name, entry in _entries(path, fd).items():
                 if name in self._files:
                     raise ValueError(
                         f"{self.directory}: tensor {name!r} is in both {self._files[name]} and {path}"
                     )
-                self._files[name], self._handles[name] = path, handle
+                self._files[name], self._entries[name] = path, entry
         self.taken: set[str] = set()
 
     def __enter__(self):
@@ -127,17 +154,24 @@ class Checkpoint:
         return self._files[name]
 
     def shape(self, name: str) -> list[int]:
-        return self._handles[name].get_slice(name).get_shape()
+        return list(self._entries[name].shape)
 
     def tensor(self, name: str) -> torch.Tensor:
         """The tensor `name`, checked for NaN/inf."""
-        tensor = self._handles[name].get_tensor(name)
+        entry = self._entries[name]
+        tensor = _pread(entry.fd, entry.offset, entry.nbytes).view(entry.dtype).reshape(entry.shape)
         require_finite(tensor, name)
         return tensor
 
     def tensor_slice(self, name: str, index: int) -> torch.Tensor:
         """tensor(name)[index], reading only that slice."""
-        tensor = self._handles[name].get_slice(name)[index]
+        entry = self._entries[name]
+        if not 0 <= index < entry.shape[0]:
+            raise IndexError(
+                f"tensor {name!r}: index {index} is outside its first dimension of {entry.shape[0]}"
+            )
+        row = entry.nbytes // entry.shape[0]
+        tensor = _pread(entry.fd, entry.offset + index * row, row).view(entry.dtype).reshape(entry.shape[1:])
         require_finite(tensor, name, at=(index,))
         return tensor
 
@@ -154,3 +188,38 @@ class Checkpoint:
 
     def untaken(self) -> list[str]:
         return sorted(set(self._files) - self.taken)
+
+
+def _entries(path: Path, fd: int) -> dict[str, _Entry]:
+    """Every tensor of a (validated) safetensors file, by name."""
+    header = safetensors_header(path)
+    data_start = 8 + len(header)
+    entries = {}
+    for name, info in json.loads(header).items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in SAFETENSORS_DTYPES:
+            raise ValueError(
+                f"{path}: tensor {name!r} has dtype {info['dtype']}, which moeweave does not read"
+            )
+        start, end = info["data_offsets"]
+        entries[name] = _Entry(
+            fd, data_start + start, end - start, SAFETENSORS_DTYPES[info["dtype"]], tuple(info["shape"])
+        )
+    return entries
+
+
+def _pread(fd: int, offset: int, nbytes: int) -> torch.Tensor:
+    """nbytes of the file from offset, as a new uint8 tensor [nbytes]. One pread moves at most
+    about 2 GiB on Linux, so larger tensors take several."""
+    out = torch.empty(nbytes, dtype=torch.uint8)
+    view = memoryview(out.numpy())
+    done = 0
+    while done < nbytes:
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got == 0:
+            raise ValueError(
+                f"unexpected end of file at byte {offset + done} (a truncated safetensors file?)"
+            )
+        done += got
+    return out

@@ -2,10 +2,14 @@
 kernels, with the routed experts in the requested format.
 
 Expert formats: "fp32" (plain torch, exact), and the fused MoE op's formats of
-moeweave.quant.policy: "bf16", "int8" / "int4" / "int3" / "int2" (packed weights). Dense weights
-run in `dtype` (default: fp32); with projections="int8" the attention, dense-MLP, shared-expert
-and LM-head projections are stored as INT8 and run on quant_matmul, halving the bytes a decode
-step reads outside the experts.
+moeweave.quant.policy: "bf16", "int8" / "int4" / "int3" / "int2" (packed weights).
+
+Projection formats: the attention, dense-MLP, shared-expert and LM-head projections are
+"float" (in `dtype`, default fp32), "int8" or "int4" (packed in groups of 64 like the experts, run
+on quant_matmul; a decode step reads a half or a quarter of bf16's bytes outside the experts).
+The default follows the experts: "int8" when they are quantised (their accuracy cost on the
+bundled model is a fraction of the experts' own, docs/benchmarks.md), "float" otherwise. The
+embedding stays a gather in `dtype`.
 """
 
 from pathlib import Path
@@ -16,6 +20,7 @@ from tqdm import tqdm
 from moeweave.formats.expert_naming import ARCHITECTURES as EXPERT_NAMING
 from moeweave.formats.hf_checkpoint import Checkpoint
 from moeweave.formats.paths import confined
+from moeweave.models.allocator import returning_freed_memory
 from moeweave.models.experts import ExpertProvider, FusedExperts, TorchExperts
 from moeweave.models.layers import AttentionWeights, MLPWeights
 from moeweave.models.mla import MLAWeights
@@ -23,10 +28,10 @@ from moeweave.models.model import DecoderLayer, MoEModel
 from moeweave.models.moe_block import MoEBlock
 from moeweave.models.spec import ModelSpec, spec_from_config
 from moeweave.quant import ExpertTable
-from moeweave.quant.policy import FUSED_FORMATS, fused_projection, quantize_as
+from moeweave.quant.policy import FUSED_FORMATS, QUANTISED_BITS, fused_projection, quantize_as
 
 EXPERT_FORMATS = ("fp32", *FUSED_FORMATS)
-PROJECTION_FORMATS = ("float", "int8")
+PROJECTION_FORMATS = ("float", "int8", "int4")
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 _MLP_NAMES = ("gate_proj", "up_proj", "down_proj")
 
@@ -49,7 +54,7 @@ class _Reader:
         return self.convert(self.ck.take(name, shape))
 
     def convert(self, w: torch.Tensor):
-        return quantize_as(w, "int8") if self.projections == "int8" else w.to(self.dtype)
+        return w.to(self.dtype) if self.projections == "float" else quantize_as(w, self.projections)
 
 
 def _attention(take: _Reader, spec: ModelSpec, prefix: str) -> AttentionWeights:
@@ -127,6 +132,12 @@ def _moe_block(take: _Reader, spec: ModelSpec, index: int, moe: str) -> MoEBlock
     return block
 
 
+def default_projections(experts: str | ExpertProvider) -> str:
+    """ "int8" for quantised experts (a format of QUANTISED_BITS, or a provider: expert stores hold
+    packed experts), else "float": whoever keeps bf16 or fp32 experts wants that precision."""
+    return "int8" if not isinstance(experts, str) or experts in QUANTISED_BITS else "float"
+
+
 def _load_tokenizer(path: Path):
     if not (path / "tokenizer.json").exists():
         return None
@@ -139,18 +150,26 @@ def load(
     path: str | Path,
     experts: str | ExpertProvider = "bf16",
     dtype: torch.dtype = torch.float32,
-    projections: str = "float",
+    projections: str | None = None,
 ) -> MoEModel:
     """Load a Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V2 or DeepSeek-V3 checkpoint
     (config.json + safetensors). `experts` is a format of EXPERT_FORMATS, or an expert provider
     that supplies the routed experts itself (an expert cache over an expert store, whose
-    directory holds the config and the dense weights): their tensors are then not read."""
-    provided = not isinstance(experts, str)
-    if not provided and experts not in EXPERT_FORMATS:
+    directory holds the config and the dense weights): their tensors are then not read.
+    `projections` is a format of PROJECTION_FORMATS; None picks default_projections(experts).
+    Tensors are read and converted one at a time, their memory returned as they go (allocator.py):
+    the resident peak stays near the loaded model's size."""
+    if isinstance(experts, str) and experts not in EXPERT_FORMATS:
         raise ValueError(f"load: experts must be one of {EXPERT_FORMATS}, got {experts!r}")
+    projections = projections or default_projections(experts)
     if projections not in PROJECTION_FORMATS:
         raise ValueError(f"load: projections must be one of {PROJECTION_FORMATS}, got {projections!r}")
-    ck = Checkpoint(path)
+    with returning_freed_memory(), Checkpoint(path) as ck:
+        return _load(ck, experts, dtype, projections)
+
+
+def _load(ck: Checkpoint, experts: str | ExpertProvider, dtype: torch.dtype, projections: str) -> MoEModel:
+    provided = not isinstance(experts, str)
     spec = spec_from_config(ck.config)
     take = _Reader(ck, dtype, projections)
     hidden, inter = spec.hidden_size, spec.moe_intermediate_size
@@ -158,7 +177,7 @@ def load(
     naming = EXPERT_NAMING[spec.architecture]
     embed = take("model.embed_tokens.weight", (spec.vocab_size, hidden))
     layers, expert_weights = [], {}
-    for index in tqdm(range(spec.num_layers), desc=f"loading {Path(path).name}", unit="layer", leave=False):
+    for index in tqdm(range(spec.num_layers), desc=f"loading {ck.directory.name}", unit="layer", leave=False):
         prefix = f"model.layers.{index}"
         if spec.moe_layers[index]:
             moe = f"{prefix}.{naming.moe_module}"

@@ -5,7 +5,8 @@ decoding. Built by moeweave.models.load from a Hugging Face checkpoint.
 Dimension legend: B batch, S new tokens, T cached + new tokens, H hidden, V vocabulary.
 """
 
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields, is_dataclass
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,7 @@ from moeweave.models.linear import linear
 from moeweave.models.mla import MLAWeights, mla_attention
 from moeweave.models.moe_block import MoEBlock
 from moeweave.models.spec import ModelSpec
+from moeweave.quant.format import QuantizedWeight
 
 
 @dataclass
@@ -134,8 +136,34 @@ class MoEModel:
         logits = linear(rms_norm(h, self.norm, eps).float(), self.lm_head)
         return CausalLMOutput(logits=logits, cache=cache)
 
+    def dense_weights(self) -> list[torch.Tensor | QuantizedWeight]:
+        """Every weight outside the routed experts and the token embedding, as held: norms,
+        projections, routers, shared experts, the LM head."""
+        return [self.norm, self.lm_head, *(w for layer in self.layers for w in _weights(layer))]
+
+    def dense_bytes_per_token(self) -> int:
+        """Bytes of weights a decode step reads outside the routed experts: every dense weight
+        once, and one row of the token embedding."""
+        row = self.spec.hidden_size * self.embed.element_size()
+        return row + sum(w.nbytes for w in self.dense_weights())
+
     def generate(self, prompt, **kwargs):
         """See moeweave.models.generate.generate."""
         from moeweave.models.generate import generate
 
         return generate(self, prompt, **kwargs)
+
+
+# Fields of the layer dataclasses that hold no dense weight: the routed experts (their own
+# provider), the model's spec and the adapter hook.
+_NOT_WEIGHTS = ("experts", "spec", "reroute")
+
+
+def _weights(value) -> Iterator[torch.Tensor | QuantizedWeight]:
+    """The tensors and packed weights in value, walking the layer dataclasses."""
+    if isinstance(value, (torch.Tensor, QuantizedWeight)):
+        yield value
+    elif is_dataclass(value) and not isinstance(value, type):
+        for f in fields(value):
+            if f.name not in _NOT_WEIGHTS:
+                yield from _weights(getattr(value, f.name))

@@ -20,7 +20,8 @@ def quantize_as(w: torch.Tensor, name: str) -> QuantizedWeight:
     if name not in QUANTISED_BITS:
         raise ValueError(f"quantize_as: format must be one of {tuple(QUANTISED_BITS)}, got {name!r}")
     bits = QUANTISED_BITS[name]
-    return quantize(w.detach().float(), bits=bits, group_size=GROUP_SIZE, sym=bits >= SYMMETRIC_FROM)
+    # quantize converts a row chunk at a time to fp32: no whole fp32 copy of a large weight.
+    return quantize(w.detach(), bits=bits, group_size=GROUP_SIZE, sym=bits >= SYMMETRIC_FROM)
 
 
 def fused_projection(w: torch.Tensor, name: str) -> Projection:

@@ -14,7 +14,7 @@ from moeweave.quant.pack import pack, unpack
 
 # Fractions of the full range tried by the MSE search, largest first (ties keep the wider range).
 _CLIP_RATIOS = torch.linspace(1.0, 0.5, 21).tolist()
-_ROW_CHUNK = 2048  # rows quantised at once: bounds the search's temporary memory
+_ROW_CHUNK = 2048  # rows quantised and packed at once (a multiple of TILE_ROWS): bounds temporaries
 
 
 def quantize(
@@ -69,8 +69,12 @@ def quantize(
     def tile_major(t: torch.Tensor) -> torch.Tensor:  # [Np, G] -> [T16, G, 16]
         return t.view(rows // TILE_ROWS, TILE_ROWS, groups).transpose(1, 2).contiguous().to(scale_dtype)
 
+    # Packing widens its input on the way; a row chunk at a time keeps that to the chunk's size
+    # (an empty weight is one empty chunk).
+    chunks = range(0, max(rows, 1), _ROW_CHUNK)
+    packed = torch.cat([pack(q[start : start + _ROW_CHUNK], bits) for start in chunks])
     return QuantizedWeight(
-        packed=pack(q, bits).contiguous(),
+        packed=packed.contiguous(),
         scales=tile_major(scales),
         zeros=None if zeros is None else tile_major(zeros),
         n=n,

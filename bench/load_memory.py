@@ -1,0 +1,70 @@
+"""How much memory does loading take? Peak and steady resident memory above the process's
+baseline (after `import torch, moeweave`) while loading a bf16 Qwen3-30B-A3B-shaped checkpoint,
+against the checkpoint's bytes: moeweave with INT4 experts (default INT8 projections) and with
+bf16 experts, and transformers' from_pretrained in bf16 as the baseline. The floor is the steady
+size of what was loaded: a loader can peak no lower. Each load runs in a fresh process, which
+resets the peak (/proc/self/clear_refs) after its imports.
+
+    python bench/load_memory.py [--layers 1] [--vocab 32000]
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+
+from common import RESULTS_DIR, bench_checkpoint, machine
+
+LOADERS = {
+    "moeweave int4 experts": "moeweave.models.load(path, experts='int4', dtype=torch.bfloat16)",
+    "moeweave bf16 experts": "moeweave.models.load(path, experts='bf16', dtype=torch.bfloat16)",
+    "transformers bf16": "transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)",
+}
+
+# Runs in the child: resident bytes now and at peak, from /proc/self/status.
+CHILD = """
+import sys, torch, moeweave.models, transformers
+def status(field):
+    for line in open('/proc/self/status'):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+path = sys.argv[1]
+open('/proc/self/clear_refs', 'w').write('5')  # resets VmHWM to the current size
+base = status('VmRSS:')
+model = {loader}
+print(status('VmHWM:') - base, status('VmRSS:') - base)
+"""
+
+
+def measure(loader: str, path) -> tuple[int, int]:
+    """(peak, steady) bytes above the baseline of one load in a fresh process."""
+    out = subprocess.run([sys.executable, "-c", CHILD.format(loader=loader), str(path)],
+                         check=True, capture_output=True, text=True)  # fmt: skip
+    peak, steady = map(int, out.stdout.split()[-2:])
+    return peak, steady
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--layers", type=int, default=1)
+    parser.add_argument("--vocab", type=int, default=32000)
+    args = parser.parse_args()
+    path = bench_checkpoint(args.layers, args.vocab)
+    checkpoint = sum(f.stat().st_size for f in path.glob("*.safetensors"))
+    print(
+        f"# {machine()['cpu']}: qwen3-30b-a3b shapes, {args.layers} layers, checkpoint {checkpoint >> 20} MiB bf16"
+    )
+    print(f"{'loader':<24} {'peak MiB':>9} {'steady MiB':>10} {'peak/checkpoint':>15} {'peak/steady':>11}")
+    rows = []
+    for name, loader in LOADERS.items():
+        peak, steady = measure(loader, path)
+        rows.append({"loader": name, "peak": peak, "steady": steady, "checkpoint": checkpoint})
+        print(f"{name:<24} {peak >> 20:>9} {steady >> 20:>10} {peak / checkpoint:>15.2f} {peak / steady:>11.2f}",
+              flush=True)  # fmt: skip
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS_DIR / "load_memory.jsonl", "a") as out:
+        out.write(json.dumps({"machine": machine(), "layers": args.layers, "rows": rows}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
