@@ -13,10 +13,10 @@ from moeweave.quant import dequantize
 from moeweave.quant.policy import quantize_as
 
 EXPERT_TENSOR = re.compile(r"\.experts\.\d+\.(gate_proj|up_proj|down_proj|w1|w2|w3)\.weight$")
-# The dense projections that load(projections=...) packs: attention, dense MLPs, shared experts
-# and the LM head.
+# The dense projections that load(projections=...) packs: attention (but MLA's kv_b, which
+# decode steps absorb per head), dense MLPs, shared experts and the LM head.
 PROJECTION_TENSOR = re.compile(
-    r"(self_attn\.(q|k|v|o|q_a|q_b|kv_b)_proj|self_attn\.kv_a_proj_with_mqa|\.mlp\.(gate|up|down)_proj"
+    r"(self_attn\.(q|k|v|o|q_a|q_b)_proj|self_attn\.kv_a_proj_with_mqa|\.mlp\.(gate|up|down)_proj"
     r"|shared_experts?\.(gate|up|down)_proj)\.weight$|^lm_head\.weight$"
 )
 

@@ -88,9 +88,7 @@ def _mla(take: _Reader, spec: ModelSpec, prefix: str) -> MLAWeights:
     w = MLAWeights(
         kv_a=take.projection(f"{prefix}.kv_a_proj_with_mqa.weight", (latent + rope, hidden)),
         kv_norm=take(f"{prefix}.kv_a_layernorm.weight", (latent,)),
-        kv_b=take.projection(
-            f"{prefix}.kv_b_proj.weight", (heads * (spec.qk_nope_head_dim + spec.v_head_dim), latent)
-        ),
+        **_kv_b_per_head(take, spec, prefix),
         o=take.projection(f"{prefix}.o_proj.weight", (hidden, heads * spec.v_head_dim)),
     )
     if spec.q_lora_rank is None:
@@ -106,6 +104,16 @@ def _mla(take: _Reader, spec: ModelSpec, prefix: str) -> MLAWeights:
     if spec.o_bias:
         w.o_bias = take(f"{prefix}.o_proj.bias", (hidden,))
     return w
+
+
+def _kv_b_per_head(take: _Reader, spec: ModelSpec, prefix: str) -> dict[str, torch.Tensor]:
+    """kv_b_proj [nH * (N + Dv), C] as W_UK [nH, N, C] and W_UV [nH, C, Dv], in the dense dtype
+    (not a packed projection: decode steps fold them into the query and output per head)."""
+    heads, nope, v_dim, latent = spec.num_heads, spec.qk_nope_head_dim, spec.v_head_dim, spec.kv_lora_rank
+    kv_b = take(f"{prefix}.kv_b_proj.weight", (heads * (nope + v_dim), latent)).view(
+        heads, nope + v_dim, latent
+    )
+    return {"w_uk": kv_b[:, :nope].contiguous(), "w_uv": kv_b[:, nope:].transpose(1, 2).contiguous()}
 
 
 def _mlp(take: _Reader, prefix: str, names: tuple[str, str, str], hidden: int, inter: int) -> MLPWeights:

@@ -1,6 +1,11 @@
 """Multi-head latent attention (DeepSeek-V2/V3). Keys and values are compressed into one
 latent per token (kv_lora_rank) plus a shared rotary key (qk_rope_head_dim); the cache holds
-only those, and they are expanded per head (kv_b_proj) when attending.
+only those, one row [latent | rotary key] per token. kv_b_proj is held per head as W_UK and
+W_UV (DeepSeek's names). A prompt expands the cached latents into keys and values per head and
+attends as usual. A decode step (up to ABSORB_QUERIES new tokens) instead folds W_UK into the
+query and W_UV into the output, as DeepSeek's inference code does: it attends over the latents
+themselves, one shared key/value head, so the cache is never expanded (expanding it cost
+nH * (N + Dv) * C multiply-adds per cached token and layer, every step).
 
 Dimension legend: B batch, S new tokens, T cached + new tokens, nH heads, C kv_lora_rank,
 R qk_rope_head_dim, N qk_nope_head_dim, Dv v_head_dim.
@@ -19,13 +24,17 @@ from moeweave.ops import rope as rope_op
 # The latent norms (q_a_layernorm, kv_a_layernorm) use RMSNorm's default epsilon, not
 # rms_norm_eps: DeepSeek's reference code and transformers both construct them without it.
 LATENT_NORM_EPS = 1e-6
+# Up to this many new tokens per sequence, attention runs on the latents with kv_b absorbed; the
+# absorbed form costs nH * N * C per new token, the expanded one nH * (N + Dv) * C per cached one.
+ABSORB_QUERIES = 8
 
 
 @dataclass
 class MLAWeights:
     kv_a: Projection  # [C + R, H]
     kv_norm: torch.Tensor  # [C]
-    kv_b: Projection  # [nH * (N + Dv), C]
+    w_uk: torch.Tensor  # [nH, N, C]: kv_b_proj's key rows, per head
+    w_uv: torch.Tensor  # [nH, C, Dv]: kv_b_proj's value rows, per head, transposed
     o: Projection  # [H, nH * Dv]
     q: Projection | None = None  # [nH * (N + R), H] when q_lora_rank is None
     q_a: Projection | None = None  # [q_lora_rank, H]
@@ -94,13 +103,49 @@ def mla_attend(
     cache,
 ) -> torch.Tensor:
     """mla_project's outputs of one batch of sequences -> the attention output [B, S, nH * Dv],
-    before the output projection: RoPE, the cache, keys and values from the latents."""
+    before the output projection: RoPE, the cache, attention over the cached latents."""
     batch, seq = q.shape[:2]
     query, latent, k_rot = mla_rotate(spec, q, latent.reshape(batch, 1, seq, -1), k_rot, cos, sin)
+    keys = torch.cat([latent, k_rot], dim=-1)  # [B, 1, S, C + R]: what the cache holds per token
     if cache is not None:
-        latent, k_rot = cache.extend(latent, k_rot)
-    kv = linear(latent, w.kv_b)  # [B, 1, T, nH * (N + Dv)]
-    return mla_core(spec, query, kv.view(batch, latent.shape[2], -1), k_rot, mask)
+        (keys,) = cache.extend(keys)
+    return mla_cached_core(spec, w, query, keys, mask)
+
+
+def mla_cached_core(
+    spec: ModelSpec, w: MLAWeights, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor
+):
+    """query [B, nH, S, N + R] (after RoPE), keys [B, 1, T, C + R] (latents and rotary keys, as
+    cached), mask [B, 1, S, T] -> [B, S, nH * Dv]: absorbed for a few queries, expanded else."""
+    batch, seq = query.shape[0], query.shape[2]
+    if seq <= ABSORB_QUERIES:
+        out = absorbed_output(w, attend_latents(spec, absorbed_query(spec, w, query), keys, mask))
+        return out.transpose(1, 2).reshape(batch, seq, -1)
+    latent, k_rot = keys.split([spec.kv_lora_rank, spec.qk_rope_head_dim], dim=-1)  # [B, 1, T, .]
+    k_pass = torch.matmul(latent, w.w_uk.transpose(1, 2))  # [B, nH, T, N]
+    return mla_core(spec, query, k_pass, torch.matmul(latent, w.w_uv), k_rot, mask)
+
+
+def absorbed_query(spec: ModelSpec, w: MLAWeights, query: torch.Tensor) -> torch.Tensor:
+    """query [B, nH, S, N + R] -> [B, nH, S, C + R]: q_nope . (W_UK latent) = (q_nope W_UK) . latent,
+    so the query meets the cached rows [latent | rotary key] directly."""
+    q_pass, q_rot = query.split([spec.qk_nope_head_dim, spec.qk_rope_head_dim], dim=-1)
+    return torch.cat([torch.matmul(q_pass, w.w_uk), q_rot], dim=-1)
+
+
+def attend_latents(
+    spec: ModelSpec, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """absorbed_query's [B, nH, S, C + R] over the cached rows keys [B, 1, T, C + R] (one key head
+    for all query heads; the values are the latents) -> [B, nH, S, C]."""
+    nope, rope = spec.qk_nope_head_dim, spec.qk_rope_head_dim
+    scale = mla_softmax_scale(nope + rope, spec.rope_scaling)
+    return scaled_attention(query, keys, keys[..., : spec.kv_lora_rank], mask, scale)
+
+
+def absorbed_output(w: MLAWeights, out: torch.Tensor) -> torch.Tensor:
+    """attend_latents' [B, nH, S, C] -> the values' weighted sums [B, nH, S, Dv] (W_UV applied)."""
+    return torch.matmul(out, w.w_uv)
 
 
 def mla_rotate(
@@ -121,13 +166,18 @@ def mla_rotate(
     return torch.cat([q_pass, q_rot], dim=-1), latent, k_rot
 
 
-def mla_core(spec: ModelSpec, query: torch.Tensor, kv: torch.Tensor, k_rot: torch.Tensor, mask: torch.Tensor):
-    """query [B, nH, S, N + R], kv [B, T, nH * (N + Dv)] (the latents through kv_b), k_rot
-    [B, 1, T, R] -> [B, S, nH * Dv]."""
+def mla_core(
+    spec: ModelSpec,
+    query: torch.Tensor,
+    k_pass: torch.Tensor,
+    v: torch.Tensor,
+    k_rot: torch.Tensor,
+    mask: torch.Tensor,
+):
+    """query [B, nH, S, N + R], k_pass [B, nH, T, N] and v [B, nH, T, Dv] (the latents expanded
+    per head), k_rot [B, 1, T, R] -> [B, S, nH * Dv]."""
     batch, heads, seq = query.shape[:3]
-    nope, rope, v_dim = spec.qk_nope_head_dim, spec.qk_rope_head_dim, spec.v_head_dim
-    kv = kv.view(batch, kv.shape[1], heads, nope + v_dim).transpose(1, 2)  # [B, nH, T, N + Dv]
-    k_pass, v = kv.split([nope, v_dim], dim=-1)
+    nope, rope = spec.qk_nope_head_dim, spec.qk_rope_head_dim
     k = torch.cat([k_pass, k_rot.expand(-1, heads, -1, -1)], dim=-1)
     out = scaled_attention(query, k, v, mask, scale=mla_softmax_scale(nope + rope, spec.rope_scaling))
-    return out.transpose(1, 2).reshape(batch, seq, heads * v_dim)
+    return out.transpose(1, 2).reshape(batch, seq, -1)

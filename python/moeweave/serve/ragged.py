@@ -17,7 +17,15 @@ import torch.nn.functional as F
 from moeweave.adapters import BASE
 from moeweave.models.layers import AttentionWeights, gated_mlp, project_qkv, rms_norm, scaled_attention
 from moeweave.models.linear import linear
-from moeweave.models.mla import mla_core, mla_project, mla_rotate
+from moeweave.models.mla import (
+    ABSORB_QUERIES,
+    absorbed_output,
+    absorbed_query,
+    attend_latents,
+    mla_cached_core,
+    mla_project,
+    mla_rotate,
+)
 from moeweave.models.model import KVCache, LayerCache
 from moeweave.models.moe_block import MoEBlock
 from moeweave.ops import rope as rope_op
@@ -91,25 +99,39 @@ def _attention(spec, w: AttentionWeights, x, cos, sin, spans, caches) -> torch.T
     return linear(out, w.o, w.o_bias)
 
 
+def _absorbed_spans(spec, w, query, spans, cached, out) -> None:
+    """Writes out[rows] [n, nH * Dv] for the decoding sequences' rows: W_UK on all their queries,
+    each sequence's attention over its cached latents, W_UV on all the results."""
+    rows = torch.cat([torch.arange(start, start + n) for start, n, _ in spans])
+    absorbed = absorbed_query(spec, w, query[:, :, rows])  # [1, nH, n, C + R]
+    latents = torch.empty(*absorbed.shape[:3], spec.kv_lora_rank, dtype=out.dtype)  # [1, nH, n, C]
+    offset = 0
+    for (_, n, past), keys in zip(spans, cached, strict=True):
+        span = slice(offset, offset + n)
+        latents[:, :, span] = attend_latents(spec, absorbed[:, :, span], keys, _causal_mask(past, n))
+        offset += n
+    out[rows] = absorbed_output(w, latents)[0].transpose(0, 1).reshape(len(rows), -1)
+
+
 def _mla(spec, w, x, cos, sin, spans, caches) -> torch.Tensor:
-    """x [N, H] -> [N, H]: DeepSeek's MLA, projections for the whole batch, and every sequence's
-    cached latents expanded to keys and values by one kv_b product."""
+    """x [N, H] -> [N, H]: DeepSeek's MLA. Projections for the whole batch; decode tokens have
+    W_UK and W_UV applied for all of them at once (one read of each per layer) around each
+    sequence's attention over its own cached latents; prompts attend in the expanded form."""
     q, latent, k_rot = mla_project(spec, w, x[None])
     query, latent, k_rot = mla_rotate(
         spec, q, latent[:, None], k_rot, cos, sin
     )  # [1, nH, N, .], [1, 1, N, .]
+    keys = torch.cat([latent, k_rot], dim=-1)  # [1, 1, N, C + R]
     cached = [
-        cache.extend(latent[:, :, start : start + n], k_rot[:, :, start : start + n])
+        cache.extend(keys[:, :, start : start + n])[0]
         for (start, n, _), cache in zip(spans, caches, strict=True)
     ]
-    kv = linear(torch.cat([latents[0, 0] for latents, _ in cached]), w.kv_b)  # [sum T, nH * (N + Dv)]
     out = torch.empty(x.shape[0], spec.num_heads * spec.v_head_dim, dtype=x.dtype)
-    offset = 0
-    for (start, n, past), (latents, keys) in zip(spans, cached, strict=True):
-        total = latents.shape[2]
-        rows = slice(start, start + n)
-        out[rows] = mla_core(
-            spec, query[:, :, rows], kv[None, offset : offset + total], keys, _causal_mask(past, n)
-        )[0]
-        offset += total
+    decoding = [i for i, (_, n, _) in enumerate(spans) if n <= ABSORB_QUERIES]
+    if decoding:
+        _absorbed_spans(spec, w, query, [spans[i] for i in decoding], [cached[i] for i in decoding], out)
+    for (start, n, past), keys_i in zip(spans, cached, strict=True):
+        if n > ABSORB_QUERIES:
+            rows = slice(start, start + n)
+            out[rows] = mla_cached_core(spec, w, query[:, :, rows], keys_i, _causal_mask(past, n))[0]
     return linear(out, w.o, w.o_bias)
