@@ -140,17 +140,16 @@ class Report:
         )
 
 
-def bench_checkpoint(layers: int, vocab: int) -> Path:
-    """The demo-model recipe's Qwen3-30B-A3B preset (128 experts of 768, top-8, hidden 2048, 32/4
-    heads of 128) with `layers` layers, a `vocab`-token vocabulary and random weights, written
-    once into the cache directory."""
+def bench_checkpoint(layers: int, vocab: int, preset: str = "qwen3-30b-a3b") -> Path:
+    """A demo-model recipe preset (by default Qwen3-30B-A3B: 128 experts of 768, top-8, hidden
+    2048, 32/4 heads of 128; "mixtral-8x7b": 8 experts of 14336, top-2, hidden 4096, 32/8 heads
+    of 128) with `layers` layers, a `vocab`-token vocabulary and random weights, written once
+    into the cache directory, one directory per preset and size."""
     from moeweave import envs
     from moeweave.recipes.demo_model.random_checkpoint import preset_config, write_random_checkpoint
 
-    path = envs.cache_dir() / f"bench-qwen3-30b-a3b-shapes-{layers}l-{vocab}v-unit-embeddings"
+    path = envs.cache_dir() / f"bench-{preset}-shapes-{layers}l-{vocab}v-unit-embeddings"
     if not (path / "config.json").exists():
-        config = preset_config(
-            "qwen3-30b-a3b", layers, vocab_size=vocab, bos_token_id=None, eos_token_id=None
-        )
+        config = preset_config(preset, layers, vocab_size=vocab, bos_token_id=None, eos_token_id=None)
         write_random_checkpoint(config, path)
     return path
