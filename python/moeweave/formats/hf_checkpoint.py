@@ -95,8 +95,9 @@ SAFETENSORS_DTYPES = {
 
 @dataclass(frozen=True)
 class _Entry:
-    """Where one tensor lies: its file (an open descriptor) and its bytes there."""
+    """Where one tensor lies: its file (path and an open descriptor) and its bytes there."""
 
+    path: Path
     fd: int
     offset: int  # of the first byte in the file
     nbytes: int
@@ -120,18 +121,17 @@ class Checkpoint:
         self.architecture = self.config.get("model_type", "unknown")
         self._stack = contextlib.ExitStack()
         self._entries: dict[str, _Entry] = {}
-        self._files: dict[str, Path] = {}  # tensor name -> file
         for path in safetensors_files(self.directory):
             with open_safetensors(path):  # validates the header: offsets, dtypes, sizes
                 pass
             fd = os.open(path, os.O_RDONLY)
             self._stack.callback(os.close, fd)
             for name, entry in _entries(path, fd).items():
-                if name in self._files:
+                if name in self._entries:
                     raise ValueError(
-                        f"{self.directory}: tensor {name!r} is in both {self._files[name]} and {path}"
+                        f"{self.directory}: tensor {name!r} is in both {self._entries[name].path} and {path}"
                     )
-                self._files[name], self._entries[name] = path, entry
+                self._entries[name] = entry
         self.taken: set[str] = set()
 
     def __enter__(self):
@@ -144,14 +144,14 @@ class Checkpoint:
         self._stack.close()
 
     def __contains__(self, name: str) -> bool:
-        return name in self._files
+        return name in self._entries
 
     def names(self) -> list[str]:
         """Every tensor name, in file order."""
-        return list(self._files)
+        return list(self._entries)
 
     def file_of(self, name: str) -> Path:
-        return self._files[name]
+        return self._entries[name].path
 
     def shape(self, name: str) -> list[int]:
         return list(self._entries[name].shape)
@@ -177,7 +177,7 @@ class Checkpoint:
 
     def take(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
         """The tensor `name`, checked against the expected shape and for NaN/inf, and marked taken."""
-        if name not in self._files:
+        if name not in self._entries:
             raise ValueError(f"checkpoint {self.directory} is missing tensor {name!r}")
         if tuple(self.shape(name)) != tuple(shape):
             raise ValueError(
@@ -187,7 +187,7 @@ class Checkpoint:
         return self.tensor(name)
 
     def untaken(self) -> list[str]:
-        return sorted(set(self._files) - self.taken)
+        return sorted(set(self._entries) - self.taken)
 
 
 def _entries(path: Path, fd: int) -> dict[str, _Entry]:
@@ -204,7 +204,7 @@ def _entries(path: Path, fd: int) -> dict[str, _Entry]:
             )
         start, end = info["data_offsets"]
         entries[name] = _Entry(
-            fd, data_start + start, end - start, SAFETENSORS_DTYPES[info["dtype"]], tuple(info["shape"])
+            path, fd, data_start + start, end - start, SAFETENSORS_DTYPES[info["dtype"]], tuple(info["shape"])
         )
     return entries
 

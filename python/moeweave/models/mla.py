@@ -104,9 +104,7 @@ def mla_attend(
 ) -> torch.Tensor:
     """mla_project's outputs of one batch of sequences -> the attention output [B, S, nH * Dv],
     before the output projection: RoPE, the cache, attention over the cached latents."""
-    batch, seq = q.shape[:2]
-    query, latent, k_rot = mla_rotate(spec, q, latent.reshape(batch, 1, seq, -1), k_rot, cos, sin)
-    keys = torch.cat([latent, k_rot], dim=-1)  # [B, 1, S, C + R]: what the cache holds per token
+    query, keys = mla_rotate(spec, q, latent, k_rot, cos, sin)
     if cache is not None:
         (keys,) = cache.extend(keys)
     return mla_cached_core(spec, w, query, keys, mask)
@@ -155,15 +153,16 @@ def mla_rotate(
     k_rot: torch.Tensor,
     cos: torch.Tensor,
     sin: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q [B, S, nH, N + R], latent [B, 1, S, C], k_rot [B, S, R] -> the query [B, nH, S, N + R]
-    and the rotary key [B, 1, S, R] with RoPE applied, the latent as given (what the cache holds)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q [B, S, nH, N + R], latent [B, S, C], k_rot [B, S, R] -> the query [B, nH, S, N + R] and
+    the rows the cache holds [B, 1, S, C + R] (the latent, then the rotary key), RoPE applied."""
     batch, seq = q.shape[:2]
     nope, rope = spec.qk_nope_head_dim, spec.qk_rope_head_dim
     q_pass, q_rot = q.transpose(1, 2).split([nope, rope], dim=-1)  # [B, nH, S, N], [B, nH, S, R]
     rotate = rope_pairs if spec.rope_interleave else rope_half_split
     q_rot, k_rot = rotate(q_rot, cos, sin), rotate(k_rot.reshape(batch, 1, seq, rope), cos, sin)
-    return torch.cat([q_pass, q_rot], dim=-1), latent, k_rot
+    keys = torch.cat([latent.reshape(batch, 1, seq, -1), k_rot], dim=-1)
+    return torch.cat([q_pass, q_rot], dim=-1), keys
 
 
 def mla_core(

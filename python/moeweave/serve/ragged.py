@@ -118,10 +118,7 @@ def _mla(spec, w, x, cos, sin, spans, caches) -> torch.Tensor:
     W_UK and W_UV applied for all of them at once (one read of each per layer) around each
     sequence's attention over its own cached latents; prompts attend in the expanded form."""
     q, latent, k_rot = mla_project(spec, w, x[None])
-    query, latent, k_rot = mla_rotate(
-        spec, q, latent[:, None], k_rot, cos, sin
-    )  # [1, nH, N, .], [1, 1, N, .]
-    keys = torch.cat([latent, k_rot], dim=-1)  # [1, 1, N, C + R]
+    query, keys = mla_rotate(spec, q, latent, k_rot, cos, sin)  # [1, nH, N, N + R], [1, 1, N, C + R]
     cached = [
         cache.extend(keys[:, :, start : start + n])[0]
         for (start, n, _), cache in zip(spans, caches, strict=True)
