@@ -54,7 +54,7 @@ bench-cpp:
 	  ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y libbenchmark-dev)
 	cmake -S . -B build/bench-cpp -G Ninja -DMOEWEAVE_PYTHON=OFF -DMOEWEAVE_CUDA=OFF -DMOEWEAVE_BUILD_BENCHMARKS=ON > /dev/null
 	cmake --build build/bench-cpp
-	for family in quant_matmul moe_experts attention norm_rope reroute store_read; do \
+	for family in quant_matmul moe_experts attention norm_rope reroute store_read decode_step; do \
 	  build/bench-cpp/bench/cpp/bench_$$family --benchmark_min_time=0.5 \
 	    --benchmark_out=build/bench-cpp/$$family.json --benchmark_out_format=json || exit 1; \
 	done

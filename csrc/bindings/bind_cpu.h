@@ -7,5 +7,6 @@ namespace moeweave::bindings {
 
 void bind_quant(pybind11::module_& m);
 void bind_io(pybind11::module_& m);
+void bind_decode(pybind11::module_& m);
 
 }  // namespace moeweave::bindings

@@ -167,4 +167,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("io_uring_status", &io_uring_status, "(available, errno) from an io_uring_setup probe");
   moeweave::bindings::bind_quant(m);
   moeweave::bindings::bind_io(m);
+  moeweave::bindings::bind_decode(m);
 }

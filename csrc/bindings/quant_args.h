@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "moeweave/decode_step.h"
 #include "moeweave/kernels_cpu.h"
 #include "moeweave/quant_formats.h"
 #include "tensor_arg.h"
@@ -79,15 +80,7 @@ inline std::vector<ExpertSlot> expert_slots(const TensorArg& table, const Tensor
   if (y.shape() != x.shape()) y.fail("must have the shape of 'x' " + x.shape_text() + ", got " + y.shape_text());
   const int64_t* fields = table.data<int64_t>();
   std::vector<ExpertSlot> slots(table.size(0));
-  for (size_t e = 0; e < slots.size(); ++e) {
-    QuantMatrix* projections[3] = {&slots[e].gate, &slots[e].up, &slots[e].down};
-    for (int p = 0; p < 3; ++p) {
-      const int64_t* f = fields + (e * 3 + p) * kTableFields;
-      *projections[p] = QuantMatrix{reinterpret_cast<const uint8_t*>(f[0]), reinterpret_cast<const void*>(f[1]),
-                                    reinterpret_cast<const void*>(f[2]), f[3], f[4], int32_t(f[5]), int32_t(f[6]),
-                                    static_cast<DType>(f[7])};
-    }
-  }
+  for (size_t e = 0; e < slots.size(); ++e) slots[e] = expert_slot_from_row(fields + e * 3 * kTableFields);
   return slots;
 }
 

@@ -86,6 +86,10 @@ struct AttentionArgs {
 // -EINVAL for an unsupported dtype, heads not a multiple of kv_heads, or a non-positive size.
 Status attention(const AttentionArgs& args);
 
+// `count` independent attention problems (one per decoding sequence, each over its own cache),
+// their work items spread over the thread pool together; errors as attention.
+Status attention_batch(const AttentionArgs* problems, int64_t count);
+
 // 0 when this kernel lets the process set up an io_uring instance, else -errno
 // (-EPERM under Docker's default seccomp profile, -ENOSYS on old kernels).
 Status io_uring_probe();

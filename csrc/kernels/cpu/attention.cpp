@@ -1,6 +1,8 @@
-// attention's dispatcher: checks the shapes, picks the ISA table and spreads work items (groups
-// of query heads sharing a key/value head) over the thread pool.
+// attention's dispatchers: check the shapes, pick the ISA table and spread work items (groups
+// of query heads sharing a key/value head) over the thread pool; attention_batch spreads the
+// items of many independent problems (one per decoding sequence) over it in one go.
 #include <algorithm>
+#include <vector>
 
 #include "moeweave/kernels_cpu.h"
 #include "moeweave/thread_pool.h"
@@ -9,16 +11,47 @@
 
 namespace moeweave {
 
+namespace {
+
+bool valid(const AttentionArgs& a) {
+  if (a.dtype != DType::f32 && a.dtype != DType::f16 && a.dtype != DType::bf16) return false;
+  return a.batch >= 0 && a.queries >= 0 && a.keys >= 0 && a.heads > 0 && a.kv_heads > 0 && a.dk > 0 && a.dv > 0 &&
+         a.heads % a.kv_heads == 0;
+}
+
+cpu::AttentionKernel kernel() {
+  return cpu::for_isa(current_isa(), cpu::kAttentionScalar, cpu::kAttentionAvx2, cpu::kAttentionAvx512);
+}
+
+// An item costs about 4 * keys * (dk + dv) multiply-adds; keep a chunk above ~32k of them.
+int64_t grain_for(int64_t keys, int64_t d) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(1, keys * d)); }
+
+}  // namespace
+
 Status attention(const AttentionArgs& a) {
-  if (a.dtype != DType::f32 && a.dtype != DType::f16 && a.dtype != DType::bf16) return -EINVAL;
-  if (a.batch < 0 || a.queries < 0 || a.keys < 0 || a.heads <= 0 || a.kv_heads <= 0 || a.dk <= 0 || a.dv <= 0 ||
-      a.heads % a.kv_heads)
-    return -EINVAL;
-  const cpu::AttentionKernel kernel =
-      cpu::for_isa(current_isa(), cpu::kAttentionScalar, cpu::kAttentionAvx2, cpu::kAttentionAvx512);
-  // An item costs about 4 * keys * (dk + dv) multiply-adds; keep a chunk above ~32k of them.
-  const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(1, a.keys * (a.dk + a.dv)));
-  parallel_for(cpu::attention_items_count(a), grain, [&](int64_t b, int64_t e) { kernel(a, b, e); });
+  if (!valid(a)) return -EINVAL;
+  const cpu::AttentionKernel run = kernel();
+  parallel_for(cpu::attention_items_count(a), grain_for(a.keys, a.dk + a.dv), [&](int64_t b, int64_t e) { run(a, b, e); });
+  return kOk;
+}
+
+Status attention_batch(const AttentionArgs* problems, int64_t count) {
+  std::vector<int64_t> first_item(count + 1, 0);  // problem p owns items [first_item[p], first_item[p + 1])
+  int64_t longest = 0;
+  for (int64_t p = 0; p < count; ++p) {
+    if (!valid(problems[p])) return -EINVAL;
+    first_item[p + 1] = first_item[p] + cpu::attention_items_count(problems[p]);
+    longest = std::max(longest, problems[p].keys * (problems[p].dk + problems[p].dv));
+  }
+  const cpu::AttentionKernel run = kernel();
+  parallel_for(first_item[count], grain_for(longest, 1), [&](int64_t b, int64_t e) {
+    int64_t p = std::upper_bound(first_item.begin(), first_item.end(), b) - first_item.begin() - 1;
+    for (; b < e; ++p) {
+      const int64_t end = std::min(e, first_item[p + 1]);
+      if (end > b) run(problems[p], b - first_item[p], end - first_item[p]);
+      b = end;
+    }
+  });
   return kOk;
 }
 

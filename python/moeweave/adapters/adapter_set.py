@@ -20,7 +20,6 @@ from moeweave.adapters.pool import DeviceExpertPool, ExpertPool, slot_bytes
 from moeweave.engine.offload import OffloadedExperts
 from moeweave.models.experts import FusedExperts
 from moeweave.models.moe_block import MoEBlock
-from moeweave.ops import reroute
 from moeweave.quant import ExpertTable
 from moeweave.quant.experts import Projection
 from moeweave.quant.format import QuantizedWeight
@@ -84,9 +83,7 @@ class AdapterSet:
                 max_adapters + 1, 1
             )
             provider.tables[block.layer] = table
-            block.reroute = lambda ids, tok_adapter, layer=block.layer: reroute(
-                ids, tok_adapter, self.remap[layer]
-            )
+            block.remap = self.remap[block.layer]
         self.index: dict[str, int] = {}  # adapter name -> adapter id (its remap row - 1)
         self._slots: dict[str, list[tuple[int, int]]] = {}  # name -> (layer, pool slot) it holds
 

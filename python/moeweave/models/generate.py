@@ -65,6 +65,9 @@ class TextStream:
         return text[len(emitted) :]
 
 
+PREALLOCATED_TOKENS = 8192
+
+
 def check_arguments(
     prompt: str | list[int] | torch.Tensor, max_new_tokens: int, temperature: float, top_k: int, top_p: float
 ) -> None:
@@ -106,7 +109,9 @@ def tokens(
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     eos = model.eos_token_id
     eos = set(eos) if isinstance(eos, list) else {eos}
-    cache = KVCache()
+    # The cache is allocated once for the whole generation, up to a length past which it grows
+    # by doubling instead (a request for a billion tokens must not reserve them).
+    cache = KVCache(capacity=ids.shape[1] + min(max_new_tokens, PREALLOCATED_TOKENS))
     logits = model(ids, cache=cache, logits_to_keep=1).logits[0, -1]
     for count in range(1, max_new_tokens + 1):
         token = next_token(logits, temperature, top_k, top_p, generator)

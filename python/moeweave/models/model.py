@@ -6,15 +6,17 @@ Dimension legend: B batch, S new tokens, T cached + new tokens, H hidden, V voca
 """
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass
 
 import torch
 import torch.nn.functional as F
 
+from moeweave.models.kv_cache import KVCache, LayerCache
 from moeweave.models.layers import AttentionWeights, MLPWeights, RopeTable, attention, gated_mlp, rms_norm
 from moeweave.models.linear import linear
 from moeweave.models.mla import MLAWeights, mla_attention
 from moeweave.models.moe_block import MoEBlock
+from moeweave.models.native_decode import NativeDecoder, routing_state, unsupported
 from moeweave.models.spec import ModelSpec
 from moeweave.quant.format import QuantizedWeight
 
@@ -25,41 +27,6 @@ class DecoderLayer:
     attention: AttentionWeights | MLAWeights
     post_attention_norm: torch.Tensor  # [H]
     mlp: MoEBlock | MLPWeights
-
-
-class LayerCache:
-    """One layer's cached tensors ([B, heads, T, D] each), grown along T inside buffers whose
-    capacity doubles, so a decode step appends in place instead of copying the whole cache."""
-
-    def __init__(self):
-        self.buffers: list[torch.Tensor] = []
-        self.length = 0
-
-    def extend(self, *new: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Appends new [B, heads, S, D] tensors; returns views of everything cached so far."""
-        added = new[0].shape[2]
-        if not self.buffers or self.length + added > self.buffers[0].shape[2]:
-            capacity = max(2 * (self.length + added), 256)
-            grown = [t.new_empty(*t.shape[:2], capacity, t.shape[3]) for t in new]
-            for target, old in zip(grown, self.buffers, strict=False):
-                target[:, :, : self.length] = old[:, :, : self.length]
-            self.buffers = grown
-        for buffer, t in zip(self.buffers, new, strict=True):
-            buffer[:, :, self.length : self.length + added] = t
-        self.length += added
-        return tuple(buffer[:, :, : self.length] for buffer in self.buffers)
-
-
-@dataclass
-class KVCache:
-    """Every layer's cached keys and values (a LayerCache each) and the attention mask [B, T]."""
-
-    layers: list[LayerCache] = field(default_factory=list)
-    mask: torch.Tensor | None = None
-
-    @property
-    def length(self) -> int:
-        return 0 if self.mask is None else self.mask.shape[1]
 
 
 @dataclass
@@ -80,6 +47,10 @@ class MoEModel:
         self.dtype = embed.dtype
         self.eos_token_id: int | list[int] | None = None
         self.rope = RopeTable(spec.rope_dim, spec.rope_theta, embed.dtype, spec.rope_scaling)
+        # Decode steps run every layer in one native call where the model allows it
+        # (moeweave.models.native_decode); False keeps them on the Python forward.
+        self.use_native_decode = True
+        self._native: tuple[tuple[int, ...], NativeDecoder | None] | None = None
 
     @torch.inference_mode()
     def __call__(
@@ -107,7 +78,7 @@ class MoEModel:
         if cache is not None:
             cache.mask = full_mask
             while len(cache.layers) < len(self.layers):
-                cache.layers.append(LayerCache())
+                cache.layers.append(LayerCache(cache.capacity))
         # Causal and padding mask [B, 1, S, T]; a query may always see itself, so rows of
         # padding never become all-masked (their outputs are ignored).
         positions = torch.arange(past, past + seq)
@@ -120,21 +91,34 @@ class MoEModel:
         tok_adapter = None if adapters is None else adapters.to(torch.int32).repeat_interleave(seq)  # [B * S]
         h = F.embedding(input_ids, self.embed)  # [B, S, H]
         eps = self.spec.rms_norm_eps
-        for index, layer in enumerate(self.layers):
-            layer_cache = cache.layers[index] if cache is not None else None
-            attend = mla_attention if isinstance(layer.attention, MLAWeights) else attention
-            h = h + attend(
-                self.spec, layer.attention, rms_norm(h, layer.input_norm, eps), cos, sin, mask, layer_cache
-            )
-            x = rms_norm(h, layer.post_attention_norm, eps)
-            if isinstance(layer.mlp, MoEBlock):
-                h = h + layer.mlp(x.reshape(batch * seq, -1), tok_adapter).view(batch, seq, -1)
-            else:
-                h = h + gated_mlp(layer.mlp, x)
+        decoder = self.native_decoder() if seq == 1 and cache is not None else None
+        if decoder is not None:
+            positions = torch.full((batch,), past)
+            decoder.step(h.view(batch, -1), [(cache, batch)], positions, full_mask, tok_adapter)
+        else:
+            for index, layer in enumerate(self.layers):
+                layer_cache = cache.layers[index] if cache is not None else None
+                attend = mla_attention if isinstance(layer.attention, MLAWeights) else attention
+                x = rms_norm(h, layer.input_norm, eps)
+                h = h + attend(self.spec, layer.attention, x, cos, sin, mask, layer_cache)
+                x = rms_norm(h, layer.post_attention_norm, eps)
+                if isinstance(layer.mlp, MoEBlock):
+                    h = h + layer.mlp(x.reshape(batch * seq, -1), tok_adapter).view(batch, seq, -1)
+                else:
+                    h = h + gated_mlp(layer.mlp, x)
         # fp32 logits: the LM head accumulates in fp32, and sampling wants that precision.
         h = h[:, -logits_to_keep:] if logits_to_keep > 0 else h
         logits = linear(rms_norm(h, self.norm, eps).float(), self.lm_head)
         return CausalLMOutput(logits=logits, cache=cache)
+
+    def native_decoder(self) -> NativeDecoder | None:
+        """The native decode step for the model as it is now, or None where it cannot run."""
+        if not self.use_native_decode:
+            return None
+        state = routing_state(self)
+        if self._native is None or self._native[0] != state:
+            self._native = (state, None if unsupported(self) else NativeDecoder(self))
+        return self._native[1]
 
     def dense_weights(self) -> list[torch.Tensor | QuantizedWeight]:
         """Every weight outside the routed experts and the token embedding, as held: norms,
@@ -155,8 +139,8 @@ class MoEModel:
 
 
 # Fields of the layer dataclasses that hold no dense weight: the routed experts (their own
-# provider), the model's spec and the adapter hook.
-_NOT_WEIGHTS = ("experts", "spec", "reroute")
+# provider), the model's spec and the adapters' remap table.
+_NOT_WEIGHTS = ("experts", "spec", "remap")
 
 
 def _weights(value) -> Iterator[torch.Tensor | QuantizedWeight]:

@@ -5,7 +5,6 @@ a small replaceable piece.
 Dimension legend: T tokens, E routed experts, K experts per token, H hidden size.
 """
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +14,7 @@ from moeweave.models.layers import MLPWeights, gated_mlp
 from moeweave.models.linear import linear
 from moeweave.models.routing import deepseek_v2, deepseek_v3, softmax_topk
 from moeweave.models.spec import ModelSpec
+from moeweave.ops import reroute
 
 
 @dataclass
@@ -26,17 +26,17 @@ class MoEBlock:
     shared: MLPWeights | None = None
     shared_gate: torch.Tensor | None = None  # [1, H]
     correction_bias: torch.Tensor | None = None  # [E] fp32 (DeepSeek-V3)
-    # Maps base expert ids to the slots of each token's adapter (moeweave.adapters.AdapterSet):
-    # (topk_ids [T, K] int32, tok_adapter [T] int32) -> [T, K]. None: no adapters loaded.
-    reroute: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    # Each adapter's expert slots (moeweave.adapters.AdapterSet): remap[a + 1, e] is the slot
+    # that base expert e becomes for a token of adapter a (row 0: the base). None: no adapters.
+    remap: torch.Tensor | None = None  # [A + 1, E] int32
 
     def __call__(self, x: torch.Tensor, tok_adapter: torch.Tensor | None = None) -> torch.Tensor:
         """x [T, H] -> [T, H]; tok_adapter [T]: each token's adapter id (-1: the base)."""
         ids, weights = self.route(x)
         if tok_adapter is not None:
-            if self.reroute is None:
+            if self.remap is None:
                 raise ValueError("MoEBlock: adapter ids given, but no adapters are loaded (AdapterSet)")
-            ids = self.reroute(ids.to(torch.int32), tok_adapter)
+            ids = reroute(ids.to(torch.int32), tok_adapter, self.remap)
         y = self.experts(self.layer, x, ids, weights)
         if self.shared is not None:
             shared = gated_mlp(self.shared, x)

@@ -3,7 +3,9 @@ cache and adapter: the server's batch (continuous batching). The tokens of all s
 stacked into one [N, H] matrix, so every projection, the MoE layers (routed with each token's
 adapter) and the LM head run once for the whole batch; only the attention core runs per
 sequence, over that sequence's own cache (for DeepSeek's MLA, with the keys and values its
-latents expand to). A sequence joining or leaving touches no other sequence's cache.
+latents expand to). A sequence joining or leaving touches no other sequence's cache. A step in
+which every sequence decodes one token runs all layers in one native call where the model
+allows it (moeweave.models.native_decode).
 
 Dimension legend: N tokens of the batch, S one sequence's new tokens, T its cached + new tokens,
 H hidden, V vocabulary, nH heads, D head dim.
@@ -62,19 +64,24 @@ def forward_chunks(model, chunks: list[Chunk]) -> torch.Tensor:
     )
     for chunk in chunks:
         while len(chunk.cache.layers) < len(model.layers):
-            chunk.cache.layers.append(LayerCache())
+            chunk.cache.layers.append(LayerCache(chunk.cache.capacity))
     spans = list(zip(starts, lengths, [c.past for c in chunks], strict=True))
     eps = model.spec.rms_norm_eps
     h = F.embedding(ids, model.embed)  # [N, H]
-    for index, layer in enumerate(model.layers):
-        caches = [chunk.cache.layers[index] for chunk in chunks]
-        x = rms_norm(h, layer.input_norm, eps)
-        if isinstance(layer.attention, AttentionWeights):
-            h = h + _attention(model.spec, layer.attention, x, cos, sin, spans, caches)
-        else:
-            h = h + _mla(model.spec, layer.attention, x, cos, sin, spans, caches)
-        x = rms_norm(h, layer.post_attention_norm, eps)
-        h = h + (layer.mlp(x, tok_adapter) if isinstance(layer.mlp, MoEBlock) else gated_mlp(layer.mlp, x))
+    decoder = model.native_decoder() if max(lengths) == 1 else None
+    if decoder is not None:
+        decoder.step(h, [(chunk.cache, 1) for chunk in chunks], positions, None, tok_adapter)
+    else:
+        for index, layer in enumerate(model.layers):
+            caches = [chunk.cache.layers[index] for chunk in chunks]
+            x = rms_norm(h, layer.input_norm, eps)
+            if isinstance(layer.attention, AttentionWeights):
+                h = h + _attention(model.spec, layer.attention, x, cos, sin, spans, caches)
+            else:
+                h = h + _mla(model.spec, layer.attention, x, cos, sin, spans, caches)
+            x = rms_norm(h, layer.post_attention_norm, eps)
+            mlp = layer.mlp
+            h = h + (mlp(x, tok_adapter) if isinstance(mlp, MoEBlock) else gated_mlp(mlp, x))
     for chunk, n in zip(chunks, lengths, strict=True):
         chunk.cache.mask = torch.ones(1, chunk.past + n, dtype=torch.bool)
     last = torch.tensor([start + n - 1 for start, n in zip(starts, lengths, strict=True)])
