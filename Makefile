@@ -19,7 +19,7 @@ $(DEPS): pyproject.toml
 	touch $@
 
 install: $(DEPS)
-	$(PIP) install -q --no-build-isolation -e '.[test,aggregate,serve]'
+	$(PIP) install -q --no-build-isolation -e '.[test,aggregate,serve,train]'
 
 run: install
 	$(VENV)/bin/moeweave info
