@@ -5,7 +5,7 @@ similar language-modelling loss?
 One Qwen3-MoE-shaped model (16 experts, top-2; sizes below), trained three times from the same
 initialisation on the same batches of text: without balancing; with transformers' auxiliary loss
 (`output_router_logits=True`, coefficient --aux-coef, Switch-style); and with ALF-LB (sign rule,
---rate, one bias update per optimizer step). Text: the Python standard library's source and its
+each step size u of --rates, one bias update per optimizer step). Text: the Python standard library's source and its
 language reference (the demo model's offline "code" and "docs" domains), tokenised with the
 bundled model's tokenizer; 5 % of the documents held out. Reported per run: the held-out
 cross-entropy (the auxiliary loss left out), MaxVio of the training batches over the last quarter
@@ -28,8 +28,6 @@ from matplotlib.figure import Figure
 from moeweave.models.bundled import DEMO_MODEL_DIR
 from moeweave.recipes.demo_model.corpus import code_documents, docs_documents, split
 from moeweave.train import balance
-
-RUNS = ("no balancing", "auxiliary loss", "ALF-LB")
 
 
 def token_stream(docs: list[str], tokenizer) -> torch.Tensor:
@@ -67,11 +65,13 @@ class RoutingCounts:
         return counts
 
 
-def train(run: str, config, data: list[torch.Tensor], heldout: list[torch.Tensor], args) -> dict:
+def train(
+    run: str, config, data: list[torch.Tensor], heldout: list[torch.Tensor], args, rate: float = 0.0
+) -> dict:
     torch.manual_seed(0)
     model = transformers.Qwen3MoeForCausalLM(config).train()
     counter = RoutingCounts(model)
-    balancer = balance.attach(model, rule="sign", rate=args.rate) if run == "ALF-LB" else None
+    balancer = balance.attach(model, rule="sign", rate=rate) if rate else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 20))
     vio, losses, start = [], [], time.perf_counter()
@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--rate", type=float, default=1e-3)
+    parser.add_argument("--rates", type=float, nargs="+", default=[1e-3, 1e-2], help="ALF-LB's bias step u")
     parser.add_argument("--aux-coef", type=float, default=0.01)
     parser.add_argument("--plot", default="docs/alf_lb_maxvio.png")
     args = parser.parse_args()
@@ -126,9 +126,10 @@ def main() -> None:
         intermediate_size=256, norm_topk_prob=False, router_aux_loss_coef=args.aux_coef, tie_word_embeddings=True,
         max_position_embeddings=args.length, pad_token_id=tokenizer.pad_token_id,
     )  # fmt: skip
-    results = {}
-    for run in RUNS:
-        results[run] = train(run, config, data, heldout, args)
+    results = {run: train(run, config, data, heldout, args) for run in ("no balancing", "auxiliary loss")}
+    for rate in args.rates:
+        run = f"ALF-LB, u = {rate:g}"
+        results[run] = train(run, config, data, heldout, args, rate)
 
     report = Report(__file__, {})
     cpu = report.machine

@@ -1,8 +1,11 @@
 """Tiny random transformers MoE models built in memory for the training-hook tests, from the
-config dicts of the `tiny_config` fixture, with routing spread as in conftest's save_random_model."""
+config dicts of the `tiny_config` fixture, with routing spread as in conftest's save_random_model;
+and a plain-torch recomputation of their routers' choices (the oracle of those tests)."""
 
 import torch
 import transformers
+
+from moeweave.train.balance import routers
 
 
 def tiny_moe(config: dict, seed: int = 0) -> torch.nn.Module:
@@ -22,3 +25,40 @@ def tiny_moe(config: dict, seed: int = 0) -> torch.nn.Module:
 def token_batch(seed: int, batch: int = 4, length: int = 16) -> torch.Tensor:
     """input_ids [batch, length] over the fixture vocabulary (97)."""
     return torch.randint(0, 97, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def router_inputs(model, input_ids) -> list[torch.Tensor]:
+    """The hidden states [T, H] each router sees on a forward of input_ids."""
+    seen = []
+    hooks = [
+        router.register_forward_pre_hook(lambda _, args: seen.append(args[0].reshape(-1, args[0].shape[-1])))
+        for router in routers(model)
+    ]
+    with torch.no_grad():
+        model(input_ids)
+    for hook in hooks:
+        hook.remove()
+    return seen
+
+
+def plain_choice(router, h: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Plain-torch top-k indices [T, K] of the biased selection score of one router."""
+    logits = h.float() @ router.weight.float().t()
+    kind = type(router).__name__
+    if kind == "DeepseekV3TopkRouter":
+        return torch.topk(v3_choice(router, logits.sigmoid() + bias), router.top_k, dim=-1).indices
+    if kind == "DeepseekV2TopkRouter" and router.topk_method == "group_limited_greedy":
+        grouped = (logits + bias).view(-1, router.num_group, router.num_experts // router.num_group)
+        kept = torch.topk(grouped.max(-1).values, router.topk_group, dim=-1).indices
+        outside = torch.ones_like(grouped[..., 0], dtype=torch.bool).scatter_(1, kept, False)
+        choice = grouped.masked_fill(outside[..., None], float("-inf")).view(-1, router.num_experts)
+        return torch.topk(choice, router.top_k, dim=-1).indices
+    return torch.topk(logits + bias, router.top_k, dim=-1).indices
+
+
+def v3_choice(router, biased: torch.Tensor) -> torch.Tensor:
+    """DeepSeek-V3's biased scores [T, E] with the experts outside the kept groups at -inf."""
+    grouped = biased.view(-1, router.num_group, router.num_experts // router.num_group)
+    kept = torch.topk(grouped.topk(2, dim=-1).values.sum(-1), router.topk_group, dim=-1).indices
+    outside = torch.ones_like(grouped[..., 0], dtype=torch.bool).scatter_(1, kept, False)
+    return grouped.masked_fill(outside[..., None], float("-inf")).view(-1, router.num_experts)

@@ -7,49 +7,12 @@ transformers' masked-group fill; detach; two gloo ranks end with identical biase
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_moe import tiny_moe, token_batch
+from tiny_moe import plain_choice, router_inputs, tiny_moe, token_batch, v3_choice
 
 from moeweave.train import balance
 
 SOFTMAX = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe"]
 ALL = [*SOFTMAX, "deepseek_v2", "deepseek_v3"]
-
-
-def _router_inputs(model, input_ids) -> list[torch.Tensor]:
-    """The hidden states [T, H] each router sees on a forward of input_ids."""
-    seen = []
-    hooks = [
-        router.register_forward_pre_hook(lambda _, args: seen.append(args[0].reshape(-1, args[0].shape[-1])))
-        for router in balance.routers(model)
-    ]
-    with torch.no_grad():
-        model(input_ids)
-    for hook in hooks:
-        hook.remove()
-    return seen
-
-
-def _choice(router, h: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Plain-torch top-k indices [T, K] of the biased selection score of one router."""
-    logits = h.float() @ router.weight.float().t()
-    kind = type(router).__name__
-    if kind == "DeepseekV3TopkRouter":
-        return torch.topk(_v3_choice(router, logits.sigmoid() + bias), router.top_k, dim=-1).indices
-    if kind == "DeepseekV2TopkRouter" and router.topk_method == "group_limited_greedy":
-        grouped = (logits + bias).view(-1, router.num_group, router.num_experts // router.num_group)
-        kept = torch.topk(grouped.max(-1).values, router.topk_group, dim=-1).indices
-        outside = torch.ones_like(grouped[..., 0], dtype=torch.bool).scatter_(1, kept, False)
-        choice = grouped.masked_fill(outside[..., None], float("-inf")).view(-1, router.num_experts)
-        return torch.topk(choice, router.top_k, dim=-1).indices
-    return torch.topk(logits + bias, router.top_k, dim=-1).indices
-
-
-def _v3_choice(router, biased: torch.Tensor) -> torch.Tensor:
-    """DeepSeek-V3's biased scores [T, E] with the experts outside the kept groups at -inf."""
-    grouped = biased.view(-1, router.num_group, router.num_experts // router.num_group)
-    kept = torch.topk(grouped.topk(2, dim=-1).values.sum(-1), router.topk_group, dim=-1).indices
-    outside = torch.ones_like(grouped[..., 0], dtype=torch.bool).scatter_(1, kept, False)
-    return grouped.masked_fill(outside[..., None], float("-inf")).view(-1, router.num_experts)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -71,12 +34,12 @@ def test_zero_bias_is_transformers_bit_for_bit_and_detach_restores(name, tiny_co
 def test_bias_chooses_but_never_weighs(name, tiny_config):
     model = tiny_moe(tiny_config(name))
     balancer = balance.attach(model)
-    h = _router_inputs(model, token_batch(1))[0]
+    h = router_inputs(model, token_batch(1))[0]
     router, bias = balancer.routers[0], balancer.biases[0]
     bias.copy_(torch.randn(bias.shape, generator=torch.Generator().manual_seed(0)) * 2)
     with torch.no_grad():
         _, weights, indices = router(h)
-    torch.testing.assert_close(indices, _choice(router, h, bias), rtol=0, atol=0)
+    torch.testing.assert_close(indices, plain_choice(router, h, bias), rtol=0, atol=0)
     probs = F.softmax(h.float() @ router.weight.float().t(), dim=-1).gather(1, indices)  # unbiased
     if name == "deepseek_v2":
         probs = probs * router.routed_scaling_factor
@@ -99,10 +62,10 @@ def test_counts_and_updates_match_plain_torch(name, rule, tiny_config):
     balancer = balance.attach(model, rule=rule, rate=0.01, decay_steps=2)
     for step in range(3):
         before = [b.clone() for b in balancer.biases]
-        inputs = _router_inputs(model, token_batch(10 + step))  # a forward: counted
+        inputs = router_inputs(model, token_batch(10 + step))  # a forward: counted
         counts = torch.stack(
             [
-                torch.bincount(_choice(router, h, bias).flatten(), minlength=router.num_experts).double()
+                torch.bincount(plain_choice(router, h, bias).flatten(), minlength=router.num_experts).double()
                 for router, h, bias in zip(balancer.routers, inputs, before, strict=True)
             ]
         )  # [L, E]
@@ -141,13 +104,13 @@ def test_deepseek_v3_keeps_transformers_masked_group_fill(tiny_config):
     outside the kept groups; transformers fills with -inf, and the balancer counts what it chose."""
     model = tiny_moe(tiny_config("deepseek_v3", num_experts_per_tok=3, topk_group=2))
     balancer = balance.attach(model)
-    h = _router_inputs(model, token_batch(2))[0]
+    h = router_inputs(model, token_batch(2))[0]
     router = balancer.routers[0]
     balancer.biases[0].fill_(-10.0)
     balancer.counts.zero_()
     with torch.no_grad():
         _, weights, indices = router(h)
-    kept = torch.isfinite(_v3_choice(router, (h.float() @ router.weight.float().t()).sigmoid() - 10.0))
+    kept = torch.isfinite(v3_choice(router, (h.float() @ router.weight.float().t()).sigmoid() - 10.0))
     assert kept.gather(1, indices).all()
     scores = (h.float() @ router.weight.float().t()).sigmoid().gather(1, indices)  # unbiased
     expected = scores / (scores.sum(-1, keepdim=True) + 1e-20) if router.norm_topk_prob else scores

@@ -1,5 +1,6 @@
-"""Training hooks on transformers' MoE models: auxiliary-loss-free load balancing (`balance`)."""
+"""Training hooks on transformers' MoE models: auxiliary-loss-free load balancing (`balance`) and
+expert-specialised fine-tuning (`esft`: expert scores, selection, freezing, adapter export)."""
 
-from moeweave.train import balance
+from moeweave.train import balance, esft
 
-__all__ = ["balance"]
+__all__ = ["balance", "esft"]

@@ -1,0 +1,211 @@
+"""Expert-specialised fine-tuning (ESFT, arXiv 2407.01906; ../shared/SPEC.md §2) on transformers'
+MoE models: score the experts on a task's data, select the few that carry it, train only those,
+export them as an ESFT adapter (moeweave.adapters' format, which `moeweave serve` loads).
+
+    scores = esft.expert_scores(model, batches, by="token")   # {layer: [E]}, each layer sums to 1
+    selection = esft.select_experts(scores, p=0.2)            # {layer: [expert, ...]}
+    esft.freeze_except(model, selection)                      # only those experts train
+    ...train (a plain loop or transformers.Trainer)...
+    esft.export_adapter(model, selection, "adapter-dir")
+    esft.apply_adapter(base_model, "adapter-dir")             # the tuned model again
+
+Scores, per MoE layer l and routed expert i over the N tokens of `batches` (padding excluded):
+average gate score g_i = (1/N) sum_t g_it, g_it the router's probability for i (softmax, or
+DeepSeek-V3's sigmoid score) when i is among the token's top k, else 0, normalised to sum to 1 per
+layer; token selection ratio r_i = (1/(N k)) sum_t 1[i in top-k of t], which sums to 1 per layer.
+Layers are normalised one by one (DeepSeek's public script normalises across layers, which lets
+one layer's scale decide another's selection).
+
+Experts are stored as transformers 5 does for these models, every expert of a layer in one tensor
+(gate_up_proj [E, 2I, H], down_proj [E, H, I]); they are frozen except their selected rows: the
+tensor becomes the frozen original with those rows replaced by a trainable parameter of the
+selected experts alone (torch.nn.utils.parametrize), so the optimizer never sees the other rows
+and they stay bit-identical whatever it does (weight decay included).
+
+Dimension legend: T tokens, E routed experts, k experts per token, H hidden, I expert intermediate.
+"""
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.nn.utils import parametrize
+from tqdm.auto import tqdm
+
+from moeweave.adapters.esft import EsftAdapter, load_esft, save_esft
+from moeweave.models.spec import spec_from_config
+from moeweave.train.balance import routers
+
+SCORES = ("token", "gate")
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def _layer_of(model: torch.nn.Module, module: torch.nn.Module) -> int:
+    for name, candidate in model.named_modules():
+        if candidate is module:
+            match = _LAYER.search(name + ".")
+            if match:
+                return int(match[1])
+    raise ValueError(f"esft: cannot tell the decoder layer of {type(module).__name__} from its module name")
+
+
+def moe_layers(model: torch.nn.Module) -> dict[int, torch.nn.Module]:
+    """Decoder layer index -> its router; ValueError for a model without MoE layers."""
+    return {_layer_of(model, router): router for router in routers(model)}
+
+
+def _probabilities(router: torch.nn.Module, logits: torch.Tensor) -> torch.Tensor:
+    """The router's per-expert scores [T, E] from its logits: DeepSeek-V3's sigmoid, else softmax."""
+    if type(router).__name__ == "DeepseekV3TopkRouter":
+        return logits.float().sigmoid()
+    return F.softmax(logits.float(), dim=-1)
+
+
+def expert_scores(
+    model: torch.nn.Module, batches: Iterable, by: str = "token", progress: bool = True
+) -> dict[int, torch.Tensor]:
+    """Per MoE layer, each routed expert's share of `batches` (input_ids tensors, or dicts of model
+    keyword arguments whose attention_mask, when given, excludes padding): {layer: [E] fp64}
+    summing to 1 per layer, by token selection ratio ("token") or average gate score ("gate")."""
+    if by not in SCORES:
+        raise ValueError(f"esft: by must be one of {SCORES}, got {by!r}")
+    layers = moe_layers(model)
+    totals = {layer: torch.zeros(router.num_experts, dtype=torch.float64) for layer, router in layers.items()}
+    current_mask: list[torch.Tensor | None] = [None]
+
+    def hook(layer: int):
+        def record(router, inputs, outputs):
+            logits, _, indices = outputs  # [T, E], [T, k]
+            keep = current_mask[0]
+            chosen = torch.zeros_like(logits, dtype=torch.float64).scatter_(1, indices, 1.0)  # [T, E]
+            if by == "gate":
+                chosen = chosen * _probabilities(router, logits).double()
+            if keep is not None:
+                chosen = chosen[keep.reshape(-1).bool()]
+            totals[layer] += chosen.sum(0).cpu()
+
+        return record
+
+    handles = [router.register_forward_hook(hook(layer)) for layer, router in layers.items()]
+    tokens = 0
+    try:
+        with torch.no_grad():
+            for batch in tqdm(batches, desc="scoring experts", unit="batch", disable=not progress):
+                kwargs = dict(batch) if isinstance(batch, dict) else {"input_ids": batch}
+                current_mask[0] = kwargs.get("attention_mask")
+                model(**kwargs)
+                ids = kwargs["input_ids"]
+                tokens += int(current_mask[0].sum()) if current_mask[0] is not None else ids.numel()
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not tokens:
+        raise ValueError("esft: expert_scores got no tokens")
+    return {layer: total / total.sum() for layer, total in sorted(totals.items())}
+
+
+def select_experts(scores: dict[int, torch.Tensor], p: float = 0.2) -> dict[int, list[int]]:
+    """Per layer, the highest-scoring experts down to the shortest prefix whose cumulative score
+    reaches p (the expert that crosses p included): {layer: [expert, ...]} in score order."""
+    if not 0 < p <= 1:
+        raise ValueError(f"esft: p must be in (0, 1], got {p}")
+    selection = {}
+    for layer, layer_scores in scores.items():
+        order = torch.argsort(layer_scores, descending=True, stable=True)
+        cumulative = torch.cumsum(layer_scores[order].double(), 0)
+        count = min(int(torch.searchsorted(cumulative, torch.tensor(p, dtype=torch.float64))) + 1, len(order))
+        selection[layer] = order[:count].tolist()
+    return selection
+
+
+class SelectedExperts(torch.nn.Module):
+    """Parametrization of a fused expert tensor [E, ...]: the frozen original with the rows of the
+    selected experts taken from `tuned` [S, ...], the only trainable part."""
+
+    def __init__(self, original: torch.Tensor, experts: list[int]):
+        super().__init__()
+        self.register_buffer("experts", torch.tensor(experts, dtype=torch.long), persistent=False)
+        self.tuned = torch.nn.Parameter(original.detach()[experts].clone())
+
+    def forward(self, original: torch.Tensor) -> torch.Tensor:
+        return original.index_copy(0, self.experts, self.tuned)
+
+
+def _experts_module(model: torch.nn.Module, layer: int) -> torch.nn.Module:
+    router = moe_layers(model)[layer]
+    for module in model.modules():
+        if getattr(module, "gate", None) is router and hasattr(module, "experts"):
+            return module.experts
+    raise ValueError(f"esft: layer {layer}'s router has no experts module beside it")
+
+
+def _check_selection(model: torch.nn.Module, selection: dict[int, list[int]]) -> dict[int, torch.nn.Module]:
+    layers = moe_layers(model)
+    for layer, experts in selection.items():
+        if layer not in layers:
+            raise ValueError(
+                f"esft: layer {layer} is not an MoE layer of this model (those are {sorted(layers)})"
+            )
+        bad = [e for e in experts if not 0 <= e < layers[layer].num_experts]
+        if bad or len(set(experts)) != len(experts):
+            raise ValueError(
+                f"esft: layer {layer}: experts {experts} must be distinct ids below {layers[layer].num_experts}"
+            )
+    return layers
+
+
+def freeze_except(model: torch.nn.Module, selection: dict[int, list[int]]) -> list[torch.nn.Parameter]:
+    """Freeze everything but the selected routed experts; returns the parameters left to train."""
+    _check_selection(model, selection)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    trainable = []
+    for layer, experts in selection.items():
+        if not experts:
+            continue
+        module = _experts_module(model, layer)
+        for name in ("gate_up_proj", "down_proj"):
+            selected = SelectedExperts(getattr(module, name), sorted(experts))
+            parametrize.register_parametrization(module, name, selected)
+            trainable.append(selected.tuned)
+    return trainable
+
+
+def tuned_experts(model: torch.nn.Module, selection: dict[int, list[int]]) -> EsftAdapter:
+    """The selected experts' current weights as an adapter (gate [I, H], up [I, H], down [H, I])."""
+    _check_selection(model, selection)
+    experts = {}
+    with torch.no_grad():
+        for layer, chosen in selection.items():
+            module = _experts_module(model, layer)
+            for e in chosen:
+                gate_up, down = module.gate_up_proj[e], module.down_proj[e]  # [2I, H], [H, I]
+                inter = down.shape[-1]
+                weights = (gate_up[:inter], gate_up[inter:], down)
+                experts[(layer, e)] = tuple(w.detach().clone().contiguous() for w in weights)
+    return EsftAdapter("tuned", experts)
+
+
+def export_adapter(model: torch.nn.Module, selection: dict[int, list[int]], out_dir: str | Path) -> Path:
+    """Write the selected experts in the ESFT format (expert_cfg.json + safetensors of those experts
+    only, full replacement weights) into a new or empty directory."""
+    adapter = tuned_experts(model, {layer: experts for layer, experts in selection.items() if experts})
+    adapter.name = Path(out_dir).name
+    return save_esft(adapter, out_dir)
+
+
+def apply_adapter(model: torch.nn.Module, path: str | Path) -> None:
+    """Substitute the experts of the ESFT adapter in directory `path` into a base transformers
+    model, in place, after checking it against the model's config (moeweave.adapters' load_esft:
+    layers, expert ids, shapes; an adapter of another base is refused)."""
+    adapter = load_esft(path, spec_from_config(model.config.to_dict()))
+    _check_selection(model, adapter.selection)
+    with torch.no_grad():
+        for (layer, e), (gate, up, down) in adapter.experts.items():
+            module = _experts_module(model, layer)
+            if parametrize.is_parametrized(module):
+                raise ValueError("esft: apply_adapter needs a base model, not one under freeze_except")
+            module.gate_up_proj[e].copy_(torch.cat([gate, up]))
+            module.down_proj[e].copy_(down)
