@@ -111,6 +111,12 @@ def _parser() -> argparse.ArgumentParser:
     chosen.add_argument("--fraction", type=float, default=0.07,
                         help="else this fraction of each MoE layer's experts, drawn at random (default 0.07)")  # fmt: skip
     synth.add_argument("--seed", type=int, default=0)
+    from moeweave.train import esft_cli
+
+    esft_commands = add(
+        "esft", None, "expert-specialised fine-tuning: score, select, train, export"
+    ).add_subparsers(required=True)
+    esft_cli.add_arguments(add, esft_commands)
     return parser
 
 

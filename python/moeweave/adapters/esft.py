@@ -158,16 +158,21 @@ def save_esft(adapter: EsftAdapter, path: str | Path) -> Path:
     if path.exists() and any(path.iterdir()):
         raise FileExistsError(f"{path}: not empty; save_esft needs a new or empty directory")
     path.mkdir(parents=True, exist_ok=True)
-    config = {
-        "experts": {str(layer): experts for layer, experts in adapter.selection.items()},
-        "shared_experts": False,
-        "non_expert_modules": False,
-    }
     tensors = {
         f"model.layers.{layer}.mlp.experts.{e}.{p}_proj.weight": w.contiguous()
         for (layer, e), weights in adapter.experts.items()
         for p, w in zip(PROJECTIONS, weights, strict=True)
     }
     save_file(tensors, path / WEIGHTS_FILE, metadata={"format": "pt"})
-    (path / CONFIG_FILE).write_text(json.dumps(config, sort_keys=True) + "\n", encoding="utf-8")
+    write_selection(adapter.selection, path / CONFIG_FILE)
     return path
+
+
+def write_selection(selection: dict[int, list[int]], path: str | Path) -> None:
+    """An expert_cfg.json listing `selection` (layer -> expert ids) as the only tuned weights."""
+    config = {
+        "experts": {str(layer): experts for layer, experts in selection.items()},
+        "shared_experts": False,
+        "non_expert_modules": False,
+    }
+    Path(path).write_text(json.dumps(config, sort_keys=True) + "\n", encoding="utf-8")
