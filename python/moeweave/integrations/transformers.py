@@ -84,7 +84,12 @@ def moeweave_experts_forward(
     """The experts forward transformers calls: hidden_states [T, H], top_k_index / top_k_weights
     [T, K] -> [T, H] in hidden_states' dtype."""
     x = hidden_states if hidden_states.dtype in (torch.float32, torch.bfloat16) else hidden_states.float()
-    y = moe_experts(x, top_k_index.to(torch.int32), top_k_weights.float(), _table(module))
+    ids, weights = top_k_index.to(torch.int32), top_k_weights.float()
+    tuned = getattr(module, "moeweave_tuned", None)  # trainable experts beside the frozen ones (train.esft)
+    if tuned is not None:
+        y = tuned(x, ids, weights, lambda x, ids, weights: moe_experts(x, ids, weights, _table(module)))
+    else:
+        y = moe_experts(x, ids, weights, _table(module))
     return y.to(hidden_states.dtype)
 
 

@@ -20,7 +20,10 @@ Experts are stored as transformers 5 does for these models, every expert of a la
 (gate_up_proj [E, 2I, H], down_proj [E, H, I]); they are frozen except their selected rows: the
 tensor becomes the frozen original with those rows replaced by a trainable parameter of the
 selected experts alone (torch.nn.utils.parametrize), so the optimizer never sees the other rows
-and they stay bit-identical whatever it does (weight decay included).
+and they stay bit-identical whatever it does (weight decay included). When the experts run in
+moeweave's fused op (`use_moeweave_experts(model, "int4")`: a frozen INT4 base), the selected
+experts train as fp32 copies computed in torch for the pairs routed to them (TunedExperts) and the
+packed base is never touched.
 
 Dimension legend: T tokens, E routed experts, k experts per token, H hidden, I expert intermediate.
 """
@@ -133,6 +136,37 @@ class SelectedExperts(torch.nn.Module):
         return original.index_copy(0, self.experts, self.tuned)
 
 
+class TunedExperts(torch.nn.Module):
+    """The selected experts of a layer whose frozen experts run in moeweave's fused op
+    (`use_moeweave_experts`, e.g. an INT4 base): their own trainable fp32 copies, computed in torch
+    for the (token, expert) pairs routed to them, while the fused op computes every other pair.
+    Installed as the experts module's `moeweave_tuned`, which the moeweave experts forward calls."""
+
+    def __init__(self, module: torch.nn.Module, experts: list[int]):
+        super().__init__()
+        slots = torch.full((module.gate_up_proj.shape[0],), -1, dtype=torch.long)
+        slots[experts] = torch.arange(len(experts))
+        self.register_buffer(
+            "slots", slots, persistent=False
+        )  # expert -> its row in the tuned tensors, or -1
+        self.gate_up = torch.nn.Parameter(module.gate_up_proj.detach()[experts].float().clone())  # [S, 2I, H]
+        self.down = torch.nn.Parameter(module.down_proj.detach()[experts].float().clone())  # [S, H, I]
+        self.act = module.act_fn
+
+    def forward(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, frozen) -> torch.Tensor:
+        """x [T, H], ids [T, k] int32, weights [T, k] fp32 -> [T, H] fp32; frozen(x, ids, weights)
+        computes the stage on the frozen experts (the fused op)."""
+        slot = self.slots[ids.long()]  # [T, k]
+        tuned = slot >= 0
+        y = frozen(x, ids, weights.masked_fill(tuned, 0.0)).float()
+        for row in torch.unique(slot[tuned]).tolist():
+            token, k = (slot == row).nonzero(as_tuple=True)
+            gate, up = F.linear(x[token].float(), self.gate_up[row]).chunk(2, dim=-1)
+            out = F.linear(self.act(gate) * up, self.down[row]) * weights[token, k, None]
+            y = y.index_add(0, token, out)
+        return y
+
+
 def _experts_module(model: torch.nn.Module, layer: int) -> torch.nn.Module:
     router = moe_layers(model)[layer]
     for module in model.modules():
@@ -166,6 +200,10 @@ def freeze_except(model: torch.nn.Module, selection: dict[int, list[int]]) -> li
         if not experts:
             continue
         module = _experts_module(model, layer)
+        if getattr(module, "moeweave_experts", None) is not None:  # a frozen base in moeweave's fused op
+            module.moeweave_tuned = TunedExperts(module, sorted(experts))
+            trainable += [module.moeweave_tuned.gate_up, module.moeweave_tuned.down]
+            continue
         for name in ("gate_up_proj", "down_proj"):
             selected = SelectedExperts(getattr(module, name), sorted(experts))
             parametrize.register_parametrization(module, name, selected)
@@ -180,8 +218,12 @@ def tuned_experts(model: torch.nn.Module, selection: dict[int, list[int]]) -> Es
     with torch.no_grad():
         for layer, chosen in selection.items():
             module = _experts_module(model, layer)
+            tuned = getattr(module, "moeweave_tuned", None)
             for e in chosen:
-                gate_up, down = module.gate_up_proj[e], module.down_proj[e]  # [2I, H], [H, I]
+                if tuned is not None and tuned.slots[e] >= 0:
+                    gate_up, down = tuned.gate_up[tuned.slots[e]], tuned.down[tuned.slots[e]]
+                else:
+                    gate_up, down = module.gate_up_proj[e], module.down_proj[e]  # [2I, H], [H, I]
                 inter = down.shape[-1]
                 weights = (gate_up[:inter], gate_up[inter:], down)
                 experts[(layer, e)] = tuple(w.detach().clone().contiguous() for w in weights)
@@ -205,7 +247,7 @@ def apply_adapter(model: torch.nn.Module, path: str | Path) -> None:
     with torch.no_grad():
         for (layer, e), (gate, up, down) in adapter.experts.items():
             module = _experts_module(model, layer)
-            if parametrize.is_parametrized(module):
+            if parametrize.is_parametrized(module) or hasattr(module, "moeweave_tuned"):
                 raise ValueError("esft: apply_adapter needs a base model, not one under freeze_except")
             module.gate_up_proj[e].copy_(torch.cat([gate, up]))
             module.down_proj[e].copy_(down)
