@@ -91,8 +91,8 @@ def _counting(forward, counts: torch.Tensor):
 
 
 def routers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The model's MoE routers, in module order. Raises ValueError when it has none, or when a
-    router is of a kind the balancer does not know."""
+    """The model's MoE routers of the kinds in ROUTERS, in module order. Raises ValueError when it
+    has none, naming any router modules of other kinds."""
     found = [m for m in model.modules() if type(m).__name__ in ROUTERS]
     if not found:
         unknown = sorted(
