@@ -2,18 +2,19 @@
 from scratch better than no balancing and than transformers' auxiliary load-balancing loss, at
 similar language-modelling loss?
 
-One Qwen3-MoE-shaped model (16 experts, top-2; sizes below), trained three times from the same
-initialisation on the same batches of text: without balancing; with transformers' auxiliary loss
-(`output_router_logits=True`, coefficient --aux-coef, Switch-style); and with ALF-LB (sign rule,
-each step size u of --rates, one bias update per optimizer step). Text: the Python standard library's source and its
-language reference (the demo model's offline "code" and "docs" domains), tokenised with the
-bundled model's tokenizer; 5 % of the documents held out. Reported per run: the held-out
-cross-entropy (the auxiliary loss left out), MaxVio of the training batches over the last quarter
-of the steps (mean), and MaxVio_global over the held-out set (expert counts summed over it);
-MaxVio = (max_i c_i - mean c) / mean c per layer, averaged over layers. The MaxVio of every step
-is plotted to --plot.
+One Qwen3-MoE-shaped model (16 experts, top-2; sizes below), trained from the same initialisation
+on the same batches of text: without balancing; with transformers' auxiliary loss
+(`output_router_logits=True`, coefficient --aux-coef, Switch-style); and with ALF-LB (--rule, sign
+by default) at each step size u of --rates, one bias update per optimizer step. Text: the Python
+standard library's source and its language reference (the demo model's offline "code" and "docs"
+domains), tokenised with the bundled model's tokenizer; 5 % of the documents held out. Reported
+per run: the held-out cross-entropy (the auxiliary loss left out), MaxVio of the training batches
+over the last quarter of the steps (mean), and MaxVio_global over the held-out set (expert counts
+summed over it); MaxVio = (max_i c_i - mean c) / mean c per layer, averaged over layers. The
+MaxVio of every step is plotted to --plot.
 
-    python bench/alf_lb.py [--steps 400] [--plot docs/alf_lb_maxvio.png]
+    python bench/alf_lb.py [--steps 400] [--rates 1e-3 1e-2] [--rule sign|linear|decay]
+        [--plot docs/alf_lb_maxvio.png]
 """
 
 import argparse
@@ -71,7 +72,9 @@ def train(
     torch.manual_seed(0)
     model = transformers.Qwen3MoeForCausalLM(config).train()
     counter = RoutingCounts(model)
-    balancer = balance.attach(model, rule="sign", rate=rate) if rate else None
+    balancer = (
+        balance.attach(model, rule=args.rule, rate=rate, decay_steps=args.decay_steps) if rate else None
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 20))
     vio, losses, start = [], [], time.perf_counter()
@@ -113,6 +116,8 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--rates", type=float, nargs="+", default=[1e-3, 1e-2], help="ALF-LB's bias step u")
+    parser.add_argument("--rule", choices=balance.RULES, default="sign")
+    parser.add_argument("--decay-steps", type=int, default=1000, help="the decay rule's n_0")
     parser.add_argument("--aux-coef", type=float, default=0.01)
     parser.add_argument("--plot", default="docs/alf_lb_maxvio.png")
     args = parser.parse_args()
@@ -128,7 +133,7 @@ def main() -> None:
     )  # fmt: skip
     results = {run: train(run, config, data, heldout, args) for run in ("no balancing", "auxiliary loss")}
     for rate in args.rates:
-        run = f"ALF-LB, u = {rate:g}"
+        run = f"ALF-LB, u = {rate:g}" + ("" if args.rule == "sign" else f", {args.rule} rule")
         results[run] = train(run, config, data, heldout, args, rate)
 
     report = Report(__file__, {})
