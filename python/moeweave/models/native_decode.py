@@ -192,12 +192,11 @@ class NativeDecoder:
         Every layer of a cache grows in step with the others, so the first layer tells."""
         while len(cache.layers) < self.layers:
             cache.layers.append(LayerCache(cache.capacity))
-        first = cache.layers[0]
-        if not first.buffers or first.length + 1 > first.buffers[0].shape[2]:
-            shapes = [(rows, self.kv_heads, self.head_dim)] * 2
-            for layer in cache.layers:
-                layer.make_room(shapes, like, 1)
-        key = (first.buffers[0].data_ptr(), first.buffers[0].shape[2])
+        shapes = [(rows, self.kv_heads, self.head_dim)] * 2
+        for layer in cache.layers:
+            layer.make_room(shapes, like, 1)
+        first = cache.layers[0].buffers[0]
+        key = (first.data_ptr(), first.shape[2])
         if cache.addresses is None or cache.addresses[0] != key:
             table = torch.tensor(
                 [

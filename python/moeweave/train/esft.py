@@ -45,18 +45,17 @@ SCORES = ("token", "gate")
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
-def _layer_of(model: torch.nn.Module, module: torch.nn.Module) -> int:
-    for name, candidate in model.named_modules():
-        if candidate is module:
-            match = _LAYER.search(name + ".")
-            if match:
-                return int(match[1])
-    raise ValueError(f"esft: cannot tell the decoder layer of {type(module).__name__} from its module name")
-
-
 def moe_layers(model: torch.nn.Module) -> dict[int, torch.nn.Module]:
-    """Decoder layer index -> its router; ValueError for a model without MoE layers."""
-    return {_layer_of(model, router): router for router in routers(model)}
+    """Decoder layer index -> its router, in layer order; ValueError for a model without MoE layers."""
+    known = {id(router) for router in routers(model)}
+    layers = {}
+    for name, module in model.named_modules():
+        if id(module) in known:
+            match = _LAYER.search(name + ".")
+            if match is None:
+                raise ValueError(f"esft: cannot tell the decoder layer of {name} from its module name")
+            layers[int(match[1])] = module
+    return dict(sorted(layers.items()))
 
 
 def _probabilities(router: torch.nn.Module, logits: torch.Tensor) -> torch.Tensor:
@@ -167,16 +166,12 @@ class TunedExperts(torch.nn.Module):
         return y
 
 
-def _experts_module(model: torch.nn.Module, layer: int) -> torch.nn.Module:
-    router = moe_layers(model)[layer]
-    for module in model.modules():
-        if getattr(module, "gate", None) is router and hasattr(module, "experts"):
-            return module.experts
-    raise ValueError(f"esft: layer {layer}'s router has no experts module beside it")
-
-
-def _check_selection(model: torch.nn.Module, selection: dict[int, list[int]]) -> dict[int, torch.nn.Module]:
+def _experts_modules(model: torch.nn.Module, selection: dict[int, list[int]]) -> dict[int, torch.nn.Module]:
+    """The experts module of each layer of `selection` (the router's sibling), after checking that
+    the layers are MoE layers and the experts distinct routed expert ids."""
     layers = moe_layers(model)
+    blocks = {id(m.gate): m for m in model.modules() if hasattr(m, "experts") and hasattr(m, "gate")}
+    modules = {}
     for layer, experts in selection.items():
         if layer not in layers:
             raise ValueError(
@@ -187,19 +182,22 @@ def _check_selection(model: torch.nn.Module, selection: dict[int, list[int]]) ->
             raise ValueError(
                 f"esft: layer {layer}: experts {experts} must be distinct ids below {layers[layer].num_experts}"
             )
-    return layers
+        if id(layers[layer]) not in blocks:
+            raise ValueError(f"esft: layer {layer}'s router has no experts module beside it")
+        modules[layer] = blocks[id(layers[layer])].experts
+    return modules
 
 
 def freeze_except(model: torch.nn.Module, selection: dict[int, list[int]]) -> list[torch.nn.Parameter]:
     """Freeze everything but the selected routed experts; returns the parameters left to train."""
-    _check_selection(model, selection)
+    modules = _experts_modules(model, selection)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     trainable = []
     for layer, experts in selection.items():
         if not experts:
             continue
-        module = _experts_module(model, layer)
+        module = modules[layer]
         if getattr(module, "moeweave_experts", None) is not None:  # a frozen base in moeweave's fused op
             module.moeweave_tuned = TunedExperts(module, sorted(experts))
             trainable += [module.moeweave_tuned.gate_up, module.moeweave_tuned.down]
@@ -213,11 +211,11 @@ def freeze_except(model: torch.nn.Module, selection: dict[int, list[int]]) -> li
 
 def tuned_experts(model: torch.nn.Module, selection: dict[int, list[int]]) -> EsftAdapter:
     """The selected experts' current weights as an adapter (gate [I, H], up [I, H], down [H, I])."""
-    _check_selection(model, selection)
+    modules = _experts_modules(model, selection)
     experts = {}
     with torch.no_grad():
         for layer, chosen in selection.items():
-            module = _experts_module(model, layer)
+            module = modules[layer]
             tuned = getattr(module, "moeweave_tuned", None)
             for e in chosen:
                 if tuned is not None and tuned.slots[e] >= 0:
@@ -243,10 +241,10 @@ def apply_adapter(model: torch.nn.Module, path: str | Path) -> None:
     model, in place, after checking it against the model's config (moeweave.adapters' load_esft:
     layers, expert ids, shapes; an adapter of another base is refused)."""
     adapter = load_esft(path, spec_from_config(model.config.to_dict()))
-    _check_selection(model, adapter.selection)
+    modules = _experts_modules(model, adapter.selection)
     with torch.no_grad():
         for (layer, e), (gate, up, down) in adapter.experts.items():
-            module = _experts_module(model, layer)
+            module = modules[layer]
             if parametrize.is_parametrized(module) or hasattr(module, "moeweave_tuned"):
                 raise ValueError("esft: apply_adapter needs a base model, not one under freeze_except")
             module.gate_up_proj[e].copy_(torch.cat([gate, up]))
