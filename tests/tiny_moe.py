@@ -62,3 +62,48 @@ def v3_choice(router, biased: torch.Tensor) -> torch.Tensor:
     kept = torch.topk(grouped.topk(2, dim=-1).values.sum(-1), router.topk_group, dim=-1).indices
     outside = torch.ones_like(grouped[..., 0], dtype=torch.bool).scatter_(1, kept, False)
     return grouped.masked_fill(outside[..., None], float("-inf")).view(-1, router.num_experts)
+
+
+class ExpertMLP(torch.nn.Module):
+    """One expert as transformers 4 and DeepSeek's remote code store it: three linears."""
+
+    def __init__(self, gate_up: torch.Tensor, down: torch.Tensor, act):
+        super().__init__()
+        inter, hidden = down.shape[1], down.shape[0]
+        self.gate_proj = torch.nn.Linear(hidden, inter, bias=False)
+        self.up_proj = torch.nn.Linear(hidden, inter, bias=False)
+        self.down_proj = torch.nn.Linear(inter, hidden, bias=False)
+        with torch.no_grad():
+            self.gate_proj.weight.copy_(gate_up[:inter])
+            self.up_proj.weight.copy_(gate_up[inter:])
+            self.down_proj.weight.copy_(down)
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class PerExpertExperts(torch.nn.ModuleList):
+    """The per-expert layout of a fused transformers 5 experts module (same weights), called as
+    the fused one is: (hidden [T, H], top_k_index [T, k], top_k_weights [T, k]) -> [T, H]."""
+
+    def __init__(self, fused: torch.nn.Module):
+        super().__init__(
+            ExpertMLP(fused.gate_up_proj[e].detach(), fused.down_proj[e].detach(), fused.act_fn)
+            for e in range(fused.gate_up_proj.shape[0])
+        )
+
+    def forward(self, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor):
+        out = torch.zeros_like(hidden)
+        for e in torch.unique(top_k_index).tolist():
+            token, k = (top_k_index == e).nonzero(as_tuple=True)
+            out.index_add_(0, token, self[e](hidden[token]) * top_k_weights[token, k, None])
+        return out
+
+
+def per_expert_layout(model: torch.nn.Module) -> torch.nn.Module:
+    """The model with every fused experts module replaced, in place, by its per-expert layout."""
+    for module in list(model.modules()):
+        if hasattr(getattr(module, "experts", None), "gate_up_proj"):
+            module.experts = PerExpertExperts(module.experts)
+    return model

@@ -1,12 +1,13 @@
 """ESFT on transformers' own MoE models (moeweave.train.esft): expert scores against a plain-torch
 recomputation from the router logits (padding excluded), the selection as the minimal prefix,
-frozen weights bit-identical after AdamW steps with weight decay, the exported adapter loaded by
+frozen weights bit-identical after AdamW steps with weight decay (transformers 5's fused experts and
+the per-expert layout of transformers 4 / DeepSeek's remote code), the exported adapter loaded by
 moeweave.adapters and applied over a fresh base giving the trained model's logits, bad input."""
 
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_moe import plain_choice, router_inputs, tiny_moe, token_batch
+from tiny_moe import per_expert_layout, plain_choice, router_inputs, tiny_moe, token_batch
 
 from moeweave.adapters import AdapterError, load_esft
 from moeweave.models.spec import spec_from_config
@@ -101,6 +102,34 @@ def test_only_the_selected_experts_learn(name, tiny_config):
         for e in chosen:
             inter = down.shape[-1]
             assert torch.equal(tuned.experts[(layer, e)][0], gate_up[e, :inter].detach())
+
+
+@pytest.mark.parametrize("name", ["qwen2_moe", "deepseek_v2"])
+def test_per_expert_layout_trains_only_the_selected_experts(name, tiny_config, tmp_path):
+    config = tiny_config(name)
+    fused = tiny_moe(config)
+    model = per_expert_layout(tiny_moe(config))
+    ids = token_batch(7)
+    with torch.no_grad():  # the double computes what transformers' fused experts compute
+        torch.testing.assert_close(model(ids).logits, fused(ids).logits, rtol=1e-5, atol=1e-5)
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    layers = sorted(esft.moe_layers(model))
+    selection = {layers[0]: [1, 5], layers[-1]: [2]}
+    trainable = esft.freeze_except(model, selection)
+    assert len(trainable) == 3 * 3  # gate, up and down of each selected expert
+    _train(model)
+    experts_of = {
+        f"model.layers.{layer}.mlp.experts.{e}." for layer, chosen in selection.items() for e in chosen
+    }
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]) != key.startswith(tuple(experts_of)), key
+    path = esft.export_adapter(model, selection, tmp_path / "adapter")
+    esft.apply_adapter(fused, path)  # a per-expert adapter over a fused base and back
+    base = per_expert_layout(tiny_moe(config))
+    esft.apply_adapter(base, path)
+    with torch.no_grad():
+        assert torch.equal(base(ids).logits, model(ids).logits)
+        torch.testing.assert_close(fused(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-5)
 
 
 def test_exported_adapter_applies_over_a_fresh_base(tiny_config, tmp_path):

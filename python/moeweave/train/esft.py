@@ -16,11 +16,14 @@ layer; token selection ratio r_i = (1/(N k)) sum_t 1[i in top-k of t], which sum
 Layers are normalised one by one (DeepSeek's public script normalises across layers, which lets
 one layer's scale decide another's selection).
 
-Experts are stored as transformers 5 does for these models, every expert of a layer in one tensor
-(gate_up_proj [E, 2I, H], down_proj [E, H, I]); they are frozen except their selected rows: the
-tensor becomes the frozen original with those rows replaced by a trainable parameter of the
-selected experts alone (torch.nn.utils.parametrize), so the optimizer never sees the other rows
-and they stay bit-identical whatever it does (weight decay included). When the experts run in
+Experts come in two layouts. Transformers 5 stores every expert of a layer in one tensor
+(gate_up_proj [E, 2I, H], down_proj [E, H, I]); it is frozen except its selected rows: the tensor
+becomes the frozen original with those rows replaced by a trainable parameter of the selected
+experts alone (torch.nn.utils.parametrize), so the optimizer never sees the other rows and they
+stay bit-identical whatever it does (weight decay included). Transformers 4 and the models of
+DeepSeek's own remote code (the ones ESFT was published on) keep one module per expert in a
+ModuleList, with gate_proj/up_proj/down_proj (w1/w3/w2 in Mixtral's) linears; there the selected
+experts' parameters are simply the only ones left trainable. When the experts run in
 moeweave's fused op (`use_moeweave_experts(model, "int4")`: a frozen INT4 base), the selected
 experts train as fp32 copies computed in torch for the pairs routed to them (TunedExperts) and the
 packed base is never touched.
@@ -166,6 +169,22 @@ class TunedExperts(torch.nn.Module):
         return y
 
 
+_PER_EXPERT_LINEARS = (("gate_proj", "up_proj", "down_proj"), ("w1", "w3", "w2"))
+
+
+def _per_expert_linears(module: torch.nn.Module, e: int) -> tuple[torch.nn.Linear, ...] | None:
+    """The (gate, up, down) linears of expert e when the experts are a ModuleList of per-expert
+    MLPs (weights [I, H], [I, H], [H, I]); None for transformers 5's fused tensors."""
+    if not isinstance(module, torch.nn.ModuleList):
+        return None
+    for names in _PER_EXPERT_LINEARS:
+        if all(hasattr(module[e], name) for name in names):
+            return tuple(getattr(module[e], name) for name in names)
+    raise ValueError(
+        f"esft: expert {e} is a {type(module[e]).__name__} without gate_proj/up_proj/down_proj or w1/w3/w2"
+    )
+
+
 def _experts_modules(model: torch.nn.Module, selection: dict[int, list[int]]) -> dict[int, torch.nn.Module]:
     """The experts module of each layer of `selection` (the router's sibling), after checking that
     the layers are MoE layers and the experts distinct routed expert ids."""
@@ -198,6 +217,11 @@ def freeze_except(model: torch.nn.Module, selection: dict[int, list[int]]) -> li
         if not experts:
             continue
         module = modules[layer]
+        if isinstance(module, torch.nn.ModuleList):
+            for e in experts:
+                for linear in _per_expert_linears(module, e):
+                    trainable += [linear.weight.requires_grad_(True)]
+            continue
         if getattr(module, "moeweave_experts", None) is not None:  # a frozen base in moeweave's fused op
             module.moeweave_tuned = TunedExperts(module, sorted(experts))
             trainable += [module.moeweave_tuned.gate_up, module.moeweave_tuned.down]
@@ -218,6 +242,10 @@ def tuned_experts(model: torch.nn.Module, selection: dict[int, list[int]]) -> Es
             module = modules[layer]
             tuned = getattr(module, "moeweave_tuned", None)
             for e in chosen:
+                linears = _per_expert_linears(module, e)
+                if linears is not None:
+                    experts[(layer, e)] = tuple(linear.weight.detach().clone() for linear in linears)
+                    continue
                 if tuned is not None and tuned.slots[e] >= 0:
                     gate_up, down = tuned.gate_up[tuned.slots[e]], tuned.down[tuned.slots[e]]
                 else:
@@ -247,5 +275,10 @@ def apply_adapter(model: torch.nn.Module, path: str | Path) -> None:
             module = modules[layer]
             if parametrize.is_parametrized(module) or hasattr(module, "moeweave_tuned"):
                 raise ValueError("esft: apply_adapter needs a base model, not one under freeze_except")
+            linears = _per_expert_linears(module, e)
+            if linears is not None:
+                for linear, weight in zip(linears, (gate, up, down), strict=True):
+                    linear.weight.copy_(weight)
+                continue
             module.gate_up_proj[e].copy_(torch.cat([gate, up]))
             module.down_proj[e].copy_(down)
