@@ -149,3 +149,35 @@ def attention_backward(
     dk = (d_scores.transpose(-1, -2) @ qf).view(batch, kv_heads, group, keys, -1).sum(2)
     dv = (probs.transpose(-1, -2) @ g).view(batch, kv_heads, group, keys, -1).sum(2)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+def bone_shards(x: torch.Tensor, r: int) -> torch.Tensor:
+    """Bone's shard sum: x [..., in] zero-padded to a multiple of r, cut into r-wide shards and
+    summed -> [..., r]."""
+    pad = -x.shape[-1] % r
+    return F.pad(x, (0, pad)).unflatten(-1, (-1, r)).sum(-2)
+
+
+def bone_bat_weight(weight: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+    """Bone's block-affine weight W' [..., out, in] from W [..., out, in] and B [..., out/r, r, r]
+    (leading dims: experts): each r x r block W_ij of block row i becomes W_ij (I + B_i) + B_i."""
+    *lead, out_features, in_features = weight.shape
+    r = block.shape[-1]
+    w = weight.reshape(*lead, out_features // r, r, in_features // r, r).transpose(
+        -3, -2
+    )  # [..., out/r, in/r, r, r]
+    b = block.unsqueeze(-3)  # [..., out/r, 1, r, r]
+    merged = w + w @ b + b
+    return merged.transpose(-3, -2).reshape(weight.shape)
+
+
+def bone_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, block: torch.Tensor, mode: str
+) -> torch.Tensor:
+    """A Bone-adapted linear layer, x [..., in] -> [..., out]. mode "bat": F.linear with
+    bone_bat_weight; "default" (B [r, out]) and "mini" (B [r, mini_r], tiled along out): the base
+    output plus bone_shards(x) @ B."""
+    if mode == "bat":
+        return F.linear(x, bone_bat_weight(weight, block), bias)
+    tiled = block.repeat(1, weight.shape[0] // block.shape[1])  # [r, out]
+    return F.linear(x, weight, bias) + bone_shards(x, block.shape[0]) @ tiled
