@@ -90,16 +90,24 @@ def _bat_backward(
     """(dx [..., in], dB [out/r, r, r]) of bone_bat_linear for the output gradient dy [..., out]."""
     r = block.shape[-1]
     dtype = torch.promote_types(weight.dtype, torch.float32)
-    xs = x.reshape(-1, x.shape[-1]).to(dtype)  # [T, in]
-    dys = dy.reshape(-1, dy.shape[-1]).to(dtype)  # [T, out]
-    dx = torch.zeros_like(xs)
+    # The two big products per panel run in x's dtype (bf16 on AMX); sums over panels and the
+    # r x r algebra run in fp32.
+    xs = x.reshape(-1, x.shape[-1])  # [T, in]
+    dys = dy.reshape(-1, dy.shape[-1]).to(x.dtype)  # [T, out]
+    dx = torch.zeros(xs.shape, dtype=dtype, device=x.device)
     dblock = torch.empty(block.shape, dtype=dtype, device=block.device)
     step = _panels(weight, r).step
     for start in _panels(weight, r):
         rows = min(step, weight.shape[0] - start)
         dy_panel = dys[:, start : start + rows]  # [T, P]
-        dx.addmm_(dy_panel, _panel_weight(weight, block, start, rows))
-        grad = (dy_panel.T @ xs).view(rows // r, r, -1, r).transpose(1, 2)  # [P/r, in/r, r, r]: G_ij
+        panel = _panel_weight(weight, block, start, rows).to(x.dtype)
+        if dx.dtype == x.dtype:
+            dx.addmm_(dy_panel, panel)
+        else:
+            dx += dy_panel @ panel
+        grad = (
+            (dy_panel.T @ xs).to(dtype).view(rows // r, r, -1, r).transpose(1, 2)
+        )  # [P/r, in/r, r, r]: G_ij
         w = weight[start : start + rows].to(dtype).view(rows // r, r, -1, r).transpose(1, 2)
         dblock[start // r : (start + rows) // r] = (w.transpose(-1, -2) @ grad + grad).sum(1)
     return dx.to(x.dtype).view_as(x), dblock.to(block.dtype)
