@@ -108,9 +108,9 @@ def _restored(merged: torch.Tensor, block: torch.Tensor, mode: str) -> torch.Ten
     r = block.shape[-1]
     b = block.float()[:, None]  # [out/r, 1, r, r]
     w = merged.float().view(out_features // r, r, in_features // r, r).transpose(1, 2)
-    restored = torch.linalg.solve((torch.eye(r) + b).transpose(-1, -2), (w - b).transpose(-1, -2)).transpose(
-        -1, -2
-    )
+    restored = torch.linalg.solve(
+        (torch.eye(r, device=b.device) + b).transpose(-1, -2), (w - b).transpose(-1, -2)
+    ).transpose(-1, -2)
     return restored.transpose(1, 2).reshape(out_features, in_features).to(merged.dtype)
 
 
