@@ -202,6 +202,19 @@ def test_fused_experts_get_one_block_per_expert(mode, tiny_config, tmp_path):
         torch.testing.assert_close(again(ids).logits, adapted, rtol=1e-5, atol=1e-5)
 
 
+def test_a_peft_adapter_started_at_random_loads_in_default_mode(tmp_path):
+    torch.manual_seed(4)
+    base = TwoLinears(50, 37)
+    config = peft.MissConfig(r=16, init_weights=False, target_modules=["q_proj", "v_proj"])
+    theirs = peft.get_peft_model(copy.deepcopy(base), config)  # init_weights=False: random blocks
+    theirs.save_pretrained(tmp_path)
+    ours = copy.deepcopy(base)
+    bone.load_adapter(ours, tmp_path)
+    x = torch.randn(4, 50)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), **TOLERANCE[torch.float32])
+
+
 def test_bad_input_is_named(tmp_path):
     with pytest.raises(
         ValueError, match=r"bat needs in and out features divisible by r = 16; q_proj is \[40, 48\]"

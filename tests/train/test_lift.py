@@ -3,6 +3,8 @@ smallest) magnitudes; SparseAdamW's masked entries against torch.optim.AdamW on 
 unmasked entries bit-identical, state of length k, the mask refresh's remap, defaults on a
 transformers MoE model (fused experts one mask per expert, embeddings and LM head left out), errors."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -102,6 +104,31 @@ def _ramp_layer() -> torch.nn.Module:
     return model
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_state_dict_round_trip_resumes_the_same_run(dtype):
+    """A reloaded optimizer keeps integer indices and fp32 moments (torch's load would cast them to
+    the parameter's dtype) and continues exactly as the uninterrupted one."""
+    torch.manual_seed(3)
+    model = _small_model().to(dtype)
+    resumed = copy.deepcopy(model)
+    optimizer = lift.SparseAdamW(model, rank=3, k=40, lr=1e-2, svd="exact", update_interval=3)
+    _loss(model, 0).backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    resumed.load_state_dict(model.state_dict())
+    reloaded = lift.SparseAdamW(resumed, rank=3, k=40, lr=1e-2, svd="exact", update_interval=3)
+    reloaded.load_state_dict(optimizer.state_dict())
+    for state in reloaded.state.values():
+        assert state["indices"].dtype == torch.int32 and state["exp_avg"].dtype == torch.float32
+    for step in range(1, 5):  # across a mask refresh
+        for m, o in ((model, optimizer), (resumed, reloaded)):
+            _loss(m, step).backward()
+            o.step()
+            o.zero_grad()
+    for a, b in zip(model.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_refresh_keeps_the_moments_of_kept_entries_and_zeroes_new_ones():
     model = _ramp_layer()
     optimizer = lift.SparseAdamW(model, rank=5, k=10, lr=0.0, svd="exact", update_interval=2)
@@ -159,6 +186,14 @@ def test_defaults_on_a_transformers_moe_model(tiny_config):
         optimizer.step()
         optimizer.zero_grad()
     assert float(model(ids, labels=ids).loss.detach()) < before
+
+
+def test_defaults_leave_out_embeddings_convolutions_and_tied_heads():
+    model = torch.nn.Sequential(
+        torch.nn.Embedding(5, 8), torch.nn.Conv1d(8, 8, 3), torch.nn.Linear(8, 8), torch.nn.Linear(8, 5)
+    )
+    model[3].weight = model[0].weight  # an LM head tied to the embedding
+    assert lift.default_targets(model) == ["2.weight"]
 
 
 def test_bad_input_is_named():

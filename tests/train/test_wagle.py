@@ -251,6 +251,8 @@ def test_bad_scores_are_refused():
         wagle.top_ratio_mask({}, 0.5)
     with pytest.raises(ValueError, match="scores of a hold NaN"):
         wagle.top_ratio_mask({"a": torch.tensor([1.0, float("nan")])}, 0.5)
+    with pytest.raises(ValueError, match="only empty score tensors"):
+        wagle.top_ratio_mask({"a": torch.empty(0), "b": torch.empty(2, 0)}, 0.5)
 
 
 @pytest.mark.parametrize(

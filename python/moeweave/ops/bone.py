@@ -3,7 +3,8 @@ y = x W'^T + bias with W'_ij = W_ij (I + B_i) + B_i for every r x r block W_ij o
 block column j), without ever holding W' whole.
 
 Shapes: x [..., in], weight W [out, in] (frozen), block B [out/r, r, r], bias [out] or None ->
-y [..., out]; in and out multiples of r. Differentiable in x and B.
+y [..., out]; in and out multiples of r. Differentiable in x and B (W and the bias are frozen:
+they get no gradient).
 
 W' is formed a panel of block rows at a time (about PANEL_BYTES of it, in fp32) and multiplied at
 once, in the forward and again in the backward, so the extra memory is one panel instead of PEFT's

@@ -271,7 +271,12 @@ def load_adapter(model: torch.nn.Module, directory: str | Path) -> list[str]:
     config = json.loads((path / CONFIG).read_text())
     if config.get("peft_type") != "MISS":
         raise ValueError(f"bone: {path / CONFIG} is a {config.get('peft_type')!r} adapter, not MISS")
-    mode = {str(v): k for k, v in _PEFT_INIT.items()}[str(config.get("init_weights", True))]
+    init = config.get("init_weights", True)
+    if not isinstance(init, bool) and init not in ("bat", "mini"):
+        raise ValueError(
+            f"bone: {path / CONFIG} has init_weights {init!r}; MiSS knows true/false, 'bat', 'mini'"
+        )
+    mode = "default" if isinstance(init, bool) else init  # false: default mode, started at random
     targets = config["target_modules"]
     tensors = load_file(path / WEIGHTS)
     names = apply(model, r=config["r"], mode=mode, target_modules=targets, mini_r=config.get("mini_r", 1))

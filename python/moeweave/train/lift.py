@@ -36,7 +36,7 @@ def principal_mask(weight: torch.Tensor, rank: int, k: int, svd: str = "exact") 
     (rank at least min(m, n) approximates weight by itself)."""
     if weight.dim() != 2:
         raise ValueError(f"lift: principal_mask needs a 2-D weight, got shape {tuple(weight.shape)}")
-    mask = torch.zeros(weight.numel(), dtype=torch.bool)
+    mask = torch.zeros(weight.numel(), dtype=torch.bool, device=weight.device)
     mask[_principal_indices(weight, rank, k, svd).long()] = True
     return mask.view(weight.shape)
 
@@ -72,19 +72,20 @@ def lora_equivalent_k(shape: tuple[int, int], lora_rank: int) -> int:
 
 def default_targets(model: torch.nn.Module) -> list[str]:
     """Names of the parameters LIFT trains by default: every matrix (2-D, or 3-D fused experts)
-    outside embedding modules and the LM head."""
-    skipped = {id(m) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    outside embeddings, convolutions (whose 3-D kernels are not stacks of matrices) and the LM
+    head; a parameter shared by several modules is named once, as model.named_parameters() does."""
+    skipped = {
+        id(m) for m in model.modules() if isinstance(m, (torch.nn.Embedding, torch.nn.modules.conv._ConvNd))
+    }
     head = getattr(model, "get_output_embeddings", lambda: None)()
     if head is not None:
         skipped.add(id(head))
-    names = []
-    for module_name, module in model.named_modules():
-        if id(module) in skipped:
-            continue
-        for name, parameter in module.named_parameters(recurse=False):
-            if parameter.dim() in (2, 3):
-                names.append(f"{module_name}.{name}" if module_name else name)
-    return names
+    skipped_params = {id(p) for m in model.modules() if id(m) in skipped for p in m.parameters(recurse=False)}
+    return [
+        name
+        for name, parameter in model.named_parameters()
+        if parameter.dim() in (2, 3) and id(parameter) not in skipped_params
+    ]
 
 
 class SparseAdamW(torch.optim.Optimizer):
@@ -202,6 +203,21 @@ class SparseAdamW(torch.optim.Optimizer):
                 weights.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / bias_correction1)
                 flat.index_copy_(0, indices.long(), weights.to(flat.dtype))
         return loss
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's load casts every saved state tensor but "step" to its parameter's dtype; LIFT's
+        indices are integers (fp32 holds them exactly only below 2^24) and its moments fp32, so
+        they are put back as saved (copied onto the parameter's device)."""
+        saved = {
+            index: {key: state[key] for key in ("indices", "exp_avg", "exp_avg_sq")}
+            for index, state in state_dict["state"].items()
+        }
+        super().load_state_dict(state_dict)
+        params = [parameter for group in self.param_groups for parameter in group["params"]]
+        for index, tensors in saved.items():
+            parameter = params[int(index)]
+            for key, tensor in tensors.items():
+                self.state[parameter][key] = tensor.to(device=parameter.device, copy=True)
 
     def state_bytes(self) -> int:
         """Bytes of the optimizer state: moments and indices of every masked entry."""

@@ -169,6 +169,8 @@ def top_ratio_mask(scores: dict[str, torch.Tensor], ratio: float) -> dict[str, t
     flat = torch.cat(
         [score.detach().reshape(-1).abs().float().to(device) for score in scores.values()]
     )  # [N]
+    if not flat.numel():
+        raise ValueError("wagle: top_ratio_mask got only empty score tensors")
     count = max(1, round(ratio * flat.numel()))
     threshold = torch.kthvalue(flat, flat.numel() - count + 1).values  # the k-th largest |S|
     kept = flat > threshold
