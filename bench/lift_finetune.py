@@ -38,6 +38,11 @@ ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 EXPERTS = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
 
 
+def state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of a torch optimizer's state tensors (its 0-dim step counters left out)."""
+    return sum(t.nbytes for state in optimizer.state.values() for t in state.values() if t.dim())
+
+
 def optimizer_alone(report: Report, rank: int, triad_gbps: float) -> None:
     for shape in [(4096, 4096), (4096, 11008)]:
         weight = torch.nn.Parameter(torch.randn(shape) * 0.02)
@@ -51,7 +56,7 @@ def optimizer_alone(report: Report, rank: int, triad_gbps: float) -> None:
         layer_weight.grad = weight.grad
         sparse_seconds = median_seconds(sparse.step, repeat=5)
         label = f"{shape[0]}x{shape[1]} r={rank}"
-        dense_bytes = sum(t.nbytes for t in dense.state[weight].values() if t.dim())
+        dense_bytes = state_bytes(dense)
         print(
             f"| {label} | {dense_bytes / 2**20:.0f} MiB | {sparse.state_bytes() / 2**20:.1f} MiB "
             f"| {dense_bytes / sparse.state_bytes():.1f}x | {dense_seconds * 1e3:.1f} ms "
@@ -122,7 +127,7 @@ def main() -> None:
     params = list(model.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.lr_full)
     seconds = train(model, optimizer, data)
-    state = sum(t.nbytes for s in optimizer.state.values() for t in s.values() if t.dim())
+    state = state_bytes(optimizer)
     results["full fine-tuning (AdamW)"] = (
         sum(p.numel() for p in params),
         state,
@@ -134,7 +139,7 @@ def main() -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr_lora)
     seconds = train(model, optimizer, data)
-    state = sum(t.nbytes for s in optimizer.state.values() for t in s.values() if t.dim())
+    state = state_bytes(optimizer)
     results[f"LoRA r={args.rank} (PEFT)"] = (
         sum(p.numel() for p in params),
         state,

@@ -46,17 +46,22 @@ def _check(x: torch.Tensor, weight: torch.Tensor, block: torch.Tensor, bias: tor
         raise ValueError(f"bone_bat_linear: 'bias' must be [{out_features}], got {list(bias.shape)}")
 
 
-def _panels(weight: torch.Tensor, r: int) -> range:
-    """Start rows of the panels: multiples of r, about PANEL_BYTES of fp32 W' each."""
-    rows = max(r, PANEL_BYTES // (4 * weight.shape[1]) // r * r)
-    return range(0, weight.shape[0], rows)
+def _panels(weight: torch.Tensor, r: int) -> list[tuple[int, int]]:
+    """(start row, rows) of each panel: multiples of r, about PANEL_BYTES of fp32 W' each."""
+    step = max(r, PANEL_BYTES // (4 * weight.shape[1]) // r * r)
+    return [(start, min(step, weight.shape[0] - start)) for start in range(0, weight.shape[0], step)]
+
+
+def _as_blocks(rows: torch.Tensor, r: int) -> torch.Tensor:
+    """[P, in] -> its r x r blocks [P/r, in/r, r, r] (block row i, block column j), a view."""
+    return rows.view(rows.shape[0] // r, r, -1, r).transpose(1, 2)
 
 
 def _panel_weight(weight: torch.Tensor, block: torch.Tensor, start: int, rows: int) -> torch.Tensor:
     """W' rows [start, start + rows) in fp32 (fp64 for fp64 inputs): [rows, in]."""
     r = block.shape[-1]
     dtype = torch.promote_types(weight.dtype, torch.float32)
-    w = weight[start : start + rows].to(dtype).view(rows // r, r, -1, r).transpose(1, 2)  # [P/r, in/r, r, r]
+    w = _as_blocks(weight[start : start + rows].to(dtype), r)  # [P/r, in/r, r, r]
     b = block[start // r : (start + rows) // r].to(dtype)[:, None]  # [P/r, 1, r, r]
     merged = torch.matmul(w, b).add_(w).add_(b)  # W_ij B_i + W_ij + B_i
     return merged.transpose(1, 2).reshape(rows, -1)
@@ -65,11 +70,8 @@ def _panel_weight(weight: torch.Tensor, block: torch.Tensor, start: int, rows: i
 def _bat_forward(
     x: torch.Tensor, weight: torch.Tensor, block: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
-    r = block.shape[-1]
     y = x.new_empty(*x.shape[:-1], weight.shape[0])  # [..., out]
-    step = _panels(weight, r).step
-    for start in _panels(weight, r):
-        rows = min(step, weight.shape[0] - start)
+    for start, rows in _panels(weight, block.shape[-1]):
         panel = _panel_weight(weight, block, start, rows).to(x.dtype)
         y[..., start : start + rows] = F.linear(
             x, panel, None if bias is None else bias[start : start + rows]
@@ -97,19 +99,15 @@ def _bat_backward(
     dys = dy.reshape(-1, dy.shape[-1]).to(x.dtype)  # [T, out]
     dx = torch.zeros(xs.shape, dtype=dtype, device=x.device)
     dblock = torch.empty(block.shape, dtype=dtype, device=block.device)
-    step = _panels(weight, r).step
-    for start in _panels(weight, r):
-        rows = min(step, weight.shape[0] - start)
+    for start, rows in _panels(weight, r):
         dy_panel = dys[:, start : start + rows]  # [T, P]
         panel = _panel_weight(weight, block, start, rows).to(x.dtype)
         if dx.dtype == x.dtype:
             dx.addmm_(dy_panel, panel)
         else:
             dx += dy_panel @ panel
-        grad = (
-            (dy_panel.T @ xs).to(dtype).view(rows // r, r, -1, r).transpose(1, 2)
-        )  # [P/r, in/r, r, r]: G_ij
-        w = weight[start : start + rows].to(dtype).view(rows // r, r, -1, r).transpose(1, 2)
+        grad = _as_blocks((dy_panel.T @ xs).to(dtype), r)  # [P/r, in/r, r, r]: G_ij
+        w = _as_blocks(weight[start : start + rows].to(dtype), r)
         dblock[start // r : (start + rows) // r] = (w.transpose(-1, -2) @ grad + grad).sum(1)
     return dx.to(x.dtype).view_as(x), dblock.to(block.dtype)
 

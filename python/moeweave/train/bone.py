@@ -82,28 +82,29 @@ class BoneLinear(torch.nn.Module):
             return base(x)
         if self.mode == "bat":
             return bone_bat_linear(x, base.weight, self.miss_block, base.bias)
-        tiled = self.miss_block.repeat(1, base.out_features // self.miss_block.shape[1])  # [r, out]
-        return base(x) + reference.bone_shards(x, self.miss_block.shape[0]) @ tiled
+        return reference.bone_linear(x, base.weight, base.bias, self.miss_block, self.mode)
 
 
 def _delta(block: torch.Tensor, out_features: int, in_features: int) -> torch.Tensor:
-    """default / mini: ΔW [out, in] with ΔW[o, c] = B[c mod r, o mod width], fp32."""
-    r = block.shape[0]
-    tiled = block.float().repeat(1, out_features // block.shape[1])  # [r, out]
-    return tiled.T.repeat(1, -(-in_features // r))[:, :in_features]
+    """default / mini: ΔW [..., out, in] with ΔW[o, c] = B[c mod r, o mod width] from B
+    [..., r, width] (leading dims: experts)."""
+    r, width = block.shape[-2:]
+    lead = (1,) * (block.dim() - 2)
+    tiled = block.repeat(*lead, 1, out_features // width)  # [..., r, out]
+    return tiled.transpose(-1, -2).repeat(*lead, 1, -(-in_features // r))[..., :in_features]
 
 
 def _merged(weight: torch.Tensor, block: torch.Tensor, mode: str) -> torch.Tensor:
     """W' of a weight [out, in] (in fp32, cast back to the weight's dtype)."""
     if mode == "bat":
         return reference.bone_bat_weight(weight.float(), block.float()).to(weight.dtype)
-    return (weight.float() + _delta(block, *weight.shape)).to(weight.dtype)
+    return (weight.float() + _delta(block.float(), *weight.shape)).to(weight.dtype)
 
 
 def _restored(merged: torch.Tensor, block: torch.Tensor, mode: str) -> torch.Tensor:
     """W from W' [out, in]: bat through (I + B_i)^-1 in fp32, the others by subtraction."""
     if mode != "bat":
-        return (merged.float() - _delta(block, *merged.shape)).to(merged.dtype)
+        return (merged.float() - _delta(block.float(), *merged.shape)).to(merged.dtype)
     out_features, in_features = merged.shape
     r = block.shape[-1]
     b = block.float()[:, None]  # [out/r, 1, r, r]
@@ -131,10 +132,7 @@ class BoneExperts(torch.nn.Module):
             return weight
         if self.mode == "bat":
             return reference.bone_bat_weight(weight, self.miss_block)
-        out_features, in_features = weight.shape[1:]
-        r = self.miss_block.shape[1]
-        tiled = self.miss_block.repeat(1, 1, out_features // self.miss_block.shape[2])  # [E, r, out]
-        return weight + tiled.transpose(1, 2).repeat(1, 1, -(-in_features // r))[..., :in_features]
+        return weight + _delta(self.miss_block, *weight.shape[1:])
 
 
 def _matches(name: str, targets: list[str] | str) -> bool:
@@ -281,8 +279,11 @@ def load_adapter(model: torch.nn.Module, directory: str | Path) -> list[str]:
     tensors = load_file(path / WEIGHTS)
     names = apply(model, r=config["r"], mode=mode, target_modules=targets, mini_r=config.get("mini_r", 1))
     blocks = _blocks(model)
+    block_names = {
+        key: re.sub(r"\.miss_block\.[^.]+$", ".miss_block", key) for key in tensors
+    }  # PEFT may keep the adapter name
     for key, tensor in tensors.items():
-        name = re.sub(r"\.miss_block\.[^.]+$", ".miss_block", key)  # PEFT may keep the adapter name
+        name = block_names[key]
         if name not in blocks:
             raise ValueError(f"bone: the adapter's {key} has no module in this model")
         if tensor.shape != blocks[name].shape:
@@ -291,7 +292,7 @@ def load_adapter(model: torch.nn.Module, directory: str | Path) -> list[str]:
             )
         with torch.no_grad():
             blocks[name].copy_(tensor)
-    missing = sorted(set(blocks) - {re.sub(r"\.miss_block\.[^.]+$", ".miss_block", k) for k in tensors})
+    missing = sorted(set(blocks) - set(block_names.values()))
     if missing:
         raise ValueError(f"bone: the adapter has no tensor for {missing[:3]}")
     return names
