@@ -60,6 +60,9 @@ def _one_line_error(capsys, argv: list[str], command: str, status: int = 1) -> s
         (["--top-p", "nan"], "top_p must be in (0, 1]"),
         (["--top-k", "-1"], "top_k must be >= 0"),
         (["--max-new-tokens", "-1"], "max_new_tokens must be >= 0"),
+        (["--prompt", "a", "--prompt", "b"], "several --prompt are for --expert-parallel"),
+        (["--expert-parallel"], "start it with torchrun"),
+        (["--expert-parallel", "--memory-budget", "1MiB"], "it has no engine mode"),
     ],
 )
 def test_run_mistakes_are_one_line(capsys, argv, message):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from moeweave import run_engine
+from moeweave import run_engine, run_parallel
 from moeweave.engine import POLICIES, PREDICTORS, is_store
 from moeweave.engine.engine import dense_dtype
 from moeweave.formats.hf_checkpoint import read_config
@@ -17,6 +17,7 @@ from moeweave.models.generate import check_arguments
 from moeweave.models.load import PROJECTION_FORMATS, default_projections
 from moeweave.models.prompting import SAMPLING_DEFAULTS, chat_prompt, sampling_defaults
 
+DEFAULT_PROMPT = "The history of the city"
 DENSE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -34,7 +35,9 @@ def add_arguments(parser) -> None:
         type=Path,
         help="Hugging Face checkpoint directory or expert store (default: bundled demo model)",
     )
-    parser.add_argument("--prompt", default="The history of the city", help="text to continue")
+    parser.add_argument("--prompt", action="append",
+                        help=f"text to continue (default: {DEFAULT_PROMPT!r}); with --expert-parallel "
+                             "one per rank, cycling")  # fmt: skip
     parser.add_argument("--chat", action="store_true",
                         help="send the prompt as a user message through the tokenizer's chat template")  # fmt: skip
     parser.add_argument("--max-new-tokens", type=int,
@@ -61,24 +64,40 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--stats", action="store_true", help="print the engine's telemetry per token and in sum"
     )
+    parser.add_argument("--expert-parallel", action="store_true",
+                        help="under torchrun: split the routed experts across the ranks, each continuing its own prompt")  # fmt: skip
 
 
 def main(args) -> None:
     """Errors are ValueError or OSError; moeweave.cli prints them in one line."""
-    try:
-        args.prompt.encode()
-    except UnicodeEncodeError:
-        # Bytes of argv that are not UTF-8 arrive as lone surrogates, which no tokenizer encodes.
-        raise ValueError("--prompt is not valid UTF-8 text") from None
+    texts = args.prompt or [DEFAULT_PROMPT]
+    for text in texts:
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            # Bytes of argv that are not UTF-8 arrive as lone surrogates, which no tokenizer encodes.
+            raise ValueError("--prompt is not valid UTF-8 text") from None
+    if len(texts) > 1 and not args.expert_parallel:
+        raise ValueError("several --prompt are for --expert-parallel (one per rank); give one")
     path = args.model or default_model_dir()
     given = {name: getattr(args, name) for name in SAMPLING_DEFAULTS if getattr(args, name) is not None}
     sampling = {**sampling_defaults(path), **given}
-    prompt = chat_prompt(path, args.prompt) if args.chat else args.prompt
-    check_arguments(prompt, **sampling)
-    if args.memory_budget is not None or is_store(path):
+    prompts = [chat_prompt(path, text) if args.chat else text for text in texts]
+    for prompt in prompts:
+        check_arguments(prompt, **sampling)
+    engine = args.memory_budget is not None or is_store(path)
+    if args.expert_parallel and engine:
+        raise ValueError(
+            "--expert-parallel splits the experts of a checkpoint held in RAM; it has no engine mode"
+        )
+    prompt = prompts[0]
+    if engine:
         run_engine.run(args, path, prompt, sampling)
         return
     dtype = checkpoint_dtype(path) if args.dtype == "auto" else DENSE_DTYPES[args.dtype]
+    if args.expert_parallel:
+        run_parallel.run(args, path, prompts, sampling, dtype)
+        return
     model = load(path, experts=args.experts, dtype=dtype, projections=args.projections)
     if model.tokenizer is None:
         raise ValueError(f"{path} has no tokenizer.json, so a text prompt cannot be encoded")

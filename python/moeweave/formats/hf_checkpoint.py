@@ -186,6 +186,13 @@ class Checkpoint:
         self.taken.add(name)
         return self.tensor(name)
 
+    def skip(self, name: str, shape: tuple[int, ...]) -> None:
+        """Check that `name` is there with the expected shape and mark it taken, without reading
+        it: a tensor another process loads (expert parallelism)."""
+        if name not in self._entries or tuple(self.shape(name)) != tuple(shape):
+            self.take(name, shape)  # raises the same errors take() would
+        self.taken.add(name)
+
     def untaken(self) -> list[str]:
         return sorted(set(self._entries) - self.taken)
 

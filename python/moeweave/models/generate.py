@@ -97,7 +97,9 @@ def tokens(
     stop_at_eos: bool = True,
 ) -> Iterator[int]:
     """The new tokens of one prompt (text, needing the model's tokenizer, or token ids), each
-    yielded as soon as it is chosen; the first after the prompt's prefill."""
+    yielded as soon as it is chosen; the first after the prompt's prefill. Under expert
+    parallelism the rank then serves its experts until every rank is done, also when the caller
+    stops early (closing the iterator)."""
     check_arguments(prompt, max_new_tokens, temperature, top_k, top_p)
     if isinstance(prompt, str):
         if model.tokenizer is None:
@@ -106,6 +108,15 @@ def tokens(
     ids = torch.as_tensor(prompt, dtype=torch.int64).view(1, -1)
     if ids.numel() == 0:
         raise ValueError("generate: the prompt is empty")
+    try:
+        yield from _decode(model, ids, max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos)
+    except GeneratorExit:
+        model.serve_experts_until_all_done()
+        raise
+    model.serve_experts_until_all_done()
+
+
+def _decode(model, ids, max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos) -> Iterator[int]:
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     eos = model.eos_token_id
     eos = set(eos) if isinstance(eos, list) else {eos}

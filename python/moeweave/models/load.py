@@ -21,6 +21,7 @@ from moeweave.formats.expert_naming import ARCHITECTURES as EXPERT_NAMING
 from moeweave.formats.hf_checkpoint import Checkpoint
 from moeweave.formats.paths import confined
 from moeweave.models.allocator import returning_freed_memory
+from moeweave.models.expert_parallel import ExpertParallel, expert_slice
 from moeweave.models.experts import ExpertProvider, FusedExperts, TorchExperts
 from moeweave.models.layers import AttentionWeights, MLPWeights
 from moeweave.models.mla import MLAWeights
@@ -159,26 +160,40 @@ def load(
     experts: str | ExpertProvider = "bf16",
     dtype: torch.dtype = torch.float32,
     projections: str | None = None,
+    expert_parallel=None,
 ) -> MoEModel:
     """Load a Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V2 or DeepSeek-V3 checkpoint
     (config.json + safetensors). `experts` is a format of EXPERT_FORMATS, or an expert provider
     that supplies the routed experts itself (an expert cache over an expert store, whose
     directory holds the config and the dense weights): their tensors are then not read.
     `projections` is a format of PROJECTION_FORMATS; None picks default_projections(experts).
+    `expert_parallel` (a torch.distributed process group, e.g. torch.distributed.group.WORLD):
+    this rank reads and holds only its slice of every layer's routed experts and exchanges tokens
+    with the other ranks (moeweave.models.expert_parallel); every rank must load the same way.
     Tensors are read and converted one at a time, their memory returned as they go (allocator.py):
     the resident peak stays near the loaded model's size."""
+    if expert_parallel is not None and not isinstance(experts, str):
+        raise ValueError(
+            "load: expert_parallel splits experts load() reads; an expert provider holds its own"
+        )
     if isinstance(experts, str) and experts not in EXPERT_FORMATS:
         raise ValueError(f"load: experts must be one of {EXPERT_FORMATS}, got {experts!r}")
     projections = projections or default_projections(experts)
     if projections not in PROJECTION_FORMATS:
         raise ValueError(f"load: projections must be one of {PROJECTION_FORMATS}, got {projections!r}")
     with returning_freed_memory(), Checkpoint(path) as ck:
-        return _load(ck, experts, dtype, projections)
+        return _load(ck, experts, dtype, projections, expert_parallel)
 
 
-def _load(ck: Checkpoint, experts: str | ExpertProvider, dtype: torch.dtype, projections: str) -> MoEModel:
+def _load(
+    ck: Checkpoint, experts: str | ExpertProvider, dtype: torch.dtype, projections: str, group
+) -> MoEModel:
     provided = not isinstance(experts, str)
     spec = spec_from_config(ck.config)
+    held = range(spec.num_experts)
+    if group is not None:
+        held = expert_slice(spec.num_experts, torch.distributed.get_rank(group),
+                            torch.distributed.get_world_size(group))  # fmt: skip
     take = _Reader(ck, dtype, projections)
     hidden, inter = spec.hidden_size, spec.moe_intermediate_size
     expert_shapes = [(inter, hidden), (inter, hidden), (hidden, inter)]
@@ -197,9 +212,12 @@ def _load(ck: Checkpoint, experts: str | ExpertProvider, dtype: torch.dtype, pro
                         _expert_format(experts, ck.take(naming.tensor(index, e, p), shape))
                         for p, shape in enumerate(expert_shapes)
                     )
-                    for e in range(spec.num_experts)
+                    for e in held
                 ]
             )
+            for e in range(spec.num_experts):  # other ranks' experts, under expert parallelism
+                for p, shape in enumerate(expert_shapes) if e not in held else ():
+                    ck.skip(naming.tensor(index, e, p), shape)
             mlp = _moe_block(take, spec, index, moe)
         else:
             mlp = _mlp(take, f"{prefix}.mlp", _MLP_NAMES, hidden, spec.dense_intermediate_size)
@@ -218,6 +236,8 @@ def _load(ck: Checkpoint, experts: str | ExpertProvider, dtype: torch.dtype, pro
         provider = TorchExperts(expert_weights)
     else:
         provider = FusedExperts({layer: ExpertTable(weights) for layer, weights in expert_weights.items()})
+    if group is not None:
+        provider = ExpertParallel(provider, spec.num_experts, sorted(expert_weights), hidden, dtype, group)
     for layer in layers:
         if isinstance(layer.mlp, MoEBlock):
             layer.mlp.experts = provider

@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields, is_dataclass
 import torch
 import torch.nn.functional as F
 
+from moeweave.models.expert_parallel import ExpertParallel
 from moeweave.models.kv_cache import KVCache, LayerCache
 from moeweave.models.layers import AttentionWeights, MLPWeights, RopeTable, attention, gated_mlp, rms_norm
 from moeweave.models.linear import linear
@@ -119,6 +120,19 @@ class MoEModel:
         if self._native is None or self._native[0] != state:
             self._native = (state, None if unsupported(self) else NativeDecoder(self))
         return self._native[1]
+
+    def serve_experts_until_all_done(self) -> None:
+        """Under expert parallelism, a rank with no forward left to run serves its experts to the
+        other ranks until every rank has called this (generation calls it at its end); a no-op
+        otherwise."""
+        providers = {
+            id(layer.mlp.experts): layer.mlp.experts
+            for layer in self.layers
+            if isinstance(layer.mlp, MoEBlock)
+        }
+        for provider in providers.values():
+            if isinstance(provider, ExpertParallel):
+                provider.serve_until_all_done()
 
     def dense_weights(self) -> list[torch.Tensor | QuantizedWeight]:
         """Every weight outside the routed experts and the token embedding, as held: norms,
