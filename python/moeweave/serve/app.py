@@ -74,6 +74,24 @@ def no_such_model(model: str) -> ApiError:
     return ApiError(404, f"The model `{model}` does not exist.", "NotFoundError", "model_not_found")
 
 
+def key_refused(request: Request, api_key: str | None) -> ApiError | None:
+    """The 401 for a request without the server's bearer token (None: it may pass)."""
+    if api_key is not None and request.headers.get("authorization") != f"Bearer {api_key}":
+        return ApiError(401, "missing or wrong API key (Authorization: Bearer KEY)", "authentication_error",
+                        "invalid_api_key")  # fmt: skip
+    return None
+
+
+def model_cards(base_name: str, adapters: list[str]) -> dict:
+    """/v1/models: the base, then each adapter with the base as its parent."""
+    created = int(time.time())
+    return {"object": "list", "data": [
+        {"id": name, "object": "model", "created": created, "owned_by": "moeweave", "root": name,
+         "parent": None if name == base_name else base_name}
+        for name in [base_name, *adapters]
+    ]}  # fmt: skip
+
+
 def create_app(
     scheduler: Scheduler,
     base_name: str,
@@ -110,9 +128,8 @@ def create_app(
         return openai_error(error.status_code, str(error.detail))
 
     async def authorised(request: Request) -> None:
-        if api_key is not None and request.headers.get("authorization") != f"Bearer {api_key}":
-            raise ApiError(401, "missing or wrong API key (Authorization: Bearer KEY)", "authentication_error",
-                           "invalid_api_key")  # fmt: skip
+        if refused := key_refused(request, api_key):
+            raise refused
 
     guarded = [Depends(authorised)]
 
@@ -130,21 +147,7 @@ def create_app(
 
     @app.get("/v1/models", dependencies=guarded)
     async def models():
-        created = int(time.time())
-        cards = [{"id": base_name, "object": "model", "created": created, "owned_by": "moeweave", "root": base_name,
-                  "parent": None}]  # fmt: skip
-        cards += [
-            {
-                "id": name,
-                "object": "model",
-                "created": created,
-                "owned_by": "moeweave",
-                "root": name,
-                "parent": base_name,
-            }
-            for name in scheduler.models()
-        ]
-        return {"object": "list", "data": cards}
+        return model_cards(base_name, scheduler.models())
 
     def adapter_of(model: str) -> str | None:
         if model == base_name:

@@ -48,22 +48,28 @@ def build(
         engine = Engine.open(base, memory_budget=memory_budget, bits=STORE_BITS[experts])
         model = engine.model
     adapter_set = AdapterSet(model, max_adapters)
-    named = [_named(spec) for spec in adapters]
-    if adapter_dir is not None:
-        if not adapter_dir.is_dir():
-            raise ValueError(f"--adapter-dir {adapter_dir}: not a directory")
-        named += [(sub.name, sub) for sub in sorted(adapter_dir.iterdir()) if (sub / CONFIG_FILE).is_file()]
-    for name, path in named:
-        if name == base.name:
-            raise ValueError(f"adapter {name!r}: the base model has that name")
+    named = named_adapters(base, adapters, adapter_dir)
+    for name, path in named.items():
         adapter_set.load(load_esft(path, model.spec, name))
     context = config.get("max_position_embeddings") or DEFAULT_CONTEXT
     scheduler = Scheduler(model, context, adapter_set, max_batch, max_queue).start()
     app = create_app(scheduler, base.name, base, api_key, adapter_dir)
     app.state.engine = engine
-    for name, _ in named:
+    for name in named:
         app.state.metrics.adapter_loaded.labels(name).set(1)
     return app, scheduler
+
+
+def named_adapters(base: Path, specs: list[str], adapter_dir: Path | None) -> dict[str, Path]:
+    """The adapters to serve by name: --adapter NAME=PATH, then each adapter in --adapter-dir."""
+    named = dict(_named(spec) for spec in specs)
+    if adapter_dir is not None:
+        if not adapter_dir.is_dir():
+            raise ValueError(f"--adapter-dir {adapter_dir}: not a directory")
+        named |= {sub.name: sub for sub in sorted(adapter_dir.iterdir()) if (sub / CONFIG_FILE).is_file()}
+    if base.name in named:
+        raise ValueError(f"adapter {base.name!r}: the base model has that name")
+    return named
 
 
 def _named(spec: str) -> tuple[str, Path]:
@@ -79,6 +85,11 @@ def serve(args) -> None:
     from moeweave.models.bundled import default_model_dir
 
     base = Path(args.base) if args.base else default_model_dir()
+    if args.ray:
+        from moeweave.serve.ray import run
+
+        run(args, base)
+        return
     app, scheduler = build(
         base, args.adapter, None if args.adapter_dir is None else Path(args.adapter_dir), args.api_key,
         args.experts, args.max_adapters, args.max_batch, args.max_queue, args.memory_budget,
@@ -111,5 +122,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-adapters", type=int, default=16, help="adapters loaded at once at most")
     parser.add_argument("--max-batch", type=int, default=32, help="requests per model step at most")
     parser.add_argument("--max-queue", type=int, default=64, help="waiting requests at most (then 429)")
+    parser.add_argument("--ray", action="store_true",
+                        help="serve on Ray Serve: replicas with adapter-affinity routing (needs ray[serve])")  # fmt: skip
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="with --ray: replicas (the minimum when autoscaling)"
+    )
+    parser.add_argument("--max-replicas", type=int,
+                        help="with --ray: autoscale up to this many replicas by requests in flight")  # fmt: skip
+    parser.add_argument("--address", help="with --ray: the Ray cluster to join (default: start a local one)")
     parser.add_argument("--memory-budget", metavar="SIZE",
                         help="read the base's experts from SSD through the on-device engine, holding at most SIZE")  # fmt: skip

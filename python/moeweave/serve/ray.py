@@ -1,0 +1,234 @@
+"""`moeweave serve --ray`: the OpenAI-compatible server as a Ray Serve application, for when one
+machine is not enough. N replicas each hold the base model, a scheduler and an expert pool
+(exactly `moeweave serve`'s app, run in the replica's process); a gateway takes the HTTP requests.
+
+- Adapter affinity: the gateway reads the request's `model` and sends it with that adapter as
+  Ray Serve's multiplexed model id. Ray's router prefers a replica that already holds the adapter;
+  when those are saturated it picks another, which loads the adapter into its pool; a replica
+  holding `max_adapters` unloads its least recently used one first (Ray Serve's model
+  multiplexing, https://docs.ray.io/en/latest/serve/model-multiplexing.html).
+- Autoscaling by queue depth: with max_replicas > replicas, Ray Serve adds replicas while more
+  than `max_batch` requests per replica are in flight and removes them when idle.
+- A replica that dies: a request it held that had not begun its response (a non-streaming one
+  still generating, a streaming one before its first event) is sent again to another replica;
+  Ray Serve starts a replacement. A stream already under way ends with an error event.
+
+Adapters are the --adapter NAME=PATH and --adapter-dir DIR ones; their paths must be readable
+from every node. /metrics is the gateway's (requests, retries, latency); Ray Serve exports each
+replica's own metrics through Ray's metrics endpoint.
+"""
+
+import asyncio
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from ray import serve
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.serve.exceptions import BackPressureError
+
+from moeweave.serve import asgi
+from moeweave.serve.app import ApiError, key_refused, model_cards, no_such_model, openai_error, sse
+from moeweave.serve.metrics import LATENCY_BUCKETS
+
+# Sending a request to another replica after its replica died, at most this many times.
+ATTEMPTS = 3
+_REPLICA_GONE = (ActorDiedError, ActorUnavailableError, RayActorError)
+REPLICA_HEADER = "x-moeweave-replica"
+
+
+def application(base: Path, adapters: dict[str, Path], experts: str = "int4", max_adapters: int = 16,
+                max_batch: int = 32, max_queue: int = 64, replicas: int = 1, max_replicas: int | None = None,
+                api_key: str | None = None, memory_budget: str | None = None):  # fmt: skip
+    """The Ray Serve application (bind()-ed gateway over the replicas) for serve.run."""
+    autoscaling = {
+        "min_replicas": replicas,
+        "max_replicas": max_replicas,
+        "target_ongoing_requests": max_batch,
+    }
+    scaling = (
+        {"num_replicas": replicas}
+        if max_replicas is None or max_replicas <= replicas
+        else {"autoscaling_config": autoscaling}
+    )
+
+    # num_cpus=0: a replica's compute threads are its own business; Ray's CPU accounting would
+    # otherwise refuse more replicas than cores, which is what small machines and tests have.
+    @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=max_batch + max_queue,
+                      max_queued_requests=max_queue, **scaling)  # fmt: skip
+    class Replica:
+        def __init__(self):
+            from moeweave.serve.server import build
+
+            # Room for twice the adapters Ray keeps: one it evicted unloads only once its running
+            # requests finish, while its successor is already loading.
+            self.app, self.scheduler = build(base, [], None, None, experts, 2 * max_adapters, max_batch,
+                                             max_queue, memory_budget)  # fmt: skip
+
+        @serve.multiplexed(max_num_models_per_replica=max_adapters)
+        async def adapter(self, name: str) -> "_Loaded":
+            from moeweave.adapters import load_esft
+
+            adapter = await asyncio.to_thread(load_esft, adapters[name], self.scheduler.model.spec, name)
+            await asyncio.wrap_future(self.scheduler.load_adapter(adapter))
+            return _Loaded(self.scheduler, name)
+
+        async def forward(self, path: str, headers: list[tuple[str, str]], body: bytes):
+            """Yields (status, headers), then the response body's chunks. The headers name this
+            replica (x-moeweave-replica: its Ray Serve replica id)."""
+            if name := serve.get_multiplexed_model_id():
+                await self.adapter(name)
+            replica = serve.get_replica_context().replica_id.unique_id
+            responses = asgi.call(self.app, "POST", path, headers, body)
+            try:
+                status, headers = await anext(responses)
+                yield status, [*headers, (REPLICA_HEADER, replica)]
+                async for chunk in responses:
+                    yield chunk
+            finally:
+                await responses.aclose()  # the client left: the app sees it disconnect
+
+    web = FastAPI(title="moeweave (Ray Serve)", docs_url=None, redoc_url=None)
+    registry = CollectorRegistry()
+    requests = Counter("moeweave_gateway_requests", "Requests answered, by model and status", ["model", "status"],
+                       registry=registry)  # fmt: skip
+    retries = Counter(
+        "moeweave_gateway_retries", "Requests sent again after their replica died", registry=registry
+    )
+    latency = Histogram("moeweave_gateway_response_start_seconds", "Request to the start of its response",
+                        buckets=LATENCY_BUCKETS, registry=registry)  # fmt: skip
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    @serve.ingress(web)
+    class Gateway:
+        def __init__(self, replica):
+            self.replica = replica
+
+        @web.get("/health")
+        async def health(self):
+            return {"status": "ok"}
+
+        @web.get("/metrics")
+        async def metrics(self):
+            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+        @web.get("/v1/models")
+        async def models(self, request: Request):
+            if refused := key_refused(request, api_key):
+                return _as_response(refused)
+            return model_cards(base.name, sorted(adapters))
+
+        @web.post("/v1/load_adapter")
+        @web.post("/v1/unload_adapter")
+        async def adapter_loading(self):
+            return openai_error(400, "under Ray Serve, replicas load and unload adapters by demand; serve "
+                                     "them with --adapter or --adapter-dir")  # fmt: skip
+
+        @web.post("/v1/completions")
+        @web.post("/v1/chat/completions")
+        async def generate(self, request: Request):
+            if refused := key_refused(request, api_key):
+                return _as_response(refused)
+            body = await request.body()
+            model = _model_of(body)
+            if model is not None and model != base.name and model not in adapters:
+                return _as_response(no_such_model(model))
+            adapter = "" if model in (None, base.name) else model
+            started = time.perf_counter()
+            for attempt in range(ATTEMPTS):
+                stream = self.replica.options(stream=True, multiplexed_model_id=adapter).forward.remote(
+                    request.url.path, [("content-type", "application/json")], body
+                )
+                try:
+                    status, headers = await stream.__anext__()
+                except BackPressureError:
+                    requests.labels(str(model), "429").inc()
+                    return openai_error(429, "server busy: every replica's queue is full", "rate_limit_error")
+                except _REPLICA_GONE:
+                    if attempt == ATTEMPTS - 1:
+                        raise
+                    retries.inc()
+                    continue
+                latency.observe(time.perf_counter() - started)
+                requests.labels(str(model), str(status)).inc()
+                kept = {k: v for k, v in headers if k.lower() in ("content-type", REPLICA_HEADER)}
+                return StreamingResponse(_rest(stream), status_code=status, headers=kept)
+
+    return Gateway.bind(Replica.bind())
+
+
+class _Loaded:
+    """An adapter in a replica's pool while Ray's multiplexing keeps it; Ray calls __del__ when it
+    evicts it (least recently used), which unloads it once its running requests finish."""
+
+    def __init__(self, scheduler, name: str):
+        self.scheduler, self.name, self.unloaded = scheduler, name, False
+
+    def __del__(self):
+        if not self.unloaded:  # Ray calls this, and then the garbage collector does
+            self.unloaded = True
+            self.scheduler.unload_adapter(self.name)
+
+
+def _model_of(body: bytes) -> str | None:
+    """The request's `model`, or None where the body has none (the replica's app then answers 400)."""
+    import json
+
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    model = parsed.get("model") if isinstance(parsed, dict) else None
+    return model if isinstance(model, str) else None
+
+
+def _as_response(error: ApiError) -> JSONResponse:
+    return openai_error(error.status, error.message, error.kind, error.code)
+
+
+async def _rest(stream):
+    """The response body after its start; cancels the replica's work when the client leaves."""
+    try:
+        async for chunk in stream:
+            yield chunk
+    except _REPLICA_GONE:
+        # Only a stream can lose its replica after its start: end it as the server ends a failed one.
+        yield sse({"error": {"message": "the replica serving this stream died", "type": "server_error",
+                             "param": None, "code": None}})  # fmt: skip
+        yield "data: [DONE]\n\n"
+    finally:
+        stream.cancel()
+
+
+def run(args, base: Path) -> None:
+    """`moeweave serve --ray`: joins (--address) or starts a Ray cluster and serves until Ctrl-C."""
+    import ray
+
+    from moeweave.serve.server import named_adapters
+
+    if args.replicas < 1:
+        raise ValueError(f"--replicas must be >= 1, got {args.replicas}")
+    adapters = named_adapters(
+        base, args.adapter, None if args.adapter_dir is None else Path(args.adapter_dir)
+    )
+    app = application(base.resolve(), {name: path.resolve() for name, path in adapters.items()}, args.experts,
+                      args.max_adapters, args.max_batch, args.max_queue, args.replicas, args.max_replicas,
+                      args.api_key, args.memory_budget)  # fmt: skip
+    ray.init(address=args.address, log_to_driver=False)
+    try:
+        # One HTTP entry on the head node: nodes sharing a machine would otherwise race for the port.
+        serve.start(proxy_location="HeadOnly", http_options={"host": args.host, "port": args.port})
+        serve.run(app, name="moeweave", route_prefix="/")
+        print(f"# serving {base.name} with adapters {sorted(adapters)} on Ray Serve ({args.replicas} replicas) "
+              f"at http://{args.host}:{args.port}/v1", flush=True)  # fmt: skip
+        # SIGTERM (a service manager's stop) leaves through the same cleanup as Ctrl-C.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        threading.Event().wait()
+    finally:
+        serve.shutdown()
+        ray.shutdown()
