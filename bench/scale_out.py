@@ -12,9 +12,10 @@ same run: the loopback all_to_all bandwidth (one 64 MiB exchange between two ran
 exchange's latency; the exchange's time is compared with bytes / bandwidth + 4 latencies per MoE
 layer (the header and three payload exchanges).
 
-Projection (modelled, not measured): a decode step on W nodes = the W = 1 step's dense time +
-its expert time / W (each node computes 1/W of the assignments) + per MoE layer 4 latencies +
-the bytes one node sends / the link bandwidth, for links of --link-gbps and --link-us.
+Projection (modelled, not measured): a decode step on W nodes, each with its own batch = the
+W = 1 step's dense time + its expert time scaled by the distinct experts a node reads (decode is
+memory-bound; uniform routing) + per MoE layer 4 latencies + the bytes one node sends / the link
+bandwidth, for links of --link-gbps and --link-us.
 
 Ray Serve: the bundled model with four synthetic adapters; --requests requests of 16 greedy
 tokens, round robin over the adapters and the base, --concurrency at a time from client threads;
@@ -72,6 +73,7 @@ def _ep_rank(rank: int, world: int, path: str, args, init: str, out: str) -> Non
         result |= {key: (getattr(stats, key) - before[key]) / args.steps for key in before}
     if world == 1:  # the expert stage's share of a step, to model W nodes from
         result["expert_seconds"] = _expert_seconds(model, token, cache, args.steps)
+        result |= {"num_experts": model.spec.num_experts, "top_k": model.spec.top_k}
     if world == 2:
         result |= _loopback(rank)
     model.serve_experts_until_all_done()
@@ -102,7 +104,7 @@ def _expert_seconds(model, token, cache, steps: int) -> float:
 
 def _loopback(rank: int) -> dict:
     """The all_to_all bandwidth (64 MiB each way) and a 1-element exchange's latency, 2 ranks."""
-    big, tiny = torch.empty(32 << 20, dtype=torch.int16), torch.zeros(2)
+    big, tiny = torch.empty(32 << 20, dtype=torch.bfloat16), torch.zeros(2)
     out_big, out_tiny = torch.empty_like(big), torch.empty_like(tiny)
     for _ in range(2):
         dist.all_to_all_single(out_big, big)
@@ -140,7 +142,7 @@ def _print_ep(rows: list[dict], args) -> None:
     print(f"\n## Expert parallelism (measured): {args.layers} layers, batch {args.batch} per rank, "
           f"loopback all_to_all {bandwidth / 1e9:.2f} GB/s, latency {latency * 1e6:.0f} us")  # fmt: skip
     print("| ranks | tokens/s (all ranks) | vs 1 rank | step ms | exchange ms | expert ms | bytes sent / token | "
-          "exchange / (bytes/bw + 4 lat/layer) |")  # fmt: skip
+          "exchange (peers' waits included) / (bytes/bw + 4 lat/layer) |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         if row["world"] == 1:
@@ -160,17 +162,26 @@ def _print_ep(rows: list[dict], args) -> None:
     link = args.link_gbps * 1e9 / 8
     print(f"\n## Projection (modelled from the W = 1 and W = 2 measurements; links of {args.link_gbps} Gb/s, "
           f"{args.link_us} us per exchange)")  # fmt: skip
-    print(
-        "| nodes | batch per node | step ms (modelled) | of which exchange | tokens/s (all nodes, modelled) |"
-    )
-    print("|---|---|---|---|---|")
+    print("| nodes | batch per node | step ms (modelled) | of which experts | of which exchange | "
+          "tokens/s (all nodes, modelled) |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
     for nodes in (8, 16, 64):
         sent = per_token_layer_bytes * (nodes - 1) / nodes * args.batch * moe_layers
         exchange = sent / link + 4 * moe_layers * args.link_us * 1e-6
-        step = dense + single["expert_seconds"] / nodes + exchange
-        print(
-            f"| {nodes} | {args.batch} | {step * 1e3:.1f} | {exchange * 1e3:.1f} | {nodes * args.batch / step:.0f} |"
+        experts = single["expert_seconds"] * _touched_share(
+            nodes, args.batch * single["top_k"], single["num_experts"]
         )
+        step = dense + experts + exchange
+        print(f"| {nodes} | {args.batch} | {step * 1e3:.1f} | {experts * 1e3:.1f} | {exchange * 1e3:.2f} | "
+              f"{nodes * args.batch / step:.0f} |")  # fmt: skip
+
+
+def _touched_share(nodes: int, assignments: int, experts: int) -> float:
+    """A node's expert time against one process's, when decode reads each touched expert once
+    (memory-bound) and routing is uniform: the distinct experts of a node's E / W slice that
+    W x `assignments` assignments touch, over those `assignments` touch among all E."""
+    untouched = 1 - 1 / experts
+    return (1 - untouched ** (nodes * assignments)) / nodes / (1 - untouched**assignments)
 
 
 def _load(url: str, requests: int, concurrency: int, models: list[str]) -> dict:
@@ -213,7 +224,13 @@ def _server(argv: list[str], port: int) -> subprocess.Popen:
     for line in process.stdout:
         if line.startswith("# serving"):
             threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()
+            break
+    for _ in range(600):  # uvicorn binds its port after the line
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10).close()
             return process
+        except OSError:
+            time.sleep(0.1)
     raise RuntimeError(f"moeweave serve {' '.join(argv)} did not start")
 
 

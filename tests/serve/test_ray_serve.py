@@ -30,7 +30,7 @@ BIN = Path(sys.executable).parent
 BASE = "demo_model"
 PROMPT = "In 1905, the"
 ADAPTERS = {"r1": (11, 0.25), "r2": (12, 0.5), "r3": (13, 0.25)}  # name -> (seed, fraction)
-MAX_ADAPTERS = 2  # per replica: three adapters make replicas evict their least recently used
+MAX_ADAPTERS = 1  # per replica: three adapters over two replicas make them evict and reload
 
 
 def _free_port() -> int:
