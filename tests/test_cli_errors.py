@@ -63,6 +63,7 @@ def _one_line_error(capsys, argv: list[str], command: str, status: int = 1) -> s
         (["--prompt", "a", "--prompt", "b"], "several --prompt are for --expert-parallel"),
         (["--expert-parallel"], "start it with torchrun"),
         (["--expert-parallel", "--memory-budget", "1MiB"], "it has no engine mode"),
+        (["--expert-parallel", "--stats"], "--stats is the engine's telemetry"),
     ],
 )
 def test_run_mistakes_are_one_line(capsys, argv, message):

@@ -86,6 +86,10 @@ def main(args) -> None:
     for prompt in prompts:
         check_arguments(prompt, **sampling)
     engine = args.memory_budget is not None or is_store(path)
+    if args.expert_parallel and args.stats:
+        raise ValueError(
+            "--stats is the engine's telemetry; --expert-parallel prints its exchange's costs itself"
+        )
     if args.expert_parallel and engine:
         raise ValueError(
             "--expert-parallel splits the experts of a checkpoint held in RAM; it has no engine mode"

@@ -3,7 +3,9 @@ oracle: ranks holding a slice of the experts each, exchanging tokens over gloo o
 give the same logits and the same greedy tokens for their own prompts, also when ranks finish at
 different steps; `moeweave run --expert-parallel` under torchrun likewise."""
 
+import datetime
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +32,9 @@ def _max_new_tokens(rank: int) -> int:
 
 
 def _rank(rank: int, world: int, paths: list[str], init_file: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    # A protocol bug fails the test in two minutes instead of hanging it for gloo's default 30.
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(minutes=2))  # fmt: skip
     results = []
     for path, (_, experts, dtype) in zip(paths, CASES, strict=True):
         model = load(path, experts=experts, dtype=dtype, expert_parallel=dist.group.WORLD)
@@ -77,7 +81,11 @@ def test_four_ranks_give_the_single_process_logits_and_tokens(tiny_checkpoint, t
 def test_torchrun_cli_ranks_continue_their_own_prompts():
     prompts = ["The history of the city", "Once upon a time"]
     torchrun = Path(sys.executable).with_name("torchrun")
-    argv = [str(torchrun), "--nproc-per-node", "2", "--no-python", str(Path(sys.executable).with_name("moeweave")),
+    with socket.socket() as sock:  # not torchrun's fixed default port, which another job may hold
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    argv = [str(torchrun), "--nproc-per-node", "2", "--master-port", str(port), "--no-python",
+            str(Path(sys.executable).with_name("moeweave")),
             "run", "--expert-parallel", "--max-new-tokens", "12", "--temperature", "0"]  # fmt: skip
     for prompt in prompts:
         argv += ["--prompt", prompt]

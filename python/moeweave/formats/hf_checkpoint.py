@@ -177,20 +177,19 @@ class Checkpoint:
 
     def take(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
         """The tensor `name`, checked against the expected shape and for NaN/inf, and marked taken."""
+        self.skip(name, shape)
+        return self.tensor(name)
+
+    def skip(self, name: str, shape: tuple[int, ...]) -> None:
+        """Check that `name` is there with the expected shape and mark it taken, without reading
+        it (take() reads it too; a tensor another process loads under expert parallelism is
+        only checked)."""
         if name not in self._entries:
             raise ValueError(f"checkpoint {self.directory} is missing tensor {name!r}")
         if tuple(self.shape(name)) != tuple(shape):
             raise ValueError(
                 f"tensor {name!r} in {self.directory} has shape {self.shape(name)}, expected {list(shape)}"
             )
-        self.taken.add(name)
-        return self.tensor(name)
-
-    def skip(self, name: str, shape: tuple[int, ...]) -> None:
-        """Check that `name` is there with the expected shape and mark it taken, without reading
-        it: a tensor another process loads (expert parallelism)."""
-        if name not in self._entries or tuple(self.shape(name)) != tuple(shape):
-            self.take(name, shape)  # raises the same errors take() would
         self.taken.add(name)
 
     def untaken(self) -> list[str]:

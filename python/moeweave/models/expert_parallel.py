@@ -2,8 +2,9 @@
 slice of every MoE layer's routed experts and a replica of everything else, and runs its own
 sequences. Per MoE layer, each rank sends every (token, expert) assignment to the rank that
 holds the expert, that rank runs its experts on what it received (one fused call), and the
-weighted outputs go back the same way; both moves are one all_to_all each (gloo on CPU, NCCL on
-GPU). The communication layer is torch.distributed's, never one of our own.
+weighted outputs go back the same way; both moves are one all_to_all each, over gloo (the
+tensors exchanged are on the CPU, where moeweave's model execution runs). The communication
+layer is torch.distributed's, never one of our own.
 
 Collectives pair up by order, so every rank must call the same MoE layers the same number of
 times. A rank whose sequences are finished while others still run calls

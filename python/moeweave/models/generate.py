@@ -99,7 +99,7 @@ def tokens(
     """The new tokens of one prompt (text, needing the model's tokenizer, or token ids), each
     yielded as soon as it is chosen; the first after the prompt's prefill. Under expert
     parallelism the rank then serves its experts until every rank is done, also when the caller
-    stops early (closing the iterator)."""
+    stops early (closing the iterator) or a step fails."""
     check_arguments(prompt, max_new_tokens, temperature, top_k, top_p)
     if isinstance(prompt, str):
         if model.tokenizer is None:
@@ -110,10 +110,8 @@ def tokens(
         raise ValueError("generate: the prompt is empty")
     try:
         yield from _decode(model, ids, max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos)
-    except GeneratorExit:
+    finally:  # also on an error: the other ranks then fail at the layer check instead of waiting
         model.serve_experts_until_all_done()
-        raise
-    model.serve_experts_until_all_done()
 
 
 def _decode(model, ids, max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos) -> Iterator[int]:
@@ -148,14 +146,15 @@ def generate(
 
     stream = TextStream(model.tokenizer) if on_text is not None and model.tokenizer is not None else None
     new = []
-    start = time.perf_counter()
+    start = last = time.perf_counter()
     prefill = 0.0
     for token in tokens(model, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos):
+        last = time.perf_counter()
         if not new:
-            prefill, start = time.perf_counter() - start, time.perf_counter()
+            prefill, start = last - start, last
         new.append(token)
         if stream is not None and (piece := stream.push(token)):
             on_text(piece)
-    decode = time.perf_counter() - start
+    decode = last - start  # to the last token: not the time serving other ranks' experts after it
     text = model.tokenizer.decode(new) if model.tokenizer is not None else None
     return Generation(tokens=new, text=text, prefill_seconds=prefill, decode_seconds=decode)

@@ -220,11 +220,15 @@ def create_app(
 
     async def stream(job: Job, events, ident, model, render, usage) -> AsyncIterator[str]:
         done = None
+        role = render is CHAT  # the assistant's role comes first, as OpenAI sends it
         try:
-            if render is CHAT:  # the assistant's role comes first, as OpenAI sends it
-                yield sse(render.chunk(ident, model, "", None, first=True))
             while True:
                 event = await events.get()
+                # With the first event, not before: until then nothing has left, and a server in
+                # front (moeweave serve --ray) may still send the request elsewhere.
+                if role:
+                    role = False
+                    yield sse(render.chunk(ident, model, "", None, first=True))
                 if event.kind == "text":
                     yield sse(render.chunk(ident, model, event.text, None))
                     continue

@@ -5,6 +5,7 @@ client disconnect when the caller stops reading, as it would from uvicorn, and f
 request's slot."""
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 
@@ -44,9 +45,11 @@ async def call(app, method: str, path: str, headers: list[tuple[str, str]], body
             await messages.put(None)  # the app returned or raised: no more messages
 
     task = asyncio.ensure_future(run())
+    started = False
     try:
         while (message := await messages.get()) is not None:
             if message["type"] == "http.response.start":
+                started = True
                 yield (
                     message["status"],
                     [(k.decode("latin-1"), v.decode("latin-1")) for k, v in message["headers"]],
@@ -56,7 +59,13 @@ async def call(app, method: str, path: str, headers: list[tuple[str, str]], body
                     yield message["body"]
                 if not message.get("more_body", False):
                     break
-        await task  # re-raises what the app raised
+        try:
+            await task
+        except Exception:
+            if not started:
+                raise  # no response carries it: the caller answers for it
+            # The app answered it (Starlette sends a 500, then re-raises): keep it in the log.
+            logging.getLogger(__name__).exception("%s %s failed after its response started", method, path)
     finally:
         gone.set()
         if not task.done():

@@ -5,12 +5,13 @@ machine is not enough. N replicas each hold the base model, a scheduler and an e
 - Adapter affinity: the gateway reads the request's `model` and sends it with that adapter as
   Ray Serve's multiplexed model id. Ray's router prefers a replica that already holds the adapter;
   when those are saturated it picks another, which loads the adapter into its pool; a replica
-  holding `max_adapters` unloads its least recently used one first (Ray Serve's model
-  multiplexing, https://docs.ray.io/en/latest/serve/model-multiplexing.html).
+  holding `max_adapters` evicts its least recently used one first (Ray Serve's model
+  multiplexing, https://docs.ray.io/en/latest/serve/model-multiplexing.html), and unloads it
+  once no request there, queued or running, still uses it.
 - Autoscaling by queue depth: with max_replicas > replicas, Ray Serve adds replicas while more
   than `max_batch` requests per replica are in flight and removes them when idle.
 - A replica that dies: a request it held that had not begun its response (a non-streaming one
-  still generating, a streaming one before its first event) is sent again to another replica;
+  still generating, a streaming one before its first token) is sent again to another replica;
   Ray Serve starts a replacement. A stream already under way ends with an error event.
 
 Adapters are the --adapter NAME=PATH and --adapter-dir DIR ones; their paths must be readable
@@ -19,17 +20,20 @@ replica's own metrics through Ray's metrics endpoint.
 """
 
 import asyncio
+import collections
+import functools
 import signal
 import sys
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from ray import serve
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 
 from moeweave.serve import asgi
@@ -38,7 +42,6 @@ from moeweave.serve.metrics import LATENCY_BUCKETS
 
 # Sending a request to another replica after its replica died, at most this many times.
 ATTEMPTS = 3
-_REPLICA_GONE = (ActorDiedError, ActorUnavailableError, RayActorError)
 REPLICA_HEADER = "x-moeweave-replica"
 
 
@@ -65,33 +68,60 @@ def application(base: Path, adapters: dict[str, Path], experts: str = "int4", ma
         def __init__(self):
             from moeweave.serve.server import build
 
-            # Room for twice the adapters Ray keeps: one it evicted unloads only once its running
-            # requests finish, while its successor is already loading.
+            # An adapter Ray evicts stays until its requests here have finished, so the pool has
+            # room for twice the adapters Ray keeps.
             self.app, self.scheduler = build(base, [], None, None, experts, 2 * max_adapters, max_batch,
                                              max_queue, memory_budget)  # fmt: skip
+            self.kept: set[str] = set()  # adapters Ray's multiplexing keeps here
+            self.loaded: set[str] = set()  # adapters in this replica's scheduler
+            self.unloading: dict[str, Future] = {}
+            self.requests: collections.Counter = (
+                collections.Counter()
+            )  # per adapter, from its load to the end
 
         @serve.multiplexed(max_num_models_per_replica=max_adapters)
-        async def adapter(self, name: str) -> "_Loaded":
+        async def adapter(self, name: str) -> "_Kept":
             from moeweave.adapters import load_esft
 
-            adapter = await asyncio.to_thread(load_esft, adapters[name], self.scheduler.model.spec, name)
-            await asyncio.wrap_future(self.scheduler.load_adapter(adapter))
-            return _Loaded(self.scheduler, name)
+            if name not in self.loaded:
+                if name in self.unloading:  # evicted before: its unload must finish first
+                    await asyncio.wrap_future(self.unloading.pop(name))
+                adapter = await asyncio.to_thread(load_esft, adapters[name], self.scheduler.model.spec, name)
+                await asyncio.wrap_future(self.scheduler.load_adapter(adapter))
+                self.loaded.add(name)
+            self.kept.add(name)
+            return _Kept(functools.partial(self.evicted, name))
+
+        async def evicted(self, name: str) -> None:
+            self.kept.discard(name)
+            self.unload_unused(name)
+
+        def unload_unused(self, name: str) -> None:
+            if name in self.loaded and name not in self.kept and not self.requests[name]:
+                self.loaded.discard(name)
+                self.unloading[name] = self.scheduler.unload_adapter(name)
 
         async def forward(self, path: str, headers: list[tuple[str, str]], body: bytes):
             """Yields (status, headers), then the response body's chunks. The headers name this
-            replica (x-moeweave-replica: its Ray Serve replica id)."""
-            if name := serve.get_multiplexed_model_id():
-                await self.adapter(name)
-            replica = serve.get_replica_context().replica_id.unique_id
+            replica (x-moeweave-replica: its Ray Serve replica id). The start waits for the
+            body's first chunk, which a stream sends with its first token: until then the
+            gateway may send the request to another replica if this one dies."""
+            name = serve.get_multiplexed_model_id()
+            self.requests[name] += 1
             responses = asgi.call(self.app, "POST", path, headers, body)
             try:
+                if name:
+                    await self.adapter(name)
                 status, headers = await anext(responses)
-                yield status, [*headers, (REPLICA_HEADER, replica)]
+                first = await anext(responses, b"")
+                yield status, [*headers, (REPLICA_HEADER, serve.get_replica_context().replica_id.unique_id)]
+                yield first
                 async for chunk in responses:
                     yield chunk
             finally:
                 await responses.aclose()  # the client left: the app sees it disconnect
+                self.requests[name] -= 1
+                self.unload_unused(name)
 
     web = FastAPI(title="moeweave (Ray Serve)", docs_url=None, redoc_url=None)
     registry = CollectorRegistry()
@@ -103,7 +133,9 @@ def application(base: Path, adapters: dict[str, Path], experts: str = "int4", ma
     latency = Histogram("moeweave_gateway_response_start_seconds", "Request to the start of its response",
                         buckets=LATENCY_BUCKETS, registry=registry)  # fmt: skip
 
-    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    # The gateway holds every request the replicas may hold: the replicas' queues do the limiting.
+    @serve.deployment(ray_actor_options={"num_cpus": 0},
+                      max_ongoing_requests=(max_replicas or replicas) * (max_batch + max_queue))  # fmt: skip
     @serve.ingress(web)
     class Gateway:
         def __init__(self, replica):
@@ -149,11 +181,16 @@ def application(base: Path, adapters: dict[str, Path], experts: str = "int4", ma
                 except BackPressureError:
                     requests.labels(str(model), "429").inc()
                     return openai_error(429, "server busy: every replica's queue is full", "rate_limit_error")
-                except _REPLICA_GONE:
-                    if attempt == ATTEMPTS - 1:
-                        raise
-                    retries.inc()
-                    continue
+                except RayActorError:  # died, or unreachable: the request may have run there
+                    stream.cancel()
+                    if attempt < ATTEMPTS - 1:
+                        retries.inc()
+                        continue
+                    requests.labels(str(model), "503").inc()
+                    return openai_error(503, f"no replica answered in {ATTEMPTS} attempts", "server_error")
+                except Exception as error:  # the replica failed it before any response
+                    requests.labels(str(model), "500").inc()
+                    return openai_error(500, f"the replica failed: {error}", "server_error")
                 latency.observe(time.perf_counter() - started)
                 requests.labels(str(model), str(status)).inc()
                 kept = {k: v for k, v in headers if k.lower() in ("content-type", REPLICA_HEADER)}
@@ -162,17 +199,13 @@ def application(base: Path, adapters: dict[str, Path], experts: str = "int4", ma
     return Gateway.bind(Replica.bind())
 
 
-class _Loaded:
-    """An adapter in a replica's pool while Ray's multiplexing keeps it; Ray calls __del__ when it
-    evicts it (least recently used), which unloads it once its running requests finish."""
+class _Kept:
+    """An adapter while Ray's multiplexing keeps it on a replica. Ray awaits a model's `__del__`
+    when it evicts it; here that is an attribute of the instance, so the garbage collector, which
+    looks `__del__` up on the class, never calls it a second time."""
 
-    def __init__(self, scheduler, name: str):
-        self.scheduler, self.name, self.unloaded = scheduler, name, False
-
-    def __del__(self):
-        if not self.unloaded:  # Ray calls this, and then the garbage collector does
-            self.unloaded = True
-            self.scheduler.unload_adapter(self.name)
+    def __init__(self, evicted):
+        self.__del__ = evicted
 
 
 def _model_of(body: bytes) -> str | None:
@@ -196,7 +229,7 @@ async def _rest(stream):
     try:
         async for chunk in stream:
             yield chunk
-    except _REPLICA_GONE:
+    except RayActorError:
         # Only a stream can lose its replica after its start: end it as the server ends a failed one.
         yield sse({"error": {"message": "the replica serving this stream died", "type": "server_error",
                              "param": None, "code": None}})  # fmt: skip
@@ -213,6 +246,8 @@ def run(args, base: Path) -> None:
 
     if args.replicas < 1:
         raise ValueError(f"--replicas must be >= 1, got {args.replicas}")
+    if args.max_replicas is not None and args.max_replicas < args.replicas:
+        raise ValueError(f"--max-replicas {args.max_replicas} is below --replicas {args.replicas}")
     adapters = named_adapters(
         base, args.adapter, None if args.adapter_dir is None else Path(args.adapter_dir)
     )
@@ -230,5 +265,8 @@ def run(args, base: Path) -> None:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         threading.Event().wait()
     finally:
-        serve.shutdown()
+        if args.address is None:
+            serve.shutdown()  # the cluster is this process's own
+        else:
+            serve.delete("moeweave")  # others' applications on a shared cluster stay
         ray.shutdown()
