@@ -142,6 +142,32 @@ def test_unloading_under_load_lets_the_running_request_finish_on_its_adapter(ser
     assert complete(client, "a2").choices[0].text == expected["a2"]
 
 
+def test_unloading_lets_a_waiting_request_finish_on_its_adapter(adapter_dir, expected):
+    """One request per step: while a base request runs, a request for a1 waits in the queue and
+    a1 is unloaded; the waiting request still runs on a1, and a1 goes after it."""
+    app, scheduler = build(DEMO_MODEL_DIR, [], adapter_dir, None, "int4", 8, 1, 8)
+    try:
+        with live_server(app) as url:
+            client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+            stream = iter(client.completions.create(model=BASE, prompt=PROMPT, max_tokens=NEW_TOKENS,
+                                                    temperature=0, stream=True))  # fmt: skip
+            first = next(stream).choices[0].text  # running, and holding the only place in the batch
+            waiting = {}
+            asker = threading.Thread(
+                target=lambda: waiting.update(text=complete(client, "a1").choices[0].text)
+            )
+            asker.start()
+            wait_for(lambda: scheduler.waiting == 1)
+            unload = scheduler.unload_adapter("a1")
+            assert first + "".join(chunk.choices[0].text for chunk in stream) == expected[BASE]
+            asker.join()
+            assert waiting.get("text") == expected["a1"]
+            unload.result(timeout=120)
+            assert "a1" not in scheduler.models()
+    finally:
+        scheduler.stop()
+
+
 def test_bad_requests_get_4xx_and_the_server_keeps_serving(served, client, expected):
     url, _ = served
     status, body = post(f"{url}/completions", b"{not json")

@@ -143,7 +143,8 @@ class Scheduler:
         return self._command("load", adapter)
 
     def unload_adapter(self, name: str) -> Future:
-        """Stops new requests for `name` now; unloads once its requests have finished."""
+        """Stops new requests for `name` now; unloads once its requests, running or waiting,
+        have finished."""
         return self._command("unload", name)
 
     def _command(self, kind: str, argument) -> Future:
@@ -189,7 +190,9 @@ class Scheduler:
                 future.set_exception(error)
 
     def _unload_idle(self) -> None:
-        busy = {request.adapter for request in self.running}
+        with self._waiting.mutex:  # requests accepted for a draining adapter finish on it too
+            waiting = list(self._waiting.queue)
+        busy = {request.adapter for request in [*self.running, *waiting] if not request.cancelled.is_set()}
         for name in [name for name in self._draining if name not in busy]:
             self.adapters.unload(name)
             self._draining.pop(name).set_result(None)
