@@ -22,6 +22,7 @@ replica's own metrics through Ray's metrics endpoint.
 import asyncio
 import collections
 import functools
+import json
 import signal
 import sys
 import threading
@@ -75,9 +76,8 @@ def application(base: Path, adapters: dict[str, Path], experts: str = "int4", ma
             self.kept: set[str] = set()  # adapters Ray's multiplexing keeps here
             self.loaded: set[str] = set()  # adapters in this replica's scheduler
             self.unloading: dict[str, Future] = {}
-            self.requests: collections.Counter = (
-                collections.Counter()
-            )  # per adapter, from its load to the end
+            # Requests per adapter here, from the adapter's load to the request's end.
+            self.requests: collections.Counter = collections.Counter()
 
         @serve.multiplexed(max_num_models_per_replica=max_adapters)
         async def adapter(self, name: str) -> "_Kept":
@@ -90,13 +90,13 @@ def application(base: Path, adapters: dict[str, Path], experts: str = "int4", ma
                 await asyncio.wrap_future(self.scheduler.load_adapter(adapter))
                 self.loaded.add(name)
             self.kept.add(name)
-            return _Kept(functools.partial(self.evicted, name))
+            return _Kept(functools.partial(self._evicted, name))
 
-        async def evicted(self, name: str) -> None:
+        async def _evicted(self, name: str) -> None:
             self.kept.discard(name)
-            self.unload_unused(name)
+            self._unload_unused(name)
 
-        def unload_unused(self, name: str) -> None:
+        def _unload_unused(self, name: str) -> None:
             if name in self.loaded and name not in self.kept and not self.requests[name]:
                 self.loaded.discard(name)
                 self.unloading[name] = self.scheduler.unload_adapter(name)
@@ -121,7 +121,7 @@ def application(base: Path, adapters: dict[str, Path], experts: str = "int4", ma
             finally:
                 await responses.aclose()  # the client left: the app sees it disconnect
                 self.requests[name] -= 1
-                self.unload_unused(name)
+                self._unload_unused(name)
 
     web = FastAPI(title="moeweave (Ray Serve)", docs_url=None, redoc_url=None)
     registry = CollectorRegistry()
@@ -210,8 +210,6 @@ class _Kept:
 
 def _model_of(body: bytes) -> str | None:
     """The request's `model`, or None where the body has none (the replica's app then answers 400)."""
-    import json
-
     try:
         parsed = json.loads(body)
     except ValueError:
