@@ -70,6 +70,17 @@ def test_run_mistakes_are_one_line(capsys, argv, message):
     assert message in _one_line_error(capsys, ["run", *argv], "moeweave run")
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--replicas", "0"], "--replicas must be >= 1"),
+        (["--replicas", "3", "--max-replicas", "2"], "--max-replicas 2 is below --replicas 3"),
+    ],
+)
+def test_serve_ray_mistakes_are_one_line_before_any_cluster(capsys, argv, message):
+    assert message in _one_line_error(capsys, ["serve", "--ray", *argv], "moeweave serve")
+
+
 def test_run_of_a_checkpoint_whose_config_is_no_object_is_one_line(capsys, tmp_path):
     (tmp_path / "config.json").write_text("[1]")
     assert "must hold a JSON object" in _one_line_error(capsys, ["run", str(tmp_path)], "moeweave run")
