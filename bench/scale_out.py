@@ -51,7 +51,6 @@ def _ep_rank(rank: int, world: int, path: str, args, init: str, out: str) -> Non
     torch.set_num_threads(threads)
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
     from moeweave.models import KVCache, load
-    from moeweave.models.expert_parallel import ExpertParallel
 
     group = dist.group.WORLD if world > 1 else None
     model = load(path, experts="int4", dtype=torch.bfloat16, expert_parallel=group)
@@ -60,8 +59,8 @@ def _ep_rank(rank: int, world: int, path: str, args, init: str, out: str) -> Non
     ids = torch.randint(0, model.spec.vocab_size, (args.batch, args.prompt_tokens), generator=generator)
     cache = KVCache(capacity=args.prompt_tokens + args.steps + 1)
     token = model(ids, cache=cache, logits_to_keep=1).logits[:, -1].argmax(-1, keepdim=True)
-    providers = [layer.mlp.experts for layer in model.layers if hasattr(layer.mlp, "experts")]
-    stats = providers[0].stats if isinstance(providers[0], ExpertParallel) else None
+    provider = model.expert_parallel()
+    stats = None if provider is None else provider.stats
     before = None if stats is None else dict(vars(stats))
     dist.barrier()
     start = time.perf_counter()

@@ -31,3 +31,39 @@ def merged_checkpoint(base: Path, adapter: EsftAdapter, out: Path) -> Path:
         save_file(tensors, out / file.name, metadata={"format": "pt"})
     assert not replacements, f"tensors not found in the base: {sorted(replacements)[:3]}"
     return out
+
+
+def synthetic_adapters(root: Path, adapters: dict[str, tuple[int, float]]) -> Path:
+    """Writes synthetic ESFT adapters of the bundled model into root/NAME, one per name ->
+    (seed, fraction of experts tuned); returns root."""
+    from moeweave.adapters import random_selection, save_esft, synth_adapter
+    from moeweave.models.bundled import DEMO_MODEL_DIR
+    from moeweave.models.spec import spec_from_config
+
+    spec = spec_from_config(read_config(DEMO_MODEL_DIR))
+    for name, (seed, fraction) in adapters.items():
+        save_esft(
+            synth_adapter(DEMO_MODEL_DIR, random_selection(spec, fraction, seed), seed, name), root / name
+        )
+    return root
+
+
+def merged_texts(adapter_dir: Path, names, prompt: str, new_tokens: int, scratch) -> dict[str, str]:
+    """Model name -> the greedy text of `prompt` from the bundled model ("demo_model") and from
+    each adapter's merged model, each run alone (INT4 experts, bf16). scratch() -> a new folder."""
+    import torch
+
+    import moeweave.models
+    from moeweave.adapters import load_esft
+    from moeweave.models.bundled import DEMO_MODEL_DIR
+
+    def text(path: Path) -> str:
+        model = moeweave.models.load(path, experts="int4", dtype=torch.bfloat16)
+        return model.generate(prompt, max_new_tokens=new_tokens).text
+
+    spec = moeweave.models.load(DEMO_MODEL_DIR, experts="int4", dtype=torch.bfloat16).spec
+    out = {"demo_model": text(DEMO_MODEL_DIR)}
+    for name in names:
+        adapter = load_esft(adapter_dir / name, spec)
+        out[name] = text(merged_checkpoint(DEMO_MODEL_DIR, adapter, scratch() / "merged"))
+    return out

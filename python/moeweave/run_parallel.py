@@ -9,7 +9,6 @@ import torch
 import torch.distributed as dist
 
 from moeweave.models import load
-from moeweave.models.expert_parallel import ExpertParallel
 
 
 def run(args, path: Path, prompts: list[str], sampling: dict, dtype: torch.dtype) -> None:
@@ -24,11 +23,7 @@ def run(args, path: Path, prompts: list[str], sampling: dict, dtype: torch.dtype
             raise ValueError(f"{path} has no tokenizer.json, so a text prompt cannot be encoded")
         prompt = prompts[rank % len(prompts)]
         result = model.generate(prompt, **sampling, seed=args.seed + rank)
-        provider = next(
-            p
-            for layer in model.layers
-            if isinstance(p := getattr(layer.mlp, "experts", None), ExpertParallel)
-        )
+        provider = model.expert_parallel()
         stats, steps = provider.stats, len(result.tokens)
         print(
             f"# rank {rank} of {world}: experts {provider.held.start}..{provider.held.stop - 1} of each layer\n"

@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from moeweave.models import load
 from moeweave.models.bundled import default_model_dir
-from moeweave.models.expert_parallel import ExpertParallel, expert_slice
+from moeweave.models.expert_parallel import expert_slice
 
 # (architecture, expert format, dense dtype): plain softmax routing, and DeepSeek-V3's grouped
 # routing with a correction bias, a shared expert and a dense first layer.
@@ -42,9 +42,7 @@ def _rank(rank: int, world: int, paths: list[str], init_file: str, out: str) -> 
         logits = model(torch.tensor([prompt])).logits
         tokens = model.generate(prompt, max_new_tokens=_max_new_tokens(rank), stop_at_eos=False).tokens
         results.append((logits, tokens))
-    provider = next(
-        p for layer in model.layers if isinstance(p := getattr(layer.mlp, "experts", None), ExpertParallel)
-    )
+    provider = model.expert_parallel()
     # Ranks that disagree on the layer they are at are told, not left to mix experts of two layers.
     try:
         x = torch.zeros(1, model.spec.hidden_size)

@@ -16,12 +16,9 @@ from pathlib import Path
 import openai
 import pytest
 import ray
-import torch
 from live import get, live_server, wait_for
-from merged import merged_checkpoint
+from merged import merged_texts, synthetic_adapters
 
-import moeweave.models
-from moeweave.adapters import load_esft, random_selection, save_esft, synth_adapter
 from moeweave.models.bundled import DEMO_MODEL_DIR
 from moeweave.serve.ray import REPLICA_HEADER
 from moeweave.serve.server import build
@@ -41,19 +38,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def load(path):
-    return moeweave.models.load(path, experts="int4", dtype=torch.bfloat16)
-
-
 @pytest.fixture(scope="module")
 def adapter_dir(tmp_path_factory):
-    spec = load(DEMO_MODEL_DIR).spec
-    root = tmp_path_factory.mktemp("ray-adapters")
-    for name, (seed, fraction) in ADAPTERS.items():
-        save_esft(
-            synth_adapter(DEMO_MODEL_DIR, random_selection(spec, fraction, seed), seed, name), root / name
-        )
-    return root
+    return synthetic_adapters(tmp_path_factory.mktemp("ray-adapters"), ADAPTERS)
 
 
 @pytest.fixture(scope="module")
@@ -101,12 +88,7 @@ def served(cluster, adapter_dir):
 @pytest.fixture(scope="module")
 def expected(adapter_dir, tmp_path_factory):
     """model name -> the merged model's greedy 16 tokens of PROMPT, run alone."""
-    out = {BASE: load(DEMO_MODEL_DIR).generate(PROMPT, max_new_tokens=16).text}
-    for name in ADAPTERS:
-        adapter = load_esft(adapter_dir / name, load(DEMO_MODEL_DIR).spec)
-        merged = merged_checkpoint(DEMO_MODEL_DIR, adapter, tmp_path_factory.mktemp(name) / "merged")
-        out[name] = load(merged).generate(PROMPT, max_new_tokens=16).text
-    return out
+    return merged_texts(adapter_dir, ADAPTERS, PROMPT, 16, lambda: tmp_path_factory.mktemp("merged"))
 
 
 def test_adapters_across_replicas_answer_as_their_merged_models(served, expected):

@@ -9,12 +9,10 @@ import threading
 
 import openai
 import pytest
-import torch
 from live import get, live_server, post, wait_for
-from merged import merged_checkpoint
+from merged import merged_texts, synthetic_adapters
+from tokenizers import Tokenizer
 
-import moeweave.models
-from moeweave.adapters import random_selection, save_esft, synth_adapter
 from moeweave.models.bundled import DEMO_MODEL_DIR
 from moeweave.serve.server import build
 
@@ -24,31 +22,15 @@ NEW_TOKENS = 16
 ADAPTERS = {"a1": (1, 0.25), "a2": (2, 0.5), "a3": (3, 0.25), "a4": (4, 0.5)}  # name -> (seed, fraction)
 
 
-def load(path):
-    return moeweave.models.load(path, experts="int4", dtype=torch.bfloat16)
-
-
 @pytest.fixture(scope="module")
 def adapter_dir(tmp_path_factory):
-    spec = load(DEMO_MODEL_DIR).spec
-    root = tmp_path_factory.mktemp("adapters")
-    for name, (seed, fraction) in ADAPTERS.items():
-        save_esft(
-            synth_adapter(DEMO_MODEL_DIR, random_selection(spec, fraction, seed), seed, name), root / name
-        )
-    return root
+    return synthetic_adapters(tmp_path_factory.mktemp("adapters"), ADAPTERS)
 
 
 @pytest.fixture(scope="module")
 def expected(adapter_dir, tmp_path_factory):
     """model name -> the merged model's greedy text of PROMPT, run alone."""
-    from moeweave.adapters import load_esft
-
-    out = {BASE: load(DEMO_MODEL_DIR).generate(PROMPT, max_new_tokens=NEW_TOKENS).text}
-    for name in ADAPTERS:
-        adapter = load_esft(adapter_dir / name, load(DEMO_MODEL_DIR).spec)
-        merged = merged_checkpoint(DEMO_MODEL_DIR, adapter, tmp_path_factory.mktemp(name) / "merged")
-        out[name] = load(merged).generate(PROMPT, max_new_tokens=NEW_TOKENS).text
+    out = merged_texts(adapter_dir, ADAPTERS, PROMPT, NEW_TOKENS, lambda: tmp_path_factory.mktemp("merged"))
     assert len(set(out.values())) > 2  # the adapters change the output
     return out
 
@@ -84,7 +66,9 @@ def test_models_lists_the_base_and_each_adapter_with_its_parent(client):
 def test_each_model_answers_as_its_merged_model(client, expected, model):
     response = complete(client, model)
     assert response.choices[0].text == expected[model]
-    assert response.usage.prompt_tokens == len(load(DEMO_MODEL_DIR).tokenizer.encode(PROMPT).ids)
+    assert response.usage.prompt_tokens == len(
+        Tokenizer.from_file(str(DEMO_MODEL_DIR / "tokenizer.json")).encode(PROMPT).ids
+    )
     assert response.usage.completion_tokens <= NEW_TOKENS
 
 

@@ -121,18 +121,17 @@ class MoEModel:
             self._native = (state, None if unsupported(self) else NativeDecoder(self))
         return self._native[1]
 
+    def expert_parallel(self) -> ExpertParallel | None:
+        """The provider that splits the experts across ranks (load(expert_parallel=...)), or None."""
+        blocks = (layer.mlp for layer in self.layers if isinstance(layer.mlp, MoEBlock))
+        return next((block.experts for block in blocks if isinstance(block.experts, ExpertParallel)), None)
+
     def serve_experts_until_all_done(self) -> None:
         """Under expert parallelism, a rank with no forward left to run serves its experts to the
         other ranks until every rank has called this (generation calls it at its end); a no-op
         otherwise."""
-        providers = {
-            id(layer.mlp.experts): layer.mlp.experts
-            for layer in self.layers
-            if isinstance(layer.mlp, MoEBlock)
-        }
-        for provider in providers.values():
-            if isinstance(provider, ExpertParallel):
-                provider.serve_until_all_done()
+        if (provider := self.expert_parallel()) is not None:
+            provider.serve_until_all_done()
 
     def dense_weights(self) -> list[torch.Tensor | QuantizedWeight]:
         """Every weight outside the routed experts and the token embedding, as held: norms,
