@@ -6,7 +6,8 @@ x [2048, in]: the time of one forward + backward (gradients for x and B) and the
 adds above the layer and its inputs. The limit of a bat step is its three products of the base
 shape (y = x W'^T, dx = dy W', G = dy^T x), timed as plain torch.mm in the same run; default and
 mini need only two (y, dx) plus a thin one. Each (system, mode, shape) runs in its own process,
-so the peak resident set (ru_maxrss) is that configuration's alone.
+so the peak resident set (ru_maxrss) is that configuration's alone; each is run in 3 interleaved
+rounds with the limit, and the table shows medians.
 
     python bench/bone.py [--dtype bf16]
 """
@@ -15,6 +16,7 @@ import argparse
 import copy
 import json
 import resource
+import statistics
 import subprocess
 import sys
 
@@ -29,6 +31,7 @@ MODES = ("bat", "default", "mini")
 PEFT_INIT = {"bat": "bat", "default": True, "mini": "mini"}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 R, TOKENS = 64, 2048
+ROUNDS = 3
 
 
 class Layer(torch.nn.Module):
@@ -67,7 +70,7 @@ def one(system: str, mode: str, out_features: int, in_features: int, dtype: torc
         model(x).backward(dy)
 
     before = _rss_bytes()
-    seconds = median_seconds(step, repeat=5, warmup=1, min_time=0)
+    seconds = median_seconds(step, repeat=3, warmup=1, min_time=0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
     return {"seconds": seconds, "peak_bytes": max(peak, 0)}
 
@@ -77,7 +80,11 @@ def limit_seconds(out_features: int, in_features: int, products: int, dtype: tor
     w = torch.randn(out_features, in_features, dtype=dtype)
     dy = torch.randn(TOKENS, out_features, dtype=dtype)
     gemms = [lambda: x @ w.T, lambda: dy @ w, lambda: dy.T @ x][:products]
-    return median_seconds(lambda: [g() for g in gemms], repeat=5, warmup=1, min_time=0)
+    return median_seconds(lambda: [g() for g in gemms], repeat=3, warmup=1, min_time=0)
+
+
+def _median_run(runs: list[dict]) -> dict:
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
 def main() -> None:
@@ -99,14 +106,20 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for out_features, in_features in SHAPES:
         for mode in MODES:
-            results = {}
-            for system in ("peft", "moeweave"):
-                command = [sys.executable, __file__, "--dtype", args.dtype, "--one", system, mode]
-                command += [str(out_features), str(in_features)]
-                results[system] = json.loads(
-                    subprocess.run(command, capture_output=True, text=True, check=True).stdout
-                )
-            limit = limit_seconds(out_features, in_features, 3 if mode == "bat" else 2, dtype)
+            # ROUNDS interleaved rounds of (PEFT, moeweave, GEMM limit), medians of each: this VM's
+            # speed wanders by 20-30 % over minutes, and interleaving spreads that over all three.
+            runs = {"peft": [], "moeweave": []}
+            limits = []
+            for _ in range(ROUNDS):
+                for system in runs:
+                    command = [sys.executable, __file__, "--dtype", args.dtype, "--one", system, mode]
+                    command += [str(out_features), str(in_features)]
+                    runs[system].append(
+                        json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+                    )
+                limits.append(limit_seconds(out_features, in_features, 3 if mode == "bat" else 2, dtype))
+            results = {system: _median_run(found) for system, found in runs.items()}
+            limit = statistics.median(limits)
             ours, theirs = results["moeweave"], results["peft"]
             print(
                 f"| {out_features}x{in_features} | {mode} | {theirs['seconds'] * 1e3:.0f} ms "

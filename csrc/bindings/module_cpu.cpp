@@ -8,6 +8,7 @@
 #include <string>
 
 #include "bind_cpu.h"
+#include "bone_args.h"
 #include "moeweave/isa.h"
 #include "moeweave/kernels_cpu.h"
 #include "moeweave/thread_pool.h"
@@ -53,6 +54,25 @@ void reroute(const py::capsule& ids_c, const py::capsule& adapter_c, const py::c
   if (a < -1 || a >= A)
     adapter.fail("[" + std::to_string(t) + "] = " + std::to_string(a) + " is outside [-1, " + std::to_string(A) + ")");
   ids.fail("[" + std::to_string(t) + ", " + std::to_string(k) + "] = " + std::to_string(id) + " is outside [0, " + std::to_string(E) + ")");
+}
+
+// w [rows, cols] (rows may be strided), block [rows / r, r, r] fp32 -> out [rows, cols] = W'.
+void bone_bat_form(const py::capsule& w_c, const py::capsule& block_c, const py::capsule& out_c) {
+  TensorArg w("bone_bat_form", "w", w_c), block("bone_bat_form", "block", block_c), out("bone_bat_form", "out", out_c);
+  const int64_t r = moeweave::bindings::bone_tile_block_size(kDLCPU, w, out, block);
+  py::gil_scoped_release release;
+  moeweave::bone_bat_form(w.dtype(), w.data<void>(), w.stride(0), block.data<float>(), r, w.size(0), w.size(1),
+                          out.data<void>(), out.stride(0));
+}
+
+// w, g [rows, cols] (rows may be strided) -> dblock [rows / r, r, r] fp32.
+void bone_bat_block_grad(const py::capsule& w_c, const py::capsule& g_c, const py::capsule& dblock_c) {
+  TensorArg w("bone_bat_block_grad", "w", w_c), g("bone_bat_block_grad", "g", g_c),
+      dblock("bone_bat_block_grad", "dblock", dblock_c);
+  const int64_t r = moeweave::bindings::bone_tile_block_size(kDLCPU, w, g, dblock);
+  py::gil_scoped_release release;
+  moeweave::bone_bat_block_grad(w.dtype(), w.data<void>(), w.stride(0), g.data<void>(), g.stride(0), r, w.size(0),
+                                w.size(1), dblock.data<float>());
 }
 
 // q [B, nH, S, Dk], k [B, nKV, T, Dk], v [B, nKV, T, Dv] (views: last dim contiguous),
@@ -153,6 +173,10 @@ PYBIND11_MODULE(_C, m) {
         "out = silu(gate) * up, elementwise (contiguous CPU tensors of one float dtype)");
   m.def("reroute", &reroute, py::arg("topk_ids"), py::arg("tok_adapter"), py::arg("remap"), py::arg("out"),
         "out[t, k] = remap[tok_adapter[t] + 1, topk_ids[t, k]] (int32)");
+  m.def("bone_bat_form", &bone_bat_form, py::arg("w"), py::arg("block"), py::arg("out"),
+        "out = Bone's block-affine W' of a block-aligned tile w: W_ij (I + B_i) + B_i per r x r block");
+  m.def("bone_bat_block_grad", &bone_bat_block_grad, py::arg("w"), py::arg("g"), py::arg("dblock"),
+        "dblock[i] = sum_j (W_ij + I)^T G_ij over a block-aligned tile (fp32)");
   m.def("attention", &attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("mask"), py::arg("out"),
         py::arg("scale"), "Grouped-query attention of q over (cached) k and v, written to out");
   m.def("rms_norm", &rms_norm, py::arg("x"), py::arg("weight"), py::arg("out"), py::arg("eps"),

@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "bone_args.h"
 #include "moeweave/kernels_cuda.h"
 #include "quant_args.h"
 #include "tensor_arg.h"
@@ -45,6 +46,23 @@ void reroute(const py::capsule& ids_c, const py::capsule& adapter_c, const py::c
   if (A < 0) remap.fail("must have at least the identity row, got " + remap.shape_text());
   check_launch("reroute", moeweave::cuda::reroute(ids.data<int32_t>(), adapter.data<int32_t>(), remap.data<int32_t>(),
                                                   out.data<int32_t>(), T, K, A, E, as_stream(stream)));
+}
+
+void bone_bat_form(const py::capsule& w_c, const py::capsule& block_c, const py::capsule& out_c, uintptr_t stream) {
+  TensorArg w("bone_bat_form", "w", w_c), block("bone_bat_form", "block", block_c), out("bone_bat_form", "out", out_c);
+  const int64_t r = moeweave::bindings::bone_tile_block_size(kDLCUDA, w, out, block);
+  check_launch("bone_bat_form", moeweave::cuda::bone_bat_form(w.dtype(), w.data<void>(), w.stride(0), block.data<float>(),
+                                                              r, w.size(0), w.size(1), out.data<void>(), out.stride(0),
+                                                              as_stream(stream)));
+}
+
+void bone_bat_block_grad(const py::capsule& w_c, const py::capsule& g_c, const py::capsule& dblock_c, uintptr_t stream) {
+  TensorArg w("bone_bat_block_grad", "w", w_c), g("bone_bat_block_grad", "g", g_c),
+      dblock("bone_bat_block_grad", "dblock", dblock_c);
+  const int64_t r = moeweave::bindings::bone_tile_block_size(kDLCUDA, w, g, dblock);
+  check_launch("bone_bat_block_grad",
+               moeweave::cuda::bone_bat_block_grad(w.dtype(), w.data<void>(), w.stride(0), g.data<void>(), g.stride(0), r,
+                                                   w.size(0), w.size(1), dblock.data<float>(), as_stream(stream)));
 }
 
 void quant_matmul(const py::capsule& packed_c, const std::optional<py::capsule>& scales_c,
@@ -125,6 +143,8 @@ class DeviceExpertPool {
 PYBIND11_MODULE(_C_cuda, m) {
   m.doc() = "moeweave's CUDA kernels (torch-free; tensors arrive as DLPack capsules)";
   m.def("silu_mul", &silu_mul, py::arg("gate"), py::arg("up"), py::arg("out"), py::arg("stream"));
+  m.def("bone_bat_form", &bone_bat_form, py::arg("w"), py::arg("block"), py::arg("out"), py::arg("stream"));
+  m.def("bone_bat_block_grad", &bone_bat_block_grad, py::arg("w"), py::arg("g"), py::arg("dblock"), py::arg("stream"));
   m.def("reroute", &reroute, py::arg("topk_ids"), py::arg("tok_adapter"), py::arg("remap"), py::arg("out"),
         py::arg("stream"));
   m.def("quant_matmul", &quant_matmul, py::arg("packed"), py::arg("scales"), py::arg("zeros"), py::arg("n"), py::arg("k"),

@@ -5,6 +5,7 @@ import torch
 
 from moeweave import _native
 from moeweave.ops import reference, reroute, silu_mul
+from moeweave.ops.bone import bone_bat_linear
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -74,3 +75,30 @@ def test_cuda_op_compiles_fullgraph():
     torch.testing.assert_close(
         activation(gate, up), reference.silu_mul(gate, up) + 1, **TOLERANCE[torch.float32]
     )
+
+
+# Relative to the largest magnitude: the sums run over up to 4096 terms.
+BONE_TOLERANCE = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCE))
+@pytest.mark.parametrize(("out_features", "in_features", "r"), [(64, 48, 16), (4096, 1024, 64), (30, 45, 15)])
+def test_bone_bat_linear(monkeypatch, dtype, out_features, in_features, r):
+    """Several W' panels (a small PANEL_BYTES) formed by the CUDA kernels, against the twin in fp64."""
+    monkeypatch.setattr("moeweave.ops.bone.PANEL_BYTES", 2 * in_features * 2 * r)
+    generator = torch.Generator().manual_seed(r)
+    weight = torch.randn(out_features, in_features, generator=generator) / in_features**0.5
+    block = torch.randn(out_features // r, r, r, generator=generator) * 0.1
+    x = torch.randn(3, 7, in_features, generator=generator)
+    dy = torch.randn(3, 7, out_features, generator=generator)
+    ours_x = x.to("cuda", dtype, copy=True).requires_grad_()
+    ours_b = block.to("cuda", copy=True).requires_grad_()
+    y = bone_bat_linear(ours_x, weight.to("cuda", dtype), ours_b)
+    y.backward(dy.to("cuda", dtype))
+    twin_x, twin_b = x.double().requires_grad_(), block.double().requires_grad_()
+    expected = reference.bone_linear(twin_x, weight.double(), None, twin_b, "bat")
+    expected.backward(dy.double())
+    for mine, twin in ((y, expected), (ours_x.grad, twin_x.grad), (ours_b.grad, twin_b.grad)):
+        scale = twin.abs().max()
+        tolerance = BONE_TOLERANCE[dtype]
+        torch.testing.assert_close(mine.double().cpu() / scale, twin / scale, rtol=tolerance, atol=tolerance)

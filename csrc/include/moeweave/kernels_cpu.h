@@ -21,6 +21,22 @@ Status silu_mul(DType dtype, const void* gate, const void* up, void* out, int64_
 Status reroute(const int32_t* topk_ids, const int32_t* tok_adapter, const int32_t* remap,
                int32_t* out, int64_t T, int64_t K, int64_t A, int64_t E, int64_t* bad_index);
 
+// Bone's block-affine weight (SPEC.md §4), one tile at a time: for a tile of W [out, in] whose
+// first row and column are multiples of r (w points at its first element, ldw its row stride),
+//   out[n, j r + a] = W'[n, j r + a] = w[n, j r + a] + B[c, a] + sum_k w[n, j r + k] B[k, a]
+// with B = block[n / r] (fp32 [r, r], the tile's block rows in order) and c = n % r, for n < rows
+// and j r + a < cols: W'_ij = W_ij (I + B_i) + B_i, computed in fp32 and rounded once to `dtype`
+// (f32, f16 or bf16, that of w and out). rows and cols are multiples of r, else -EINVAL.
+Status bone_bat_form(DType dtype, const void* w, int64_t ldw, const float* block, int64_t r, int64_t rows,
+                     int64_t cols, void* out, int64_t ldo);
+
+// The gradient of Bone's block-affine blocks from the gradient G of W' (fp32 sums):
+//   dblock[i] [r, r] = sum over blocks j of (W_ij + I)^T G_ij
+// for the block rows i < rows / r of a W tile (w, ldw) spanning cols columns and the same tile of
+// G (g, ldg), both of `dtype` (f32, f16 or bf16). Same alignment rules as bone_bat_form.
+Status bone_bat_block_grad(DType dtype, const void* w, int64_t ldw, const void* g, int64_t ldg, int64_t r,
+                           int64_t rows, int64_t cols, float* dblock);
+
 // y [m, w.n] fp32 = x [m, w.k] w^T, for a quantised (bits 2/3/4/8) or bf16 (bits 16) w; x is
 // f32 or bf16, contiguous. Quantised weights use int8 activations, quantised per 32 columns.
 Status quant_matmul(const QuantMatrix& w, DType x_dtype, const void* x, int64_t m, float* y);

@@ -15,6 +15,13 @@ namespace moeweave::cuda {
 
 Status silu_mul(DType dtype, const void* gate, const void* up, void* out, int64_t n, void* stream);
 
+// Bone's block-affine W' tile and block gradient (see moeweave::bone_bat_form and
+// moeweave::bone_bat_block_grad); w, out and g are device tiles with row strides ldw, ldo, ldg.
+Status bone_bat_form(DType dtype, const void* w, int64_t ldw, const float* block, int64_t r, int64_t rows,
+                     int64_t cols, void* out, int64_t ldo, void* stream);
+Status bone_bat_block_grad(DType dtype, const void* w, int64_t ldw, const void* g, int64_t ldg, int64_t r,
+                           int64_t rows, int64_t cols, float* dblock, void* stream);
+
 // As moeweave::reroute, but ids or adapters out of range write -1 into out instead of failing:
 // checking on the host would need a synchronisation and break CUDA-graph capture.
 Status reroute(const int32_t* topk_ids, const int32_t* tok_adapter, const int32_t* remap,

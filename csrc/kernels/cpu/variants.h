@@ -53,6 +53,20 @@ struct QuantMatmulKernels {
                      int64_t unit_end, float* dx, int64_t ldx, bool accumulate);
 };
 
+// Bone's block-affine kernels of one element type (bone_blocks.h); an entry works on the rows
+// [n_begin, n_end) of a W' tile, or on the block rows [i_begin, i_end) of dB, so threading stays
+// outside. Arguments as kernels_cpu.h: bone_bat_form and bone_bat_block_grad.
+struct BoneKernels {
+  void (*form)(const void* w, int64_t ldw, const float* block, int64_t r, int64_t cols, int64_t n_begin,
+               int64_t n_end, void* out, int64_t ldo);
+  void (*block_grad)(const void* w, int64_t ldw, const void* g, int64_t ldg, int64_t r, int64_t cols,
+                     int64_t i_begin, int64_t i_end, float* dblock);
+};
+
+struct BoneKernelsByType {
+  BoneKernels f32, f16, bf16;
+};
+
 // The portable row quantiser (quant_matmul_scalar.cpp), also the AVX2 table's.
 void quantize_rows_scalar(DType dtype, const void* x, int64_t rows, int64_t k, int64_t ldx, int64_t stride,
                           int8_t* q, float* scale, int32_t* sum);
@@ -64,6 +78,7 @@ extern const AttentionKernel kAttentionScalar, kAttentionAvx2, kAttentionAvx512;
 extern const QuantMatmulKernels kQuantMatmulScalar, kQuantMatmulAvx2, kQuantMatmulAvx512;
 extern const SiluMulKernels kSiluMulScalar, kSiluMulAvx2, kSiluMulAvx512;
 extern const RerouteKernel kRerouteScalar, kRerouteAvx2, kRerouteAvx512;
+extern const BoneKernelsByType kBoneScalar, kBoneAvx2, kBoneAvx512;
 
 template <typename T>
 const T& for_isa(Isa isa, const T& scalar, const T& avx2, const T& avx512) {

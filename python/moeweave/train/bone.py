@@ -32,7 +32,8 @@ from safetensors.torch import load_file, save_file
 from torch.nn.utils import parametrize
 
 from moeweave.ops import reference
-from moeweave.ops.bone import bone_bat_linear
+from moeweave.ops.bone import bone_bat_linear, bone_bat_weight
+from moeweave.ops.bone_shards import bone_shard_linear
 
 MODES = ("bat", "default", "mini")
 CONFIG = "adapter_config.json"
@@ -82,7 +83,7 @@ class BoneLinear(torch.nn.Module):
             return base(x)
         if self.mode == "bat":
             return bone_bat_linear(x, base.weight, self.miss_block, base.bias)
-        return reference.bone_linear(x, base.weight, base.bias, self.miss_block, self.mode)
+        return bone_shard_linear(x, base.weight, self.miss_block, base.bias)
 
 
 def _delta(block: torch.Tensor, out_features: int, in_features: int) -> torch.Tensor:
@@ -131,7 +132,7 @@ class BoneExperts(torch.nn.Module):
         if self.merged:
             return weight
         if self.mode == "bat":
-            return reference.bone_bat_weight(weight, self.miss_block)
+            return bone_bat_weight(weight, self.miss_block)
         return weight + _delta(self.miss_block, *weight.shape[1:])
 
 
