@@ -22,23 +22,25 @@ DTYPES = list(TOLERANCE)
 
 
 def _tile_case(r: int, dtype: torch.dtype, seed: int):
-    """A weight of 4 x 5 blocks, its block-aligned tile rows [r, 3r) x columns [2r, 5r) (a
-    row-strided view) and the blocks of the tile's two block rows."""
+    """A weight of 4 x 14 blocks, its block-aligned tile rows [r, 3r) x columns [2r, 13r) (a
+    row-strided view of 11 block columns: a full register tile of 8 blocks and a tail), the blocks
+    of the tile's two block rows, and a row-strided buffer of the tile's shape."""
     generator = torch.Generator().manual_seed(seed)
-    weight = torch.randn(4 * r, 5 * r, generator=generator).to(dtype)
+    weight = torch.randn(4 * r, 14 * r, generator=generator).to(dtype)
     blocks = torch.randn(2, r, r, generator=generator) * 0.3
-    return weight[r : 3 * r, 2 * r : 5 * r], blocks
+    strided = torch.empty(2 * r, 12 * r, dtype=dtype)[:, : 11 * r]
+    return weight[r : 3 * r, 2 * r : 13 * r], blocks, strided
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("r", [1, 3, 16, 24, 64])
 def test_form_matches_the_twin_on_every_isa(dtype, r):
-    tile, blocks = _tile_case(r, dtype, seed=r)
+    tile, blocks, out = _tile_case(r, dtype, seed=r)
     expected = reference.bone_bat_weight(tile.double(), blocks.double())
     native = moeweave._native.cpu_module()
     for level in moeweave.cpu.supported_isas():
         with moeweave.cpu.use_isa(level):
-            out = torch.empty(tile.shape, dtype=dtype)
+            out.zero_()
             native.bone_bat_form(*capsules(tile, blocks, out))
         torch.testing.assert_close(out.double(), expected, **TOLERANCE[dtype])
 
@@ -46,10 +48,10 @@ def test_form_matches_the_twin_on_every_isa(dtype, r):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("r", [1, 3, 16, 24, 64])
 def test_block_grad_matches_the_twin_on_every_isa(dtype, r):
-    tile, _ = _tile_case(r, dtype, seed=100 + r)
-    grad = torch.randn(tile.shape, generator=torch.Generator().manual_seed(r)).to(dtype)
-    w = tile.double().view(2, r, 3, r).transpose(1, 2)  # [2, 3, r, r]: blocks W_ij
-    g = grad.double().view(2, r, 3, r).transpose(1, 2)
+    tile, _, grad = _tile_case(r, dtype, seed=100 + r)
+    grad.copy_(torch.randn(grad.shape, generator=torch.Generator().manual_seed(r)))
+    w = tile.double().reshape(2, r, 11, r).transpose(1, 2)  # [2, 11, r, r]: blocks W_ij
+    g = grad.double().reshape(2, r, 11, r).transpose(1, 2)
     expected = ((w + torch.eye(r, dtype=torch.float64)).transpose(-1, -2) @ g).sum(
         1
     )  # sum_j (W_ij + I)^T G_ij
@@ -124,8 +126,9 @@ def test_kernel_arguments_are_checked():
         bone.bone_bat_weight(torch.randn(3, 8, 12), blocks)
 
 
-# (in, out, r, width): default has width = out; mini's width divides out; in % r may be nonzero.
-SHARD_CASES = [(50, 37, 16, 37), (19, 111, 4, 111), (45, 36, 8, 6), (64, 8, 8, 1)]
+# (in, out, r, width): default has width = out; mini's width divides out; in % r may be nonzero,
+# and r may exceed in (x is all padding but one shard).
+SHARD_CASES = [(50, 37, 16, 37), (19, 111, 4, 111), (45, 36, 8, 6), (64, 8, 8, 1), (5, 12, 8, 12)]
 
 
 @pytest.mark.parametrize(("in_features", "out_features", "r", "width"), SHARD_CASES)
@@ -166,3 +169,37 @@ def test_shard_op_errors():
         bone_shard_linear(torch.randn(2, 10), torch.randn(12, 10), torch.randn(4, 5))
     with pytest.raises(ValueError, match="'x' must end in 10 features"):
         bone_shard_linear(torch.randn(2, 9), torch.randn(12, 10), torch.randn(4, 12))
+
+
+def test_ops_pass_opcheck():
+    """torch.library.opcheck: schemas, fakes (shapes and strides) against the real outputs, autograd
+    registration and AOT dispatch, with a non-contiguous x."""
+    generator = torch.Generator().manual_seed(11)
+    x = torch.randn(5, 2, 48, generator=generator).transpose(0, 1).requires_grad_()
+    weight, bias = torch.randn(32, 48, generator=generator), torch.randn(32, generator=generator)
+    cases = [
+        (
+            torch.ops.moeweave.bone_bat_linear.default,
+            (x, weight, torch.randn(4, 8, 8).requires_grad_(), bias),
+        ),
+        (
+            torch.ops.moeweave.bone_shard_linear.default,
+            (x, weight, torch.randn(8, 16).requires_grad_(), None),
+        ),
+        (
+            torch.ops.moeweave.bone_bat_weight.default,
+            (torch.randn(3, 32, 48), torch.randn(3, 4, 8, 8).requires_grad_()),
+        ),
+    ]
+    for op, args in cases:
+        torch.library.opcheck(op, args)
+
+
+def test_frozen_weights_are_required():
+    weight = torch.randn(8, 12, requires_grad=True)
+    with pytest.raises(ValueError, match="bone_bat_linear: 'weight' is frozen"):
+        bone.bone_bat_linear(torch.randn(3, 12), weight, torch.randn(2, 4, 4))
+    with pytest.raises(ValueError, match="bone_shard_linear: 'bias' is frozen"):
+        bone_shard_linear(
+            torch.randn(3, 12), weight.detach(), torch.randn(4, 8), torch.randn(8, requires_grad=True)
+        )

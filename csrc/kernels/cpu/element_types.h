@@ -1,5 +1,7 @@
-// Element types of the portable kernels (rms_norm.cpp, rope.cpp): how a value of each float
-// dtype is loaded to and stored from fp32, with PyTorch's rounding (half.h).
+// Element types of the portable kernels (rms_norm.cpp, rope.cpp) and of bone_blocks.h: how a
+// value of each float dtype is loaded to and stored from fp32, with PyTorch's rounding (half.h).
+// Internal linkage: the per-ISA files include this too, and one definition shared by the ISA
+// builds could be the AVX-512 one.
 #pragma once
 
 #include <cstdint>
@@ -8,6 +10,7 @@
 #include "moeweave/half.h"
 
 namespace moeweave::cpu {
+namespace {
 
 struct F32 {
   using T = float;
@@ -38,4 +41,5 @@ bool with_element_type(DType dtype, Fn&& fn) {
   }
 }
 
+}  // namespace
 }  // namespace moeweave::cpu

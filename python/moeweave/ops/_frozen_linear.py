@@ -15,6 +15,16 @@ def check_linear(op: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
         raise ValueError(f"{op}: 'x' must end in {in_features} features, got {list(x.shape)}")
     if bias is not None and bias.shape != (out_features,):
         raise ValueError(f"{op}: 'bias' must be [{out_features}], got {list(bias.shape)}")
+    check_frozen(op, weight=weight, bias=bias)
+
+
+def check_frozen(op: str, **tensors: torch.Tensor | None) -> None:
+    """The ops give no gradient to the base weights: one that asks for it is refused, not ignored."""
+    for name, tensor in tensors.items():
+        if tensor is not None and tensor.requires_grad and torch.is_grad_enabled():
+            raise ValueError(
+                f"{op}: '{name}' is frozen (it gets no gradient); detach it or set requires_grad=False"
+            )
 
 
 def register_frozen_linear(name: str, forward, backward):
@@ -23,7 +33,9 @@ def register_frozen_linear(name: str, forward, backward):
     op = torch.library.custom_op(f"moeweave::{name}", forward, mutates_args=())
     op.register_fake(lambda x, weight, block, bias: x.new_empty(*x.shape[:-1], weight.shape[0]))
     backward_op = torch.library.custom_op(f"moeweave::{name}_backward", backward, mutates_args=())
-    backward_op.register_fake(lambda dy, x, weight, block: (torch.empty_like(x), torch.empty_like(block)))
+    backward_op.register_fake(
+        lambda dy, x, weight, block: (x.new_empty(x.shape), block.new_empty(block.shape))
+    )
 
     def setup_context(ctx, inputs, output) -> None:
         x, weight, block, _ = inputs

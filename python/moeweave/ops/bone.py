@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from moeweave import _native
 from moeweave.ops import reference
-from moeweave.ops._frozen_linear import check_linear, register_frozen_linear
+from moeweave.ops._frozen_linear import check_frozen, check_linear, register_frozen_linear
 from moeweave.ops._launch import capsules, cuda_stream
 
 PANEL_BYTES = 8 << 20
@@ -75,7 +75,7 @@ def _spans(length: int, other: int, r: int, itemsize: int) -> list[tuple[int, in
 
 def _sums(weight: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
     """B in the dtype W' is formed and dB summed in: fp32 (fp64 for fp64 weights)."""
-    return block.to(torch.promote_types(weight.dtype, torch.float32))
+    return block.to(torch.promote_types(weight.dtype, torch.float32)).contiguous()
 
 
 def _native_module(weight: torch.Tensor):
@@ -95,15 +95,19 @@ def _as_blocks(rows: torch.Tensor, r: int) -> torch.Tensor:
     return rows.reshape(rows.shape[0] // r, r, -1, r).transpose(1, 2)
 
 
-def _form(weight: torch.Tensor, blocks: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
-    """The W' tile [rows, cols] (whole blocks) in the weight's dtype; blocks: _sums(B)."""
+def _form(
+    weight: torch.Tensor, blocks: torch.Tensor, rows: slice, cols: slice, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The W' tile [rows, cols] (whole blocks) in the weight's dtype, written to `out` (a buffer of
+    the tile's shape, rows may be strided) or a new tensor; blocks: _sums(B)."""
     r = blocks.shape[-1]
     w = weight[rows, cols]
     b = blocks[rows.start // r : rows.stop // r]
+    if out is None:
+        out = torch.empty(w.shape, dtype=weight.dtype, device=weight.device)
     native = _native_module(weight)
     if native is None:
-        return reference.bone_bat_weight(w.to(b.dtype), b).to(weight.dtype)
-    out = torch.empty(w.shape, dtype=weight.dtype, device=weight.device)
+        return out.copy_(reference.bone_bat_weight(w.to(b.dtype), b))
     _run_native(native, "bone_bat_form", w, b, out)
     return out
 
@@ -144,7 +148,7 @@ def _bat_backward(
     blocks = _sums(weight, block)
     xs = x.reshape(-1, in_features)  # [T, in]
     dys = dy.reshape(-1, out_features).to(x.dtype)  # [T, out]
-    dx = torch.empty_like(xs)
+    dx = torch.empty(xs.shape, dtype=x.dtype, device=x.device)
     for start, cols in _spans(in_features, out_features, r, x.element_size()):
         panel = _form(weight, blocks, slice(0, out_features), slice(start, start + cols))  # [out, C]
         dx[:, start : start + cols] = dys @ panel
@@ -164,6 +168,7 @@ def bone_bat_weight(weight: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
     if weight.dim() < 2:
         raise ValueError(f"bone_bat_weight: 'weight' must be [..., out, in], got shape {list(weight.shape)}")
     _check_blocks("bone_bat_weight", weight, block)
+    check_frozen("bone_bat_weight", weight=weight)
     return _weight_op(weight, block)
 
 
@@ -174,12 +179,13 @@ def _matrices(tensor: torch.Tensor, dims: int) -> torch.Tensor:
 
 def _weight_forward(weight: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
     out_features, in_features = weight.shape[-2:]
-    blocks = _matrices(_sums(weight, block), 3)
-    formed = [
-        _form(w, b, slice(0, out_features), slice(0, in_features))
-        for w, b in zip(_matrices(weight, 2), blocks, strict=True)
-    ]
-    return torch.stack(formed).view(weight.shape)
+    formed = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device)
+    matrices = zip(
+        _matrices(weight, 2), _matrices(_sums(weight, block), 3), _matrices(formed, 2), strict=True
+    )
+    for w, b, out in matrices:
+        _form(w, b, slice(0, out_features), slice(0, in_features), out)
+    return formed
 
 
 _weight_op = torch.library.custom_op("moeweave::bone_bat_weight", _weight_forward, mutates_args=())
@@ -187,7 +193,7 @@ _weight_op = torch.library.custom_op("moeweave::bone_bat_weight", _weight_forwar
 
 @_weight_op.register_fake
 def _(weight, block):
-    return torch.empty_like(weight)
+    return weight.new_empty(weight.shape)
 
 
 def _weight_backward(grad: torch.Tensor, weight: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
@@ -206,7 +212,7 @@ _weight_backward_op = torch.library.custom_op(
 
 @_weight_backward_op.register_fake
 def _(grad, weight, block):
-    return torch.empty_like(block)
+    return block.new_empty(block.shape)
 
 
 def _save_weight_inputs(ctx, inputs, output) -> None:

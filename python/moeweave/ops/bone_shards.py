@@ -41,16 +41,16 @@ def _check(x: torch.Tensor, weight: torch.Tensor, block: torch.Tensor, bias: tor
 def _forward(
     x: torch.Tensor, weight: torch.Tensor, block: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
-    out_features = weight.shape[0]
+    out_features, in_features = weight.shape
     r, width = block.shape
-    y = F.linear(x, weight, bias)  # [..., out]
-    flat = y.view(-1, out_features)  # [T, out]
-    shards = reference.bone_shards(x, r).reshape(-1, r)  # [T, r]
+    xs = x.reshape(-1, in_features)  # [T, in]
+    y = F.linear(xs, weight, bias)  # [T, out]
+    shards = reference.bone_shards(xs, r)  # [T, r]
     if width == out_features:
-        flat.addmm_(shards, block.to(x.dtype))
+        y.addmm_(shards, block.to(x.dtype))
     else:
-        flat.view(-1, out_features // width, width).add_((shards @ block.to(x.dtype)).unsqueeze(1))
-    return y
+        y.view(-1, out_features // width, width).add_((shards @ block.to(x.dtype)).unsqueeze(1))
+    return y.view(*x.shape[:-1], out_features)
 
 
 def _backward(
@@ -66,7 +66,8 @@ def _backward(
     dx = dys @ weight  # [T, in]
     per_shard = folded @ block.to(x.dtype).T  # [T, r]
     whole = in_features // r * r
-    dx[:, :whole].view(-1, in_features // r, r).add_(per_shard.unsqueeze(1))
+    if whole:
+        dx[:, :whole].view(-1, in_features // r, r).add_(per_shard.unsqueeze(1))
     dx[:, whole:].add_(per_shard[:, : in_features - whole])
     return dx.view_as(x), dblock.to(block.dtype)
 
