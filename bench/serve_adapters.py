@@ -15,7 +15,8 @@ base alone at the same concurrency, and two bounds of a decode step, both measur
 bytes (the dense weights once, one row of the embedding; every distinct expert the batch touches;
 the KV cache it reads) over the STREAM triad's bandwidth, and multiply-adds (2 x the weights
 each token uses: dense, its top-k experts per layer) over the FLOP/s of a large bf16 matmul.
-The ratio reported is the larger bound over the measured step. Memory: the adapters' pools as
+The ratio reported is the larger bound over the measured step. Every configuration runs in 3
+interleaved rounds (the triad between rounds) and the table shows medians. Memory: the adapters' pools as
 committed, against their tuned experts' bytes, one merged model per adapter, and the padded
 [E + N * E_max] layout.
 
@@ -39,6 +40,7 @@ from moeweave.adapters.pool import slot_bytes
 CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "esft_expert_configs"
 ADAPTER_COUNTS = (0, 1, 4, 20)
 CONCURRENCY = (1, 8, 32)
+ROUNDS = 3
 
 
 def checkpoint(layers: int) -> Path:
@@ -173,11 +175,26 @@ def main() -> None:
     print(f"# {machine()['cpu']}: DeepSeek-V2-Lite shapes, {args.layers} layers, dense {dense >> 20} MiB read per step, "
           f"triad {triad / 1e9:.1f} GB/s, bf16 matmul {peak / 1e9:.0f} GFLOP/s")  # fmt: skip
     run(model, adapter_set, names[:4], 8, prompt, args.tokens, touched)  # warm-up: first-touch page faults
+    # ROUNDS interleaved rounds over every (concurrency, adapters) configuration, medians of each:
+    # this VM's speed wanders by 20-30 % over minutes, and a configuration run apart from its
+    # base-only twin would carry that into the overhead.
+    configs = [(count, concurrency) for concurrency in CONCURRENCY for count in ADAPTER_COUNTS]
+    runs = {config: [] for config in configs}
+    triads = [triad]
+    for round_index in range(ROUNDS):
+        for count, concurrency in configs:
+            runs[count, concurrency].append(
+                run(model, adapter_set, names[:count], concurrency, prompt, args.tokens, touched)
+            )
+        if round_index + 1 < ROUNDS:
+            triads.append(stream_triad_gbps() * 1e9)
+    triad = statistics.median(triads)
     rows = []
     base_latency = {}
     for count in ADAPTER_COUNTS:
         for concurrency in CONCURRENCY:
-            result = run(model, adapter_set, names[:count], concurrency, prompt, args.tokens, touched)
+            found = runs[count, concurrency]
+            result = {key: statistics.median(one[key] for one in found) for key in found[0]}
             kv = kv_bytes_per_step(model, concurrency, args.prompt, args.tokens)
             memory_bound = (dense + result["expert_bytes_per_step"] + kv) / triad
             compute_bound = concurrency * flops_per_token / peak
@@ -191,6 +208,7 @@ def main() -> None:
             print(f"adapters {count:2d}  concurrency {concurrency:2d}  {result['tokens_per_second']:7.1f} tok/s  "
                   f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  overhead {result['overhead']:+6.1%}  "
                   f"bound {result['bound_ratio']:.2f} ({result['bound_by']})", flush=True)  # fmt: skip
+    print(f"# triad median of {len(triads)}: {triad / 1e9:.1f} GB/s")
     memory = memory_report(model, adapter_set, tuned, base_resident)
     print("# memory: " + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in memory.items()))
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
