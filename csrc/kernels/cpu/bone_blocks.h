@@ -77,7 +77,10 @@ void store_lanes<BF16>(Vec v, uint16_t* dst) {
 template <typename E>
 void load_row(const typename E::T* src, int64_t n, float* dst) {
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) std::memcpy(dst + i, &static_cast<const Vec&>(load_lanes<E>(src + i)), sizeof(Vec));
+  for (; i + kLanes <= n; i += kLanes) {
+    const Vec v = load_lanes<E>(src + i);
+    std::memcpy(dst + i, &v, sizeof v);
+  }
   for (; i < n; ++i) dst[i] = E::load(src[i]);
 }
 
