@@ -7,8 +7,8 @@ or width = mini_r dividing out ("mini", B repeated out / width times along out),
 (reference.bone_shards). Differentiable in x and B.
 
 The adapter's part is thin next to the base GEMM (2 T r width flops against 2 T in out), so it
-stays in torch; the op exists for its backward, which never pads x, never repeats B along out and
-saves only x: with dy folded over B's repeats, dy_f [..., width] = sum of dy's width-wide slices,
+stays in torch; the op exists for its backward, which builds dx without padding it, never repeats
+B along out and saves only x: with dy folded over B's repeats, dy_f [..., width] = sum of dy's width-wide slices,
   dB = shards(x)^T dy_f,   dx = dy W + (dy_f B^T) added to every r-wide shard of dx.
 
 Dimension legend: T tokens (the flattened leading dims of x), r shard width.

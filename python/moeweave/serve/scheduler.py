@@ -190,6 +190,8 @@ class Scheduler:
                 future.set_exception(error)
 
     def _unload_idle(self) -> None:
+        if not self._draining:  # every step passes here: nothing to look at most of the time
+            return
         with self._waiting.mutex:  # requests accepted for a draining adapter finish on it too
             waiting = list(self._waiting.queue)
         busy = {request.adapter for request in [*self.running, *waiting] if not request.cancelled.is_set()}
