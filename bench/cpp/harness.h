@@ -16,13 +16,16 @@ namespace moeweave::bench {
 // Sets bytes_per_second and triad_frac from the bytes the benchmark loop moved in `seconds`.
 void report_bytes(benchmark::State& state, int64_t bytes, double seconds);
 
-// Runs the benchmark loop over step(), which does one call and returns the bytes it moved.
+// Runs the benchmark loop over step(), which does one call and returns the bytes it moved;
+// returns the loop's seconds.
 template <typename Step>
-void run(benchmark::State& state, Step step) {
+double run(benchmark::State& state, Step step) {
   int64_t bytes = 0;
   const auto start = std::chrono::steady_clock::now();
   for (auto _ : state) bytes += step();
-  report_bytes(state, bytes, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  report_bytes(state, bytes, seconds);
+  return seconds;
 }
 
 // The runner calls a benchmark function several times (it grows the iteration count between
