@@ -1,7 +1,8 @@
-// bench_moe_experts: the fused routed-expert stage on DeepSeek-V2-Lite's layer shape, decoding:
-// 64 experts of gate, up [1408, 2048] and down [2048, 1408] at INT4 (symmetric, bf16 scales per
-// 64 columns), top-6, T = 1 and 8 tokens, x [T, 2048] bf16. bytes/s counts the weights of the
-// distinct experts a call touches: what a decode step must stream from DRAM.
+// bench_moe_experts: the fused routed-expert stage on DeepSeek-V2-Lite's layer shape: 64 experts
+// of gate, up [1408, 2048] and down [2048, 1408] at INT4 (symmetric, bf16 scales per 64 columns),
+// top-6, x [T, 2048] bf16. Decoding (T = 1 and 8), bytes/s counts the weights of the distinct
+// experts a call touches: what a decode step must stream from DRAM. A 512-token prompt (~48
+// tokens per expert) is compute-bound and reports FLOP/s too.
 //
 // A decode step meets each layer's experts cold (every other layer ran in between), so the
 // calls cycle over random routings whose slot tables point every expert a call uses at a copy
@@ -20,6 +21,7 @@ using namespace moeweave;
 namespace {
 
 constexpr int64_t kExperts = 64, kHidden = 2048, kInter = 1408, kTopK = 6, kBits = 4;
+constexpr int64_t kPrefillTokens = 512;  // ~48 tokens per expert: compute-bound, reported in FLOP/s
 
 struct Call {
   std::vector<int32_t> ids;       // [T, K], distinct experts per token
@@ -88,6 +90,7 @@ void moe_experts_bench(benchmark::State& state) {
       state.SkipWithError("moe_experts failed");
     return int64_t(call.distinct.size()) * expert_bytes;
   });
+  if (tokens >= kPrefillTokens) bench::report_flops(state, 2.0 * tokens * kTopK * 3 * kInter * kHidden);
 }
 
 }  // namespace
@@ -97,5 +100,6 @@ BENCHMARK(moe_experts_bench)
     ->ArgName("T")
     ->Arg(1)
     ->Arg(8)
+    ->Arg(kPrefillTokens)
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);

@@ -44,6 +44,28 @@ void bind_quant_matmul_t(const py::capsule& packed_c, const std::optional<py::ca
   if (status != 0) throw py::value_error("quant_matmul_t: unsupported format (bits " + std::to_string(bits) + ")");
 }
 
+void bind_quant_dequantize_bf16(const py::capsule& packed_c, const std::optional<py::capsule>& scales_c,
+                                const std::optional<py::capsule>& zeros_c, int64_t n, int64_t k, int bits,
+                                int group_size, int64_t row_begin, const py::capsule& out_c) {
+  const char* op = "quant_dequantize_bf16";
+  const QuantMatrixArg w(op, kDLCPU, packed_c, scales_c, zeros_c, n, k, bits, group_size);
+  TensorArg out(op, "out", out_c);
+  out.expect(kDLCPU, 2, {DType::bf16});
+  if (out.size(1) != k) out.fail("must have " + std::to_string(k) + " columns, got " + out.shape_text());
+  const int64_t row_end = row_begin + out.size(0);
+  if (bits == 16) throw py::value_error(std::string(op) + ": the weight is not packed (bits 16)");
+  if (row_begin < 0 || row_begin % moeweave::kQuantTileRows || row_end > n)
+    out.fail("must cover rows [row_begin, row_begin + " + std::to_string(out.size(0)) +
+             ") inside the weight's " + std::to_string(n) + ", row_begin a multiple of 16 (got " +
+             std::to_string(row_begin) + ")");
+  moeweave::Status status;
+  {
+    py::gil_scoped_release release;
+    status = moeweave::quant_dequantize_bf16(w.matrix, row_begin, row_end, out.data<uint16_t>());
+  }
+  if (status != 0) throw py::value_error(std::string(op) + ": unsupported format (bits " + std::to_string(bits) + ")");
+}
+
 // Turns moe_experts' range and shape errors into exceptions that name the offending entry.
 void raise_moe_status(moeweave::Status status, int64_t bad, const TensorArg& table, const TensorArg& x,
                       const TensorArg& ids) {
@@ -107,6 +129,9 @@ void bind_quant(py::module_& m) {
   m.def("quant_matmul_t", &::bind_quant_matmul_t, py::arg("packed"), py::arg("scales"), py::arg("zeros"),
         py::arg("n"), py::arg("k"), py::arg("bits"), py::arg("group_size"), py::arg("dy"), py::arg("dx"),
         "dx [m, k] fp32 = dy [m, n] fp32 W, on the packed W (the gradient of quant_matmul)");
+  m.def("quant_dequantize_bf16", &::bind_quant_dequantize_bf16, py::arg("packed"), py::arg("scales"),
+        py::arg("zeros"), py::arg("n"), py::arg("k"), py::arg("bits"), py::arg("group_size"), py::arg("row_begin"),
+        py::arg("out"), "out [rows, k] bf16 = rows [row_begin, row_begin + rows) of the packed W, dequantised");
   m.def("moe_experts_backward", &::bind_moe_experts_backward, py::arg("expert_table"), py::arg("x"),
         py::arg("topk_ids"), py::arg("topk_weights"), py::arg("dy"), py::arg("dx"), py::arg("dweights"),
         "The gradients of moe_experts with respect to x and topk_weights");

@@ -3,6 +3,7 @@ their pool uses. MOEWEAVE_ISA and MOEWEAVE_NUM_THREADS set the same things from 
 """
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,17 @@ def _parse_size(text: str) -> int:
     if text and text[-1] in units:
         return int(text[:-1]) * units[text[-1]]
     return int(text) if text.isdigit() else 0
+
+
+@functools.cache
+def has_amx_bf16() -> bool:
+    """Whether the CPU has AMX-BF16 tiles (its /proc/cpuinfo flags), which torch's bf16 GEMMs use
+    through oneDNN."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return "amx_bf16" in line.split()
+    return False
 
 
 def supported_isas() -> list[str]:

@@ -27,6 +27,19 @@ def test_matches_loop_over_experts(isa, formats, tokens, top_k, num_experts, hid
     assert _relative(y, reference.moe_experts(x, ids, weights, table)) < TOLERANCE
 
 
+def test_calls_of_changing_sizes_share_nothing():
+    """The op keeps its buffers between calls on a thread and releases them when a call needs far
+    less: a long call, short ones, then a long one with other routings must each match the loop."""
+    table = random_table(8, 64, 96, (4, 16))
+    for seed, tokens in enumerate([300, 1, 7, 300, 2, 150]):
+        ids, weights = random_routing(tokens, 2, 8, seed=seed)
+        x = torch.randn(tokens, 64, generator=torch.Generator().manual_seed(seed))
+        assert (
+            _relative(moe_experts(x, ids, weights, table), reference.moe_experts(x, ids, weights, table))
+            < TOLERANCE
+        )
+
+
 def test_bf16_tokens_and_repeated_expert():
     table = random_table(4, 64, 96, (4,))
     x = torch.randn(5, 64).bfloat16()

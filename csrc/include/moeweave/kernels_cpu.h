@@ -41,6 +41,11 @@ Status bone_bat_block_grad(DType dtype, const void* w, int64_t ldw, const void* 
 // f32 or bf16, contiguous. Quantised weights use int8 activations, quantised per 32 columns.
 Status quant_matmul(const QuantMatrix& w, DType x_dtype, const void* x, int64_t m, float* y);
 
+// out [row_end - row_begin, w.k] bf16 (contiguous) = rows [row_begin, row_end) of a 2/3/4/8-bit w,
+// dequantised (scale * (q - zero), rounded to nearest even): a panel for a bf16 GEMM. row_begin
+// must be a multiple of 16 (a tile) and row_end at most w.n; -EINVAL otherwise.
+Status quant_dequantize_bf16(const QuantMatrix& w, int64_t row_begin, int64_t row_end, uint16_t* out);
+
 // dx [m, w.k] fp32 = dy [m, w.n] fp32 . w: the product with the transposed weight, for gradients
 // with respect to activations. Reads the packed format directly (one fp32 column panel of w at a
 // time, never the whole matrix); dy stays exact fp32.

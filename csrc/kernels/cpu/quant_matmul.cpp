@@ -90,6 +90,19 @@ Status quant_matmul(const QuantMatrix& w, DType x_dtype, const void* x, int64_t 
   return kOk;
 }
 
+Status quant_dequantize_bf16(const QuantMatrix& w, int64_t row_begin, int64_t row_end, uint16_t* out) {
+  if (Status s = cpu::check_matrix(w)) return s;
+  if (w.bits == 16 || row_begin < 0 || row_begin % kQuantTileRows || row_end < row_begin || row_end > w.n)
+    return -EINVAL;
+  const QuantMatrix rows = {w.packed, w.scales, w.zeros, row_end, w.k, w.bits, w.group_size, w.scale_dtype};
+  const int64_t tile_begin = row_begin / kQuantTileRows;
+  const cpu::QuantMatmulKernels& kernels = cpu::quant_matmul_kernels();
+  parallel_for(quant_padded(row_end, kQuantTileRows) / kQuantTileRows - tile_begin, 1, [&](int64_t b, int64_t e) {
+    kernels.dequantize(rows, tile_begin + b, tile_begin + e, out + b * kQuantTileRows * w.k, w.k);
+  });
+  return kOk;
+}
+
 Status quant_matmul_t(const QuantMatrix& w, const float* dy, int64_t m, float* dx) {
   if (Status s = cpu::check_matrix(w)) return s;
   if (m == 0 || w.k == 0) return kOk;

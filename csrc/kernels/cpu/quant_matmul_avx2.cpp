@@ -172,6 +172,6 @@ void bf16_avx2(const uint16_t* w, int64_t k, const float* x, int64_t m, int64_t 
 }  // namespace
 
 const QuantMatmulKernels kQuantMatmulAvx2 = {quant_avx2, bf16_avx2, quantize_rows_scalar,
-                                              transposed_product};
+                                              transposed_product, dequantize_scalar};
 
 }  // namespace moeweave::cpu

@@ -82,7 +82,25 @@ void quantize_rows_scalar(DType dtype, const void* x, int64_t rows, int64_t k, i
     }
 }
 
+void dequantize_scalar(const QuantMatrix& w, int64_t tile_begin, int64_t tile_end, uint16_t* out, int64_t ldo) {
+  const int64_t kp = quant_padded(w.k, w.group_size), groups = kp / w.group_size, units = kp / kQuantUnitCols;
+  const int unit_bytes = quant_unit_bytes(w.bits);
+  const float implied_zero = float(1 << (w.bits - 1));
+  for (int64_t t = tile_begin; t < tile_end; ++t)
+    for (int r = 0; r < kQuantTileRows && t * kQuantTileRows + r < w.n; ++r) {
+      uint16_t* row = out + ((t - tile_begin) * kQuantTileRows + r) * ldo;
+      for (int64_t u = 0; u < units; ++u) {
+        const uint8_t* unit = w.packed + (t * units + u) * unit_bytes;
+        const int64_t at = (t * groups + u * kQuantUnitCols / w.group_size) * kQuantTileRows + r;
+        const float scale = load_scalar(w.scales, w.scale_dtype, at);
+        const float zero = w.zeros ? load_scalar(w.zeros, w.scale_dtype, at) : implied_zero;
+        for (int c = 0; c < kQuantUnitCols && u * kQuantUnitCols + c < w.k; ++c)
+          row[u * kQuantUnitCols + c] = float_to_bf16(scale * (float(quant_value(unit, w.bits, r, c)) - zero));
+      }
+    }
+}
+
 const QuantMatmulKernels kQuantMatmulScalar = {quant_scalar, bf16_scalar, quantize_rows_scalar,
-                                              transposed_product};
+                                              transposed_product, dequantize_scalar};
 
 }  // namespace moeweave::cpu

@@ -51,6 +51,9 @@ struct QuantMatmulKernels {
   // 32-column units [unit_begin, unit_end) of any w (quant_transposed.h); dy, dx fp32.
   void (*transposed)(const QuantMatrix& w, const float* dy, int64_t m, int64_t ldy, int64_t unit_begin,
                      int64_t unit_end, float* dx, int64_t ldx, bool accumulate);
+  // The rows of tiles [tile_begin, tile_end) of a 2/3/4/8-bit w as bf16: out row i (stride ldo)
+  // = round-to-nearest-even(scale * (q - zero)) of w's row 16 * tile_begin + i, columns < w.k.
+  void (*dequantize)(const QuantMatrix& w, int64_t tile_begin, int64_t tile_end, uint16_t* out, int64_t ldo);
 };
 
 // Bone's block-affine kernels of one element type (bone_blocks.h); an entry works on the rows
@@ -67,9 +70,10 @@ struct BoneKernelsByType {
   BoneKernels f32, f16, bf16;
 };
 
-// The portable row quantiser (quant_matmul_scalar.cpp), also the AVX2 table's.
+// The portable row quantiser and dequantiser (quant_matmul_scalar.cpp), also the AVX2 table's.
 void quantize_rows_scalar(DType dtype, const void* x, int64_t rows, int64_t k, int64_t ldx, int64_t stride,
                           int8_t* q, float* scale, int32_t* sum);
+void dequantize_scalar(const QuantMatrix& w, int64_t tile_begin, int64_t tile_end, uint16_t* out, int64_t ldo);
 
 // Flat query rows [row_begin, row_end) of attention (row = (b * heads + h) * S + s).
 using AttentionKernel = void (*)(const AttentionArgs& args, int64_t row_begin, int64_t row_end);

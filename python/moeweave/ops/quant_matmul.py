@@ -3,7 +3,8 @@
 Shapes: x [M, K] fp32 or bf16 -> y [M, N] in x's dtype. The CPU kernels quantise x to int8 per
 32 columns and use integer dot products (VNNI where available); the relative error this adds is
 about 0.5 % of |y| (Frobenius) for Gaussian-like activations, on top of the weight's own
-quantisation error. The CUDA kernel dequantises in registers and keeps x in fp32.
+quantisation error. The CUDA kernel dequantises in registers and keeps x in fp32. Wide products
+on CPUs whose torch has AMX bf16 GEMMs go to that GEMM instead (moeweave.ops.prefill_gemm).
 
 Differentiable with respect to x (the weight is frozen): dx = dy W through
 ``moeweave::quant_matmul_t``, a transposed product on the packed format in exact fp32 (CPU: one
@@ -13,7 +14,7 @@ column panel at a time; CUDA: dequantised in registers).
 import torch
 
 from moeweave import _native
-from moeweave.ops import reference
+from moeweave.ops import prefill_gemm, reference
 from moeweave.ops._eager import can_skip_dispatcher
 from moeweave.ops._launch import capsules, cuda_stream
 from moeweave.ops._vmap import register_rows_vmap
@@ -77,6 +78,10 @@ def _quant_matmul(
             return (x.float() @ packed.float().t()).to(x.dtype)
         return reference.quant_matmul(x, QuantizedWeight(packed, scales, zeros, n, k, bits, group_size))
     x = x.contiguous()
+    if bits != 16 and x.is_cpu and prefill_gemm.wants_gemm(x.shape[0], n, k):
+        return prefill_gemm.dequantized_gemm(
+            native, x, QuantizedWeight(packed, scales, zeros, n, k, bits, group_size)
+        )
     y = torch.empty(x.shape[0], n, dtype=torch.float32, device=x.device)  # [M, N]
     if y.numel():
         args = (*_weight_capsules(packed, scales, zeros), n, k, bits, group_size, *capsules(x, y))

@@ -1,0 +1,53 @@
+"""Wide products of a packed weight on torch's bf16 GEMM. Where torch runs bf16 GEMMs on AMX tiles
+(oneDNN, on CPUs with AMX-BF16), a prompt's worth of rows multiplies faster there than on
+moeweave's integer kernels, which are bound by their dot products from ~32 rows on
+(docs/benchmarks.md, "Packed products against the compute limit"). The weight is dequantised to
+bf16 natively, one panel of PANEL_BYTES at a time (still in cache when the GEMM reads it; the
+whole bf16 weight is never held), and each panel is multiplied by torch.
+
+Numerics: x and the weight's values scale * (q - zero) are rounded to bf16, oneDNN accumulates
+in fp32 and rounds y to bf16: the error of a bf16 model, against the integer kernels' int8
+activations (~0.5 % of |y|). Which path a product takes depends on its row count, so unlike the
+integer kernels' rows, these depend on the batch they came in.
+
+Dimension legend: M rows (tokens), K input features, N output features.
+"""
+
+import torch
+
+from moeweave import cpu
+from moeweave.ops._launch import capsules
+from moeweave.quant.format import QuantizedWeight
+
+# From this many rows, and for weights of at least GEMM_MIN_VALUES values, the GEMM path wins on
+# the AMX machine it was measured on (bench/prefill_gemm.py; docs/benchmarks.md): per product
+# 1.07-1.82x the integer kernels at 1024 rows and 1.57-1.89x at 2048, but 0.75-1.26x at 256 and
+# 1.00-1.50x at 512, where a whole Qwen3-shaped prefill did not gain (0.80-0.99x at 512 tokens;
+# 1.04-1.14x at 2048). Smaller weights were not measured.
+GEMM_ROWS = 1024
+GEMM_MIN_VALUES = 1 << 20
+PANEL_BYTES = 8 << 20
+
+
+def wants_gemm(m: int, n: int, k: int) -> bool:
+    return m >= GEMM_ROWS and n * k >= GEMM_MIN_VALUES and cpu.has_amx_bf16()
+
+
+def dequantized_gemm(native, x: torch.Tensor, qw: QuantizedWeight) -> torch.Tensor:
+    """x [M, K] @ W^T -> [M, N] in x's dtype, for a packed W (bits 2/3/4/8) on the CPU."""
+    xb = x.to(torch.bfloat16)
+    rows = max(16, PANEL_BYTES // (2 * qw.k) // 16 * 16)  # a multiple of 16: panels start on tiles
+    panel = torch.empty(min(rows, qw.n), qw.k, dtype=torch.bfloat16)  # [rows, K]
+    y = torch.empty(x.shape[0], qw.n, dtype=torch.bfloat16)  # [M, N]
+    for begin in range(0, qw.n, rows):
+        part = panel[: min(rows, qw.n - begin)]
+        dequantize_rows(native, qw, begin, part)
+        y[:, begin : begin + part.shape[0]] = xb @ part.t()
+    return y.to(x.dtype)
+
+
+def dequantize_rows(native, qw: QuantizedWeight, begin: int, out: torch.Tensor) -> None:
+    """out [R, K] bf16 = rows [begin, begin + R) of the packed W, dequantised natively; begin is a
+    multiple of 16."""
+    weight = [None if t is None else capsules(t)[0] for t in (qw.packed, qw.scales, qw.zeros)]
+    native.quant_dequantize_bf16(*weight, qw.n, qw.k, qw.bits, qw.group_size, begin, *capsules(out))
