@@ -91,7 +91,7 @@ struct ExpertPass {
 
 // The calling thread's ExpertPass, kept between calls. A prefill runs the stage once per layer
 // with the same shapes, and fresh buffers that large cost page faults on every call (a 512-token
-// DeepSeek-V2-Lite layer: 367 -> 262 ms with the buffers kept, bench_moe_experts T=512). Buffers
+// DeepSeek-V2-Lite layer, bench_moe_experts T=512: 348-561 -> 196-288 ms with them kept). Buffers
 // more than 4x what a call of `rows` (token, slot) pairs needs are released first, so a prompt's
 // scratch does not outlive it into the decode that follows. Every buffer is overwritten before
 // it is read, so nothing carries over between calls.
