@@ -73,16 +73,10 @@ def stream_triad_gbps(bytes_per_array: int = 4 * L3_BYTES, threads: int | None =
 
 
 def machine() -> dict:
-    cpu_model = ""
-    if Path("/proc/cpuinfo").exists():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
     import moeweave.cpu
 
     return {
-        "cpu": cpu_model or platform.processor(),
+        "cpu": moeweave.cpu.cpuinfo_field("model name") or platform.processor(),
         "cpus": len(os.sched_getaffinity(0)),
         "isa": moeweave.cpu.current_isa(),
         "threads": moeweave.cpu.num_threads(),

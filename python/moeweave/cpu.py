@@ -35,15 +35,22 @@ def _parse_size(text: str) -> int:
     return int(text) if text.isdigit() else 0
 
 
+def cpuinfo_field(name: str) -> str:
+    """The value of the first /proc/cpuinfo line named `name` ("model name", "flags"), or ""
+    where the file or the field is missing."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == name:
+                return value.strip()
+    return ""
+
+
 @functools.cache
 def has_amx_bf16() -> bool:
     """Whether the CPU has AMX-BF16 tiles (its /proc/cpuinfo flags), which torch's bf16 GEMMs use
     through oneDNN."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return "amx_bf16" in line.split()
-    return False
+    return "amx_bf16" in cpuinfo_field("flags").split()
 
 
 def supported_isas() -> list[str]:

@@ -358,6 +358,8 @@ void dequantize_tiles(const QuantMatrix& w, int64_t tile_begin, int64_t tile_end
   const __m512 implied_zero = _mm512_set1_ps(float(1 << (BITS - 1)));
   for (int64_t t = tile_begin; t < tile_end; ++t) {
     const int rows_in_tile = int(std::min<int64_t>(kQuantTileRows, w.n - t * kQuantTileRows));
+    int count[4];  // rows of the tile in each 128-bit lane
+    for (int lane = 0; lane < 4; ++lane) count[lane] = std::clamp(rows_in_tile - 4 * lane, 0, 4);
     uint16_t* tile_out = out + (t - tile_begin) * kQuantTileRows * ldo;
     for (int64_t u = 0; u < real_units; ++u) {
       const uint8_t* unit = w.packed + (t * units + u) * kUnitBytes;
@@ -381,11 +383,10 @@ void dequantize_tiles(const QuantMatrix& w, int64_t tile_begin, int64_t tile_end
       _mm512_store_ps(scales, load_scales(w.scales, w.scale_dtype, sbase));
       _mm512_store_ps(zeros, w.zeros ? load_scales(w.zeros, w.scale_dtype, sbase) : implied_zero);
       uint16_t* o = tile_out + c0;
-      const auto count = [&](int lane) { return std::clamp(rows_in_tile - 4 * lane, 0, 4); };
-      dequantize_lane<0>(rows, count(0), scales, zeros, o, ldo, low, high);
-      dequantize_lane<1>(rows, count(1), scales, zeros, o + 4 * ldo, ldo, low, high);
-      dequantize_lane<2>(rows, count(2), scales, zeros, o + 8 * ldo, ldo, low, high);
-      dequantize_lane<3>(rows, count(3), scales, zeros, o + 12 * ldo, ldo, low, high);
+      dequantize_lane<0>(rows, count[0], scales, zeros, o, ldo, low, high);
+      dequantize_lane<1>(rows, count[1], scales, zeros, o + 4 * ldo, ldo, low, high);
+      dequantize_lane<2>(rows, count[2], scales, zeros, o + 8 * ldo, ldo, low, high);
+      dequantize_lane<3>(rows, count[3], scales, zeros, o + 12 * ldo, ldo, low, high);
     }
   }
 }

@@ -18,7 +18,8 @@ moeweave::bone_bat_linear, which never holds W' whole; default and mini run thro
 moeweave::bone_shard_linear, which adds the shard sum of x times B to the base output (the in % r
 remainder zero-padded). transformers 5's fused expert tensors (`experts.gate_up_proj [E, 2I, H]`,
 `experts.down_proj [E, H, I]`), which PEFT cannot adapt, get one block per expert, batched: a
-parametrization gives the experts forward W' for all experts at once (bat: moeweave::bone_bat_weight). Unmerging bat inverts I + B_i in fp32: W_ij = (W'_ij - B_i)(I + B_i)^-1.
+parametrization gives the experts forward W' for all experts at once (bat:
+moeweave::bone_bat_weight). Unmerging bat inverts I + B_i in fp32: W_ij = (W'_ij - B_i)(I + B_i)^-1.
 
 Dimension legend: E experts, r block size.
 """

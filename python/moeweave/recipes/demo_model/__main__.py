@@ -20,6 +20,7 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3MoeForCausalLM
 
+import moeweave.cpu
 from moeweave.envs import cache_dir
 from moeweave.recipes.demo_model import corpus as corpus_mod
 from moeweave.recipes.demo_model import random_checkpoint
@@ -79,13 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return moeweave.cpu.cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def _write_curve(path: Path, curve: list[dict]) -> None:
