@@ -12,7 +12,7 @@ from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.ensemble import GradientBoostingRegressor
 from sklearn.model_selection import KFold, cross_val_predict
 
-from moeweave.aggregate import PerLevel, QuantileAggregator, weighted_interval_score
+from moeweave.aggregate import PerLevel, QuantileAggregator, default_library, weighted_interval_score
 
 LEVELS = (0.1, 0.5, 0.9)
 Z = np.array([-1.2816, 0.0, 1.2816])  # standard normal quantiles at LEVELS
@@ -161,12 +161,7 @@ def test_memory_fits_the_base_library_once(data, tmp_path):
 def test_default_library_end_to_end(data):
     X, y = data
     model = QuantileAggregator(cv=2, random_state=0).fit(X, y)
-    assert [name for name, _ in model.base_models_] == [
-        "gradient_boosting",
-        "quantile_forest",
-        "lightgbm",
-        "quantile_mlp",
-    ]
+    assert [name for name, _ in model.base_models_] == [name for name, _ in default_library()]
     prediction = model.predict(X[:11])
     assert prediction.shape == (11, 3)
     assert np.all(np.diff(prediction, axis=1) >= 0)

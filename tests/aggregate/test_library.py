@@ -1,6 +1,6 @@
 """The base library's wrappers against the libraries they wrap: PerLevel is one scikit-learn
-fit per level, QuantileForest is quantile-forest's own prediction, and the quantile MLP learns
-the quantiles of a known distribution."""
+fit per level, QuantileForest is quantile-forest's own prediction, and the quantile MLP and the
+library's linear member learn the quantiles of a known distribution."""
 
 import numpy as np
 import pytest
@@ -58,8 +58,26 @@ def test_quantile_mlp_learns_gaussian_quantiles(data):
     assert interval_coverage(y_test, prediction[:, 0], prediction[:, 2]) == pytest.approx(0.8, abs=0.05)
 
 
-def test_default_library_has_the_four_families():
+def test_default_library_linear_member_learns_gaussian_quantiles(data):
+    # y = x0 + N(0, 1) is linear at every level: slope 1, intercepts -1.2816, 0, 1.2816. From
+    # 800 points the LP's intercepts have standard errors of ~0.06 at the outer levels and the
+    # slopes ~0.05 per unit of x: tolerance 0.25, about 4 of them at the grid's points.
+    X, y = data
+    linear = dict(default_library())["linear"].set_params(quantiles=LEVELS).fit(X, y)
+    grid = np.array([[-1.0, 0.0], [0.0, 0.0], [1.0, 0.0]])
+    expected = grid[:, [0]] + np.array([-1.2816, 0.0, 1.2816])
+    np.testing.assert_allclose(linear.predict(grid), expected, atol=0.25)
+
+
+def test_default_library_has_the_six_families():
     names = [name for name, _ in default_library()]
-    assert names == ["gradient_boosting", "quantile_forest", "lightgbm", "quantile_mlp"]
+    assert names == [
+        "linear",
+        "gradient_boosting",
+        "quantile_forest",
+        "extra_trees",
+        "lightgbm",
+        "quantile_mlp",
+    ]
     for _, estimator in default_library():
         assert "quantiles" in estimator.get_params()

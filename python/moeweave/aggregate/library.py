@@ -2,8 +2,9 @@
 a `quantiles` parameter whose predict returns [N, Q]. PerLevel turns any single-level quantile
 regressor into one (a clone per level); QuantileForest wraps quantile-forest's regression forest,
 which predicts every level from one fit. default_library is the library used when
-QuantileAggregator gets no estimators: gradient boosting, a quantile forest, LightGBM and a
-small MLP, four model families whose errors differ enough for a combination to pay.
+QuantileAggregator gets no estimators: linear quantile regression, gradient boosting, two
+quantile forests (bootstrapped and extremely randomised trees), LightGBM and a small MLP, model
+families whose errors differ enough for a combination to pay.
 
 Dimension legend: N samples, Q quantile levels.
 """
@@ -11,6 +12,9 @@ Dimension legend: N samples, Q quantile levels.
 import numpy as np
 from sklearn.base import BaseEstimator, clone
 from sklearn.ensemble import GradientBoostingRegressor
+from sklearn.linear_model import QuantileRegressor
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
 from moeweave.aggregate._deps import require
@@ -67,6 +71,16 @@ def default_library() -> list[tuple[str, BaseEstimator]]:
     quantile_forest = require("quantile_forest", "the default base library")
     return [
         (
+            # Koenker-Bassett regression, solved exactly as a linear programme. A straight line
+            # errs where the trees do not (between and beyond their leaves), which is what a
+            # combination gains from (docs/benchmarks.md, "Quantile aggregation").
+            "linear",
+            PerLevel(
+                make_pipeline(StandardScaler(), QuantileRegressor(alpha=0.0, solver="highs")),
+                level_param="quantileregressor__quantile",
+            ),
+        ),
+        (
             "gradient_boosting",
             PerLevel(
                 GradientBoostingRegressor(
@@ -79,6 +93,10 @@ def default_library() -> list[tuple[str, BaseEstimator]]:
             QuantileForest(
                 quantile_forest.RandomForestQuantileRegressor(n_estimators=200, min_samples_leaf=5)
             ),
+        ),
+        (
+            "extra_trees",
+            QuantileForest(quantile_forest.ExtraTreesQuantileRegressor(n_estimators=200, min_samples_leaf=5)),
         ),
         (
             "lightgbm",
