@@ -8,8 +8,9 @@ of 128) with fewer layers and a smaller vocabulary, random weights; it is genera
 $MOEWEAVE_CACHE_DIR (bench/common.py: bench_checkpoint). The systems: transformers (bf16) and
 moeweave with bf16 experts, INT4 experts, and INT4 experts with INT8 attention / LM-head
 projections (dense weights bf16 otherwise). Reported per system, in llama-bench's terms: ppN =
-prefill tokens/s of an N-token prompt and tgM = greedy decode tokens/s over the M tokens after
-it, each the mean ± sd over --reps; the bytes a decode token reads and the decode rate as a
+prefill tokens/s of an N-token prompt (logits at its last position only: llama-bench's batches
+leave llama.cpp's `logits` unset, which outputs the last token's alone) and tgM = greedy decode
+tokens/s over the M tokens after it, each the mean ± sd over --reps; the bytes a decode token reads and the decode rate as a
 fraction of the bound they set at the STREAM triad bandwidth; the peak and steady resident memory
 of loading it (each load in a fresh process, as bench/load_memory.py measures); and where
 moeweave's decode time goes per stage. Each rep is a round that visits every system in turn with
@@ -39,7 +40,9 @@ class Decoder:
     """One sequence's greedy decode state (its KV cache and next token) after a timed prefill."""
 
     def __init__(self, forward, prompt):
-        """forward(ids [1, S], cache) -> (last logits [V], cache); cache None on the first call."""
+        """forward(ids [1, S], cache) -> (last logits [V], cache); cache None on the first call.
+        Both systems compute the LM head at the last position only, as generation and llama-bench
+        do."""
         self.forward = forward
         start = time.perf_counter()
         logits, self.cache = forward(prompt, None)
@@ -59,7 +62,7 @@ def transformers_forward(path):
 
     @torch.no_grad()
     def forward(ids, cache):
-        out = model(ids, cache=cache, use_cache=True)
+        out = model(ids, cache=cache, use_cache=True, logits_to_keep=1)
         return out.logits[0, -1], out.cache
 
     return forward
@@ -68,7 +71,7 @@ def transformers_forward(path):
 def moeweave_forward(model):
     def forward(ids, cache):
         cache = KVCache() if cache is None else cache
-        return model(ids, cache=cache).logits[0, -1], cache
+        return model(ids, cache=cache, logits_to_keep=1).logits[0, -1], cache
 
     return forward
 
