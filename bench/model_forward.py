@@ -10,11 +10,12 @@ moeweave with bf16 experts, INT4 experts, and INT4 experts with INT8 attention /
 projections (dense weights bf16 otherwise). Reported per system, in llama-bench's terms: ppN =
 prefill tokens/s of an N-token prompt (logits at its last position only: llama-bench's batches
 leave llama.cpp's `logits` unset, which outputs the last token's alone) and tgM = greedy decode
-tokens/s over the M tokens after it, each the mean ± sd over --reps; the bytes a decode token reads and the decode rate as a
-fraction of the bound they set at the STREAM triad bandwidth; the peak and steady resident memory
-of loading it (each load in a fresh process, as bench/load_memory.py measures); and where
-moeweave's decode time goes per stage. Each rep is a round that visits every system in turn with
-its own triad: ratios are medians of the within-round ratios.
+tokens/s over the M tokens after it, each the mean ± sd over --reps; the bytes a decode token
+reads and the decode rate as a fraction of the bound they set at the STREAM triad bandwidth; the
+peak and steady resident memory of loading it (each load in a fresh process, as
+bench/load_memory.py measures); and where moeweave's decode time goes per stage. Each rep is a
+round that visits every system in turn with its own triad: ratios are medians of the
+within-round ratios.
 
     python bench/model_forward.py [--preset qwen3-30b-a3b|mixtral-8x7b] [--layers 2] [--pp 512]
         [--tg 128] [--reps 3]
