@@ -7,7 +7,8 @@ experts, INT8 projections (the server's default), bf16 elsewhere. Adapters: synt
 of DeepSeek's four released ESFT adapters (../shared/data/esft_expert_configs, layers this
 base has), round robin. The scheduler runs in-process (the HTTP layer adds the same to every
 row): `concurrency` requests at once, spread round robin over `adapters` adapters (0: all on
-the base), each generating --tokens tokens after a --prompt-token prompt, greedy.
+the base), each generating --tokens tokens after a --prompt-token prompt of its own (random
+tokens), greedy.
 
 Per row: decode tokens/s (tokens over the decode steps' time), per-token latency p50 / p99 (a
 decode step's duration: each request gets one token per step), the latency overhead against the
@@ -15,8 +16,10 @@ base alone at the same concurrency, and two bounds of a decode step, both measur
 bytes (the dense weights once, one row of the embedding; every distinct expert the batch touches;
 the KV cache it reads) over the STREAM triad's bandwidth, and multiply-adds (2 x the weights
 each token uses: dense, its top-k experts per layer) over the FLOP/s of a large bf16 matmul.
-The ratio reported is the larger bound over the measured step. Every configuration runs in 3
-interleaved rounds (the triad between rounds) and the table shows medians. Memory: the adapters' pools as
+The ratio reported is the larger bound over the measured step. Every configuration runs in 7
+interleaved rounds (the triad between rounds) and the table shows medians; the overhead is the
+median over rounds of each round's p50 against the base's p50 of the same round (with the
+rounds' range), so that the VM's drift between rounds cancels. Memory: the adapters' pools as
 committed, against their tuned experts' bytes, one merged model per adapter, and the padded
 [E + N * E_max] layout.
 
@@ -40,7 +43,7 @@ from moeweave.adapters.pool import slot_bytes
 CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "esft_expert_configs"
 ADAPTER_COUNTS = (0, 1, 4, 20)
 CONCURRENCY = (1, 8, 32)
-ROUNDS = 3
+ROUNDS = 7
 
 
 def checkpoint(layers: int) -> Path:
@@ -81,7 +84,7 @@ class TouchedExperts:
         return self.provider(layer, x, topk_ids, topk_weights)
 
 
-def run(model, adapter_set, names, concurrency, prompt, tokens, touched) -> dict:
+def run(model, adapter_set, names, concurrency, prompts, tokens, touched) -> dict:
     from moeweave.serve.scheduler import Request, Sampling, Scheduler
 
     steps = []
@@ -90,7 +93,7 @@ def run(model, adapter_set, names, concurrency, prompt, tokens, touched) -> dict
     for index in range(concurrency):
         adapter = names[index % len(names)] if names else None
         scheduler.submit(
-            Request(list(prompt), Sampling(tokens, temperature=0.0), lambda event: None, adapter)
+            Request(list(prompts[index]), Sampling(tokens, temperature=0.0), lambda event: None, adapter)
         )
     touched.clear()
     scheduler._admit()
@@ -162,8 +165,11 @@ def main() -> None:
     for layer in model.layers:
         if isinstance(layer.mlp, MoEBlock):
             layer.mlp.experts = TouchedExperts(layer.mlp.experts, touched)
-    prompt = torch.randint(
-        0, model.spec.vocab_size, (args.prompt,), generator=torch.Generator().manual_seed(0)
+    # A prompt of its own per request: identical requests would decode identical tokens, route
+    # them to the same experts and make a batch of any size read one token's experts.
+    generator = torch.Generator().manual_seed(0)
+    prompts = torch.randint(
+        0, model.spec.vocab_size, (max(CONCURRENCY), args.prompt), generator=generator
     ).tolist()
     dense = model.dense_bytes_per_token()
     triad = stream_triad_gbps() * 1e9
@@ -174,7 +180,7 @@ def main() -> None:
     flops_per_token = 2 * (dense_elements + sum(spec.moe_layers) * spec.top_k * expert_elements)
     print(f"# {machine()['cpu']}: DeepSeek-V2-Lite shapes, {args.layers} layers, dense {dense >> 20} MiB read per step, "
           f"triad {triad / 1e9:.1f} GB/s, bf16 matmul {peak / 1e9:.0f} GFLOP/s")  # fmt: skip
-    run(model, adapter_set, names[:4], 8, prompt, args.tokens, touched)  # warm-up: first-touch page faults
+    run(model, adapter_set, names[:4], 8, prompts, args.tokens, touched)  # warm-up: first-touch page faults
     # ROUNDS interleaved rounds over every (concurrency, adapters) configuration, medians of each:
     # this VM's speed wanders by 20-30 % over minutes, and a configuration run apart from its
     # base-only twin would carry that into the overhead.
@@ -182,15 +188,15 @@ def main() -> None:
     runs = {config: [] for config in configs}
     triads = [triad]
     for round_index in range(ROUNDS):
-        for count, concurrency in configs:
+        # Every other round in reverse order, so no configuration always runs first or last.
+        for count, concurrency in configs if round_index % 2 == 0 else configs[::-1]:
             runs[count, concurrency].append(
-                run(model, adapter_set, names[:count], concurrency, prompt, args.tokens, touched)
+                run(model, adapter_set, names[:count], concurrency, prompts, args.tokens, touched)
             )
         if round_index + 1 < ROUNDS:
             triads.append(stream_triad_gbps() * 1e9)
     triad = statistics.median(triads)
     rows = []
-    base_latency = {}
     for count in ADAPTER_COUNTS:
         for concurrency in CONCURRENCY:
             found = runs[count, concurrency]
@@ -201,12 +207,15 @@ def main() -> None:
             bound = max(memory_bound, compute_bound)
             result.update(adapters=count, concurrency=concurrency, bound_ratio=bound / result["step_seconds"],
                           bound_by="memory" if memory_bound >= compute_bound else "compute")  # fmt: skip
-            if count == 0:
-                base_latency[concurrency] = result["p50_ms"]
-            result["overhead"] = result["p50_ms"] / base_latency[concurrency] - 1
+            paired = [
+                one["p50_ms"] / base["p50_ms"] - 1
+                for one, base in zip(found, runs[0, concurrency], strict=True)
+            ]
+            result.update(overhead=statistics.median(paired), overhead_range=(min(paired), max(paired)))
             rows.append(result)
             print(f"adapters {count:2d}  concurrency {concurrency:2d}  {result['tokens_per_second']:7.1f} tok/s  "
-                  f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  overhead {result['overhead']:+6.1%}  "
+                  f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  overhead {result['overhead']:+6.1%} "
+                  f"({min(paired):+.1%} .. {max(paired):+.1%})  "
                   f"bound {result['bound_ratio']:.2f} ({result['bound_by']})", flush=True)  # fmt: skip
     print(f"# triad median of {len(triads)}: {triad / 1e9:.1f} GB/s")
     memory = memory_report(model, adapter_set, tuned, base_resident)

@@ -4,8 +4,11 @@
 #include <pybind11/stl.h>
 
 #include <cstring>
+#include <memory>
 #include <sstream>
 #include <string>
+#include <tuple>
+#include <vector>
 
 #include "bind_cpu.h"
 #include "bone_args.h"
@@ -75,38 +78,66 @@ void bone_bat_block_grad(const py::capsule& w_c, const py::capsule& g_c, const p
                                 w.size(1), dblock.data<float>());
 }
 
-// q [B, nH, S, Dk], k [B, nKV, T, Dk], v [B, nKV, T, Dv] (views: last dim contiguous),
-// mask [B, S, T] bool, out [B, nH, S, Dv].
+// One attention problem's checked arguments: q [B, nH, S, Dk], k [B, nKV, T, Dk], v [B, nKV, T,
+// Dv] (views: last dim contiguous), mask [B, S, T] bool, out [B, nH, S, Dv]. Its tensors stay
+// held while it lives; `op` names the caller in errors.
+struct AttentionProblem {
+  TensorArg q, k, v, mask, out;
+  moeweave::AttentionArgs args;
+
+  AttentionProblem(const char* op, const py::capsule& q_c, const py::capsule& k_c, const py::capsule& v_c,
+                   const py::capsule& mask_c, const py::capsule& out_c, double scale)
+      : q(op, "q", q_c), k(op, "k", k_c), v(op, "v", v_c), mask(op, "mask", mask_c), out(op, "out", out_c) {
+    q.expect(kDLCPU, 4, {DType::f32, DType::f16, DType::bf16});
+    k.expect_rows(kDLCPU, 4, {q.dtype()});
+    v.expect_rows(kDLCPU, 4, {q.dtype()});
+    mask.expect(kDLCPU, 3, {DType::u8});
+    out.expect(kDLCPU, 4, {q.dtype()});
+    const int64_t B = q.size(0), H = q.size(1), S = q.size(2), KV = k.size(1), T = k.size(2);
+    auto expect_shape = [](const TensorArg& t, std::vector<int64_t> shape) {
+      std::ostringstream s;
+      for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "[") << shape[i];
+      if (t.shape() != shape) t.fail("must have shape " + s.str() + "], got " + t.shape_text());
+    };
+    expect_shape(k, {B, KV, T, q.size(3)});
+    expect_shape(v, {B, KV, T, v.size(3)});
+    expect_shape(mask, {B, S, T});
+    expect_shape(out, {B, H, S, v.size(3)});
+    if (KV == 0 || H % KV) k.fail("has " + std::to_string(KV) + " heads, which must divide the " + std::to_string(H) + " query heads");
+    args = {q.dtype(), q.data<void>(), k.data<void>(), v.data<void>(), mask.data<uint8_t>(),
+            out.data<void>(), B, H, KV, S, T, q.size(3), v.size(3),
+            {k.stride(0), k.stride(1), k.stride(2)}, {v.stride(0), v.stride(1), v.stride(2)},
+            static_cast<float>(scale)};
+  }
+};
+
 void attention(const py::capsule& q_c, const py::capsule& k_c, const py::capsule& v_c, const py::capsule& mask_c,
                const py::capsule& out_c, double scale) {
-  TensorArg q("attention", "q", q_c), k("attention", "k", k_c), v("attention", "v", v_c),
-      mask("attention", "mask", mask_c), out("attention", "out", out_c);
-  q.expect(kDLCPU, 4, {DType::f32, DType::f16, DType::bf16});
-  k.expect_rows(kDLCPU, 4, {q.dtype()});
-  v.expect_rows(kDLCPU, 4, {q.dtype()});
-  mask.expect(kDLCPU, 3, {DType::u8});
-  out.expect(kDLCPU, 4, {q.dtype()});
-  const int64_t B = q.size(0), H = q.size(1), S = q.size(2), KV = k.size(1), T = k.size(2);
-  auto expect_shape = [](const TensorArg& t, std::vector<int64_t> shape) {
-    std::ostringstream s;
-    for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "[") << shape[i];
-    if (t.shape() != shape) t.fail("must have shape " + s.str() + "], got " + t.shape_text());
-  };
-  expect_shape(k, {B, KV, T, q.size(3)});
-  expect_shape(v, {B, KV, T, v.size(3)});
-  expect_shape(mask, {B, S, T});
-  expect_shape(out, {B, H, S, v.size(3)});
-  if (KV == 0 || H % KV) k.fail("has " + std::to_string(KV) + " heads, which must divide the " + std::to_string(H) + " query heads");
-  const moeweave::AttentionArgs args{q.dtype(), q.data<void>(), k.data<void>(), v.data<void>(), mask.data<uint8_t>(),
-                                     out.data<void>(), B, H, KV, S, T, q.size(3), v.size(3),
-                                     {k.stride(0), k.stride(1), k.stride(2)}, {v.stride(0), v.stride(1), v.stride(2)},
-                                     static_cast<float>(scale)};
+  const AttentionProblem problem("attention", q_c, k_c, v_c, mask_c, out_c, scale);
   moeweave::Status status;
   {
     py::gil_scoped_release release;
-    status = moeweave::attention(args);
+    status = moeweave::attention(problem.args);
   }
   if (status != 0) throw py::value_error("attention: invalid arguments");
+}
+
+// Many independent attention problems (q, k, v, mask, out as above, each its own shapes) in one
+// parallel region: the decoding sequences of a ragged batch, each over its own cache.
+void attention_batch(const std::vector<std::tuple<py::capsule, py::capsule, py::capsule, py::capsule, py::capsule>>& problems,
+                     double scale) {
+  std::vector<std::unique_ptr<AttentionProblem>> held;
+  std::vector<moeweave::AttentionArgs> args;
+  for (const auto& [q, k, v, mask, out] : problems) {
+    held.push_back(std::make_unique<AttentionProblem>("attention_batch", q, k, v, mask, out, scale));
+    args.push_back(held.back()->args);
+  }
+  moeweave::Status status;
+  {
+    py::gil_scoped_release release;
+    status = moeweave::attention_batch(args.data(), int64_t(args.size()));
+  }
+  if (status != 0) throw py::value_error("attention_batch: invalid arguments");
 }
 
 // x [..., H], weight [H], out like x.
@@ -179,6 +210,8 @@ PYBIND11_MODULE(_C, m) {
         "dblock[i] = sum_j (W_ij + I)^T G_ij over a block-aligned tile (fp32)");
   m.def("attention", &attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("mask"), py::arg("out"),
         py::arg("scale"), "Grouped-query attention of q over (cached) k and v, written to out");
+  m.def("attention_batch", &attention_batch, py::arg("problems"), py::arg("scale"),
+        "attention over many (q, k, v, mask, out) problems of their own shapes, in one parallel region");
   m.def("rms_norm", &rms_norm, py::arg("x"), py::arg("weight"), py::arg("out"), py::arg("eps"),
         "RMSNorm of x's last dim with the roundings of transformers");
   m.def("rope", &rope, py::arg("x"), py::arg("cos"), py::arg("sin"), py::arg("out"),

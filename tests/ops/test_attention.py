@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from moeweave.ops import attention, reference
+from moeweave.ops.attention import attention_batch
 
 # Both sides accumulate in fp32; the half types add one rounding of the output.
 TOLERANCE = {
@@ -138,3 +139,52 @@ def test_masked_cache_slots_are_never_read(isa):
     poisoned_k[:, :, 6:], poisoned_v[:, :, 6:] = float("nan"), float("inf")
     out = attention(q, poisoned_k, poisoned_v, mask)
     torch.testing.assert_close(out, oracle(q, k, v, mask), **TOLERANCE[torch.float32])
+
+
+def test_batch_of_problems_of_their_own_shapes_matches_sdpa_per_problem(isa):
+    """attention_batch: each problem (its own batch, heads, queries, cache length, dims) against
+    the oracle run on that problem alone, in bf16 as the ragged server batch calls it."""
+    generator = torch.Generator().manual_seed(5)
+    problems = []
+    for batch, heads, kv_heads, queries, keys, dk, dv in SHAPES:
+        # q sliced out of a larger batch of queries, as the ragged batch slices each sequence's
+        queries_of_all = (torch.randn(batch, heads, queries + 3, dk, generator=generator) * 2).bfloat16()
+        q = queries_of_all[:, :, 1 : queries + 1]
+        k = cache_views(batch, kv_heads, keys, dk, torch.bfloat16, generator)
+        v = cache_views(batch, kv_heads, keys, dv, torch.bfloat16, generator)
+        problems.append((q, k, v, torch.rand(batch, 1, queries, keys, generator=generator) > 0.3))
+    outs = attention_batch(problems, 0.125)
+    assert len(outs) == len(problems)
+    for out, (q, k, v, mask) in zip(outs, problems, strict=True):
+        assert out.shape == (*q.shape[:3], v.shape[-1]) and out.dtype == torch.bfloat16
+        torch.testing.assert_close(
+            out.float(), oracle(q, k, v, mask, scale=0.125), **TOLERANCE[torch.bfloat16]
+        )
+
+
+def test_batch_with_gradients_takes_the_differentiable_op():
+    q = torch.randn(1, 2, 1, 8, requires_grad=True)
+    k, v = torch.randn(1, 1, 4, 8), torch.randn(1, 1, 4, 8)
+    mask = torch.ones(1, 1, 1, 4, dtype=torch.bool)
+    (out,) = attention_batch([(q, k, v, mask)], 0.5)
+    out.sum().backward()
+    expected = q.detach().clone().requires_grad_()
+    oracle(expected, k, v, mask, scale=0.5).sum().backward()
+    torch.testing.assert_close(q.grad, expected.grad)
+
+
+def test_batch_names_the_bad_problem():
+    good = (
+        torch.randn(1, 4, 1, 8),
+        torch.randn(1, 2, 5, 8),
+        torch.randn(1, 2, 5, 8),
+        torch.ones(1, 1, 5, dtype=torch.bool),
+    )
+    bad = (
+        torch.randn(1, 4, 1, 8),
+        torch.randn(1, 3, 5, 8),
+        torch.randn(1, 3, 5, 8),
+        torch.ones(1, 1, 5, dtype=torch.bool),
+    )
+    with pytest.raises(ValueError, match="3 key/value heads do not divide 4"):
+        attention_batch([good, bad], 1.0)

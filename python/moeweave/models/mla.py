@@ -20,6 +20,7 @@ from moeweave.models.linear import linear
 from moeweave.models.rope import mla_softmax_scale
 from moeweave.models.spec import ModelSpec
 from moeweave.ops import rope as rope_op
+from moeweave.ops.attention import attention_batch
 
 # The latent norms (q_a_layernorm, kv_a_layernorm) use RMSNorm's default epsilon, not
 # rms_norm_eps: DeepSeek's reference code and transformers both construct them without it.
@@ -139,6 +140,17 @@ def attend_latents(
     nope, rope = spec.qk_nope_head_dim, spec.qk_rope_head_dim
     scale = mla_softmax_scale(nope + rope, spec.rope_scaling)
     return scaled_attention(query, keys, keys[..., : spec.kv_lora_rank], mask, scale)
+
+
+def attend_latents_batch(
+    spec: ModelSpec, problems: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+) -> list[torch.Tensor]:
+    """attend_latents of many sequences, each (query, keys, mask) over its own cache, in one
+    native call (moeweave.ops.attention_batch)."""
+    nope, rope = spec.qk_nope_head_dim, spec.qk_rope_head_dim
+    scale = mla_softmax_scale(nope + rope, spec.rope_scaling)
+    latent = spec.kv_lora_rank
+    return attention_batch([(query, keys, keys[..., :latent], mask) for query, keys, mask in problems], scale)
 
 
 def absorbed_output(w: MLAWeights, out: torch.Tensor) -> torch.Tensor:

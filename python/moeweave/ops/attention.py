@@ -80,6 +80,30 @@ def _attention(
 _attention_op = torch.library.custom_op("moeweave::attention", _attention, mutates_args=())
 
 
+def attention_batch(
+    problems: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]], scale: float
+) -> list[torch.Tensor]:
+    """`attention` of many independent (q, k, v, mask) problems, each of its own shapes (as
+    `attention` takes them), in one native call: the decoding sequences of a ragged batch, each
+    over its own cache, without a call and a parallel region per sequence. Other devices, inputs
+    that need a gradient, or no native module: `attention` per problem."""
+    native = _native.module_for("cpu")
+    if native is None or not all(can_skip_dispatcher(q, k, v) and q.is_cpu for q, k, v, _ in problems):
+        return [attention(q, k, v, mask, scale) for q, k, v, mask in problems]
+    outputs, arguments = [], []
+    for q, k, v, mask in problems:
+        mask = mask.squeeze(1) if mask.dim() == 4 else mask
+        _check(q, k, v, mask)
+        q, mask = q.contiguous(), mask.contiguous()
+        k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (k, v))
+        out = q.new_empty(*q.shape[:3], v.shape[-1])  # [B, nH, S, Dv]
+        outputs.append(out)
+        if out.numel():
+            arguments.append(tuple(capsules(q, k, v, mask.view(torch.uint8), out)))
+    native.attention_batch(arguments, float(scale))
+    return outputs
+
+
 @_attention_op.register_fake
 def _(q, k, v, mask, scale):
     _check(q, k, v, mask)

@@ -23,7 +23,7 @@ from moeweave.models.mla import (
     ABSORB_QUERIES,
     absorbed_output,
     absorbed_query,
-    attend_latents,
+    attend_latents_batch,
     mla_cached_core,
     mla_project,
     mla_rotate,
@@ -111,12 +111,11 @@ def _absorbed_spans(spec, w, query, spans, cached, out) -> None:
     each sequence's attention over its cached latents, W_UV on all the results."""
     rows = torch.cat([torch.arange(start, start + n) for start, n, _ in spans])
     absorbed = absorbed_query(spec, w, query[:, :, rows])  # [1, nH, n, C + R]
-    latents = torch.empty(*absorbed.shape[:3], spec.kv_lora_rank, dtype=out.dtype)  # [1, nH, n, C]
-    offset = 0
+    problems, offset = [], 0
     for (_, n, past), keys in zip(spans, cached, strict=True):
-        span = slice(offset, offset + n)
-        latents[:, :, span] = attend_latents(spec, absorbed[:, :, span], keys, _causal_mask(past, n))
+        problems.append((absorbed[:, :, offset : offset + n], keys, _causal_mask(past, n)))
         offset += n
+    latents = torch.cat(attend_latents_batch(spec, problems), dim=2)  # [1, nH, n, C]
     out[rows] = absorbed_output(w, latents)[0].transpose(0, 1).reshape(len(rows), -1)
 
 
