@@ -215,7 +215,7 @@ def main() -> None:
             rows.append(result)
             print(f"adapters {count:2d}  concurrency {concurrency:2d}  {result['tokens_per_second']:7.1f} tok/s  "
                   f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  overhead {result['overhead']:+6.1%} "
-                  f"({min(paired):+.1%} .. {max(paired):+.1%})  "
+                  f"({min(paired):+.1%} .. {max(paired):+.1%})  experts {result['expert_bytes_per_step'] / 2**20:.0f} MiB/step  "
                   f"bound {result['bound_ratio']:.2f} ({result['bound_by']})", flush=True)  # fmt: skip
     print(f"# triad median of {len(triads)}: {triad / 1e9:.1f} GB/s")
     memory = memory_report(model, adapter_set, tuned, base_resident)
