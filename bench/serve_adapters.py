@@ -3,21 +3,23 @@ does continuous batching come to the memory-bandwidth bound of a step?
 
 Base: DeepSeek-V2-Lite's shapes (64 routed experts of 1408 + 2 shared, top-6, MLA, 102400-token
 vocabulary) with random weights and --layers layers (the first dense, as in the model), INT4
-experts, INT8 projections (the server's default), bf16 elsewhere. Adapters: synthetic (perturbed copies) over the expert selections
-of DeepSeek's four released ESFT adapters (../shared/data/esft_expert_configs, layers this
-base has), round robin. The scheduler runs in-process (the HTTP layer adds the same to every
-row): `concurrency` requests at once, spread round robin over `adapters` adapters (0: all on
-the base), each generating --tokens tokens after a --prompt-token prompt of its own (random
-tokens), greedy.
+experts, INT8 projections (the server's default), bf16 elsewhere. Adapters: synthetic
+(perturbed copies) over the expert selections of DeepSeek's four released ESFT adapters
+(../shared/data/esft_expert_configs, layers this base has), round robin. The scheduler runs
+in-process (the HTTP layer adds the same to every row), its decode steps on the native step as
+the server runs them: `concurrency` requests at once, spread round robin over `adapters`
+adapters (0: all on the base), each generating --tokens tokens after a --prompt-token prompt of
+its own (random tokens), greedy.
 
 Per row: decode tokens/s (tokens over the decode steps' time), per-token latency p50 / p99 (a
 decode step's duration: each request gets one token per step), the latency overhead against the
 base alone at the same concurrency, and two bounds of a decode step, both measured in this run:
-bytes (the dense weights once, one row of the embedding; every distinct expert the batch touches;
-the KV cache it reads) over the STREAM triad's bandwidth, and multiply-adds (2 x the weights
+bytes (the dense weights once, one row of the embedding; every distinct expert the batch touches,
+counted in a separate pass on the Python forward, which routes alike; the KV cache it reads) over
+the STREAM triad's bandwidth, and multiply-adds (2 x the weights
 each token uses: dense, its top-k experts per layer) over the FLOP/s of a large bf16 matmul.
 The ratio reported is the larger bound over the measured step. Every configuration runs in 7
-interleaved rounds (the triad between rounds) and the table shows medians; the overhead is the
+interleaved rounds (the triad and the matmul between rounds) and the table shows medians; the overhead is the
 median over rounds of each round's p50 against the base's p50 of the same round (with the
 rounds' range), so that the VM's drift between rounds cancels. Memory: the adapters' pools as
 committed, against their tuned experts' bytes, one merged model per adapter, and the padded
@@ -84,41 +86,70 @@ class TouchedExperts:
         return self.provider(layer, x, topk_ids, topk_weights)
 
 
-def run(model, adapter_set, names, concurrency, prompts, tokens, touched) -> dict:
+def serve(model, adapter_set, names, concurrency, prompts, tokens, on_step) -> None:
+    """`concurrency` greedy requests round robin over the adapters `names` (none: the base),
+    stepped to the end; on_step(requests) after every step (the first is the prompts')."""
     from moeweave.serve.scheduler import Request, Sampling, Scheduler
 
-    steps = []
     scheduler = Scheduler(model, 4096, adapter_set, max_batch=64, max_queue=64)
-    scheduler.on_step = lambda sched, requests: steps.append((time.perf_counter(), requests, len(touched)))
+    scheduler.on_step = lambda sched, requests: on_step(requests)
     for index in range(concurrency):
         adapter = names[index % len(names)] if names else None
         scheduler.submit(
             Request(list(prompts[index]), Sampling(tokens, temperature=0.0), lambda event: None, adapter)
         )
-    touched.clear()
     scheduler._admit()
-    start = time.perf_counter()
     while scheduler.running:
         scheduler._step()
-    durations = [b[0] - a[0] for a, b in zip([(start, 0, 0), *steps[:-1]], steps, strict=True)]
-    decode = durations[1:]  # the first step is the prefill
-    decode_tokens = sum(requests for _, requests, _ in steps[1:])
-    expert_bytes = []
-    for (_, _, before), (_, _, after) in itertools.pairwise(steps):
-        expert_bytes.append(
-            sum(
-                slot_bytes(adapter_set.tables[layer].experts[slot])
-                for layer, slots in touched[before:after]
-                for slot in slots
-            )
-        )
+
+
+def run(model, adapter_set, names, concurrency, prompts, tokens) -> dict:
+    """Decode speed, with the model as it serves (its native decode step)."""
+    steps = [(time.perf_counter(), 0)]
+    serve(model, adapter_set, names, concurrency, prompts, tokens,
+          lambda requests: steps.append((time.perf_counter(), requests)))  # fmt: skip
+    decode = [b[0] - a[0] for a, b in itertools.pairwise(steps[1:])]  # the first step is the prefill
     return {
-        "tokens_per_second": decode_tokens / sum(decode),
+        "tokens_per_second": sum(requests for _, requests in steps[2:]) / sum(decode),
         "p50_ms": statistics.median(decode) * 1e3,
         "p99_ms": sorted(decode)[min(len(decode) - 1, int(0.99 * len(decode)))] * 1e3,
         "step_seconds": statistics.mean(decode),
-        "expert_bytes_per_step": statistics.mean(expert_bytes),
     }
+
+
+def expert_bytes_per_step(model, adapter_set, names, concurrency, prompts, tokens) -> float:
+    """Mean bytes of the distinct expert slots a decode step reads. Counted on the Python forward
+    (the expert providers wrapped), which routes as the native step does: greedy tokens, and so
+    the experts of every step, are the same on both (tests/models/test_native_decode.py)."""
+    from moeweave.models.moe_block import MoEBlock
+
+    blocks = [layer.mlp for layer in model.layers if isinstance(layer.mlp, MoEBlock)]
+    providers = [block.experts for block in blocks]
+    touched, marks = [], []
+    for block in blocks:
+        block.experts = TouchedExperts(block.experts, touched)
+    try:
+        serve(
+            model,
+            adapter_set,
+            names,
+            concurrency,
+            prompts,
+            tokens,
+            lambda requests: marks.append(len(touched)),
+        )
+    finally:
+        for block, provider in zip(blocks, providers, strict=True):
+            block.experts = provider
+    per_step = [
+        sum(
+            slot_bytes(adapter_set.tables[layer].experts[slot])
+            for layer, slots in touched[a:b]
+            for slot in slots
+        )
+        for a, b in itertools.pairwise(marks)
+    ]
+    return statistics.mean(per_step)
 
 
 def matmul_flops(size: int = 2048) -> float:
@@ -153,7 +184,6 @@ def main() -> None:
 
     import moeweave.models
     from moeweave.adapters import AdapterSet
-    from moeweave.models.moe_block import MoEBlock
 
     path = checkpoint(args.layers)
     model = moeweave.models.load(path, experts="int4", dtype=torch.bfloat16)
@@ -161,10 +191,6 @@ def main() -> None:
     base_resident = adapter_set.resident_bytes()
     tuned = load_adapters(path, adapter_set, max(ADAPTER_COUNTS))
     names = list(tuned)
-    touched: list = []
-    for layer in model.layers:
-        if isinstance(layer.mlp, MoEBlock):
-            layer.mlp.experts = TouchedExperts(layer.mlp.experts, touched)
     # A prompt of its own per request: identical requests would decode identical tokens, route
     # them to the same experts and make a batch of any size read one token's experts.
     generator = torch.Generator().manual_seed(0)
@@ -180,27 +206,31 @@ def main() -> None:
     flops_per_token = 2 * (dense_elements + sum(spec.moe_layers) * spec.top_k * expert_elements)
     print(f"# {machine()['cpu']}: DeepSeek-V2-Lite shapes, {args.layers} layers, dense {dense >> 20} MiB read per step, "
           f"triad {triad / 1e9:.1f} GB/s, bf16 matmul {peak / 1e9:.0f} GFLOP/s")  # fmt: skip
-    run(model, adapter_set, names[:4], 8, prompts, args.tokens, touched)  # warm-up: first-touch page faults
+    run(model, adapter_set, names[:4], 8, prompts, args.tokens)  # warm-up: first-touch page faults
     # ROUNDS interleaved rounds over every (concurrency, adapters) configuration, medians of each:
     # this VM's speed wanders by 20-30 % over minutes, and a configuration run apart from its
     # base-only twin would carry that into the overhead.
     configs = [(count, concurrency) for concurrency in CONCURRENCY for count in ADAPTER_COUNTS]
     runs = {config: [] for config in configs}
-    triads = [triad]
+    triads, peaks = [triad], [peak]
     for round_index in range(ROUNDS):
         # Every other round in reverse order, so no configuration always runs first or last.
         for count, concurrency in configs if round_index % 2 == 0 else configs[::-1]:
             runs[count, concurrency].append(
-                run(model, adapter_set, names[:count], concurrency, prompts, args.tokens, touched)
+                run(model, adapter_set, names[:count], concurrency, prompts, args.tokens)
             )
         if round_index + 1 < ROUNDS:
             triads.append(stream_triad_gbps() * 1e9)
-    triad = statistics.median(triads)
+            peaks.append(matmul_flops())
+    triad, peak = statistics.median(triads), statistics.median(peaks)
     rows = []
     for count in ADAPTER_COUNTS:
         for concurrency in CONCURRENCY:
             found = runs[count, concurrency]
             result = {key: statistics.median(one[key] for one in found) for key in found[0]}
+            result["expert_bytes_per_step"] = expert_bytes_per_step(
+                model, adapter_set, names[:count], concurrency, prompts, args.tokens
+            )
             kv = kv_bytes_per_step(model, concurrency, args.prompt, args.tokens)
             memory_bound = (dense + result["expert_bytes_per_step"] + kv) / triad
             compute_bound = concurrency * flops_per_token / peak
@@ -217,7 +247,7 @@ def main() -> None:
                   f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  overhead {result['overhead']:+6.1%} "
                   f"({min(paired):+.1%} .. {max(paired):+.1%})  experts {result['expert_bytes_per_step'] / 2**20:.0f} MiB/step  "
                   f"bound {result['bound_ratio']:.2f} ({result['bound_by']})", flush=True)  # fmt: skip
-    print(f"# triad median of {len(triads)}: {triad / 1e9:.1f} GB/s")
+    print(f"# medians of {len(triads)}: triad {triad / 1e9:.1f} GB/s, bf16 matmul {peak / 1e9:.0f} GFLOP/s")
     memory = memory_report(model, adapter_set, tuned, base_resident)
     print("# memory: " + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in memory.items()))
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "bind_cpu.h"
 #include "moeweave/decode_step.h"
@@ -53,12 +54,18 @@ moeweave::DecodeProjection projection_of(const py::dict& layer, const char* key,
   return p;
 }
 
-moeweave::DecodeLayer layer_of(const moeweave::DecodeConfig& c, const py::dict& layer) {
+// A bf16 tensor of exactly `shape`; its address.
+const uint16_t* tensor_of(const py::dict& layer, const char* key, const std::vector<int64_t>& shape) {
+  if (!layer.contains(key) || layer[key].is_none()) throw py::value_error(std::string(kOp) + ": the layer lacks '" + key + "'");
+  TensorArg t(kOp, key, layer[key].cast<py::capsule>());
+  t.expect(kDLCPU, int(shape.size()), {DType::bf16});
+  if (t.shape() != shape) t.fail("has the wrong shape: " + t.shape_text());
+  return t.data<uint16_t>();
+}
+
+// Grouped-query attention's weights.
+void attention_of(const moeweave::DecodeConfig& c, const py::dict& layer, moeweave::DecodeLayer& out) {
   const int64_t h = c.hidden, d = c.head_dim, q_width = c.heads * d, kv_width = c.kv_heads * d;
-  moeweave::DecodeLayer out;
-  out.input_norm = vector_of(layer, "input_norm", h);
-  out.post_attention_norm = vector_of(layer, "post_attention_norm", h);
-  if (!out.input_norm || !out.post_attention_norm) throw py::value_error("DecodeStack: a layer needs both norms");
   out.q = projection_of(layer, "q", q_width, h);
   out.k = projection_of(layer, "k", kv_width, h);
   out.v = projection_of(layer, "v", kv_width, h);
@@ -70,6 +77,41 @@ moeweave::DecodeLayer layer_of(const moeweave::DecodeConfig& c, const py::dict& 
   out.k_norm = vector_of(layer, "k_norm", per_head ? d : kv_width);
   if (c.qk_norm != moeweave::QkNorm::none && (!out.q_norm || !out.k_norm))
     throw py::value_error("DecodeStack: the config asks for QK-norms the layer lacks");
+}
+
+// MLA's attention weights (decode_step.h: DecodeLayer).
+void mla_of(const moeweave::DecodeConfig& c, const py::dict& layer, moeweave::DecodeLayer& out) {
+  const moeweave::MlaConfig& m = c.mla;
+  const int64_t h = c.hidden, q_width = c.heads * (m.nope + m.rope);
+  if (m.q_lora_rank) {
+    out.q_a = projection_of(layer, "q_a", m.q_lora_rank, h);
+    out.q_a_norm = vector_of(layer, "q_a_norm", m.q_lora_rank);
+    out.q_b = projection_of(layer, "q_b", q_width, m.q_lora_rank);
+    if (!out.q_a.matrix.packed || !out.q_a_norm || !out.q_b.matrix.packed)
+      throw py::value_error("DecodeStack: an MLA layer with q_lora_rank needs q_a, q_a_norm and q_b");
+  } else {
+    out.q = projection_of(layer, "q", q_width, h);
+  }
+  out.kv_a = projection_of(layer, "kv_a", m.kv_lora_rank + m.rope, h);
+  out.kv_norm = vector_of(layer, "kv_norm", m.kv_lora_rank);
+  out.w_uk = tensor_of(layer, "w_uk", {c.heads, m.nope, m.kv_lora_rank});
+  out.w_uv = tensor_of(layer, "w_uv", {c.heads, m.kv_lora_rank, m.v_head_dim});
+  out.o = projection_of(layer, "o", h, c.heads * m.v_head_dim);
+  if ((!m.q_lora_rank && !out.q.matrix.packed) || !out.kv_a.matrix.packed || !out.kv_norm || !out.o.matrix.packed)
+    throw py::value_error("DecodeStack: an MLA layer needs q (or q_a, q_b), kv_a, kv_norm and o");
+}
+
+moeweave::DecodeLayer layer_of(const moeweave::DecodeConfig& c, const py::dict& layer) {
+  const int64_t h = c.hidden;
+  moeweave::DecodeLayer out;
+  out.input_norm = vector_of(layer, "input_norm", h);
+  out.post_attention_norm = vector_of(layer, "post_attention_norm", h);
+  if (!out.input_norm || !out.post_attention_norm) throw py::value_error("DecodeStack: a layer needs both norms");
+  if (c.attention == moeweave::AttentionKind::mla) {
+    mla_of(c, layer, out);
+  } else {
+    attention_of(c, layer, out);
+  }
   out.gate = projection_of(layer, "gate", -1, h);
   out.up = projection_of(layer, "up", out.gate.matrix.n, h);
   out.down = projection_of(layer, "down", h, out.gate.matrix.n);
@@ -104,13 +146,34 @@ moeweave::DecodeLayer layer_of(const moeweave::DecodeConfig& c, const py::dict& 
 
 class PyDecodeStack {
  public:
+  // mla: None (grouped-query attention) or a dict of MlaConfig's fields; router: 0 (softmax
+  // top-k) or 1 (DeepSeek-V2's greedy top-k, times routed_scaling_factor).
   PyDecodeStack(int64_t hidden, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t top_k, bool norm_topk_prob,
-                int qk_norm, double eps, const py::list& layers) {
+                int qk_norm, double eps, const py::list& layers, const std::optional<py::dict>& mla, int router,
+                double routed_scaling_factor) {
     if (hidden <= 0 || heads <= 0 || kv_heads <= 0 || heads % kv_heads || head_dim <= 0 || head_dim % 2)
       throw py::value_error("DecodeStack: invalid attention sizes");
     if (qk_norm < 0 || qk_norm > 2) throw py::value_error("DecodeStack: qk_norm must be 0 (none), 1 (head) or 2 (full)");
+    if (router < 0 || router > 1) throw py::value_error("DecodeStack: router must be 0 (softmax top-k) or 1 (DeepSeek-V2)");
     config_ = {hidden, heads, kv_heads, head_dim, top_k, norm_topk_prob, static_cast<moeweave::QkNorm>(qk_norm),
                static_cast<float>(eps)};
+    config_.router = static_cast<moeweave::RouterKind>(router);
+    config_.routed_scaling_factor = static_cast<float>(routed_scaling_factor);
+    if (mla) {
+      const py::dict& f = *mla;
+      moeweave::MlaConfig& m = config_.mla;
+      m.q_lora_rank = f["q_lora_rank"].cast<int64_t>();
+      m.kv_lora_rank = f["kv_lora_rank"].cast<int64_t>();
+      m.nope = f["nope"].cast<int64_t>();
+      m.rope = f["rope"].cast<int64_t>();
+      m.v_head_dim = f["v_head_dim"].cast<int64_t>();
+      m.scale = f["scale"].cast<float>();
+      m.latent_eps = f["latent_eps"].cast<float>();
+      if (m.q_lora_rank < 0 || m.kv_lora_rank <= 0 || m.nope <= 0 || m.rope != head_dim || m.v_head_dim <= 0 ||
+          kv_heads != 1)
+        throw py::value_error("DecodeStack: invalid MLA sizes (kv_heads must be 1 and head_dim the rotary dim)");
+      config_.attention = moeweave::AttentionKind::mla;
+    }
     std::vector<moeweave::DecodeLayer> parsed;
     for (const py::handle layer : layers) parsed.push_back(layer_of(config_, layer.cast<py::dict>()));
     stack_ = std::make_unique<moeweave::DecodeStack>(config_, std::move(parsed));
@@ -183,10 +246,12 @@ class PyDecodeStack {
 namespace moeweave::bindings {
 
 void bind_decode(py::module_& m) {
-  py::class_<PyDecodeStack>(m, "DecodeStack", "Every decoder layer of a bf16 GQA model for one token per sequence")
-      .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, bool, int, double, const py::list&>(),
+  py::class_<PyDecodeStack>(m, "DecodeStack", "Every decoder layer of a bf16 GQA or MLA model for one token per sequence")
+      .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, bool, int, double, const py::list&,
+                    const std::optional<py::dict>&, int, double>(),
            py::arg("hidden"), py::arg("heads"), py::arg("kv_heads"), py::arg("head_dim"), py::arg("top_k"),
-           py::arg("norm_topk_prob"), py::arg("qk_norm"), py::arg("eps"), py::arg("layers"))
+           py::arg("norm_topk_prob"), py::arg("qk_norm"), py::arg("eps"), py::arg("layers"), py::arg("mla") = py::none(),
+           py::arg("router") = 0, py::arg("routed_scaling_factor") = 1.0)
       .def("step", &PyDecodeStack::step, py::arg("hidden"), py::arg("positions"), py::arg("cos"), py::arg("sin"),
            py::arg("caches"), py::arg("lengths"), py::arg("capacities"), py::arg("mask"), py::arg("adapters"),
            "Runs every layer for hidden [N, H] (updated in place), appending to the caches");

@@ -1,7 +1,8 @@
 """The native decode step (every layer in one C++ call) against the model's Python forward, which
-transformers checks in test_parity.py: bit for bit where both call the same kernels (batches of
-up to two rows), within bf16 rounding beyond (the Python router's product then goes to torch), on
-a left-padded batch decoding several tokens; in the server's ragged batch with adapters; the bundled model against transformers' greedy tokens; and the
+transformers checks in test_parity.py: bit for bit where both call the same kernels (GQA, batches
+of up to two rows), within bf16 rounding beyond (the Python router's product then goes to torch)
+and for DeepSeek-V2's MLA, on a left-padded batch decoding several tokens; in the server's
+ragged batch with adapters; the bundled model against transformers' greedy tokens; and the
 models it refuses run on the Python forward."""
 
 import pytest
@@ -14,18 +15,33 @@ from moeweave.adapters import AdapterSet, random_selection, synth_adapter
 from moeweave.models import KVCache
 from moeweave.models.bundled import DEMO_MODEL_DIR
 from moeweave.models.native_decode import layer_fields, unsupported
+from moeweave.ops._launch import capsules
 from moeweave.serve.ragged import Chunk, forward_chunks
 
 pytestmark = pytest.mark.skipif(_native.module_for("cpu") is None, reason="needs the native module")
 
 # GQA architectures the step covers; OLMoE without clip_qkv (clipping stays on the Python path).
 NATIVE = {"qwen3_moe": {}, "qwen2_moe": {}, "mixtral": {}, "olmoe": {"clip_qkv": None}}
+# DeepSeek-V2's MLA with its greedy router (the group-limited one stays on the Python path).
+MLA_GREEDY = {"topk_method": "greedy", "n_group": 1, "topk_group": 1}
+EVERY_NATIVE = {
+    **{name: (name, overrides) for name, overrides in NATIVE.items()},
+    "deepseek_v2": ("deepseek_v2", MLA_GREEDY),
+}
 STEPS = 5
 
 
 @pytest.fixture(params=sorted(NATIVE))
 def native_checkpoint(request, tiny_checkpoint):
     return tiny_checkpoint(request.param, **NATIVE[request.param])
+
+
+@pytest.fixture(params=sorted(EVERY_NATIVE))
+def every_native_checkpoint(request, tiny_checkpoint):
+    """The GQA architectures, and MLA: bit for bit does not hold there (its W_UK and W_UV
+    products and the fp32 router product sum in another order than torch's)."""
+    architecture, overrides = EVERY_NATIVE[request.param]
+    return tiny_checkpoint(architecture, **overrides)
 
 
 def greedy_steps(model, native: bool, ids, mask) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,10 +88,21 @@ def close_but_for_routing_flips(native: torch.Tensor, python: torch.Tensor) -> N
     assert int((error >= 0.02).sum()) <= error.numel() // 8, f"errors per position {error}"
 
 
-def test_wider_batches_agree_within_bf16_rounding(native_checkpoint):
-    model = moeweave.models.load(native_checkpoint, experts="int4", dtype=torch.bfloat16)
+def test_wider_batches_agree_within_bf16_rounding(every_native_checkpoint):
+    model = moeweave.models.load(every_native_checkpoint, experts="int4", dtype=torch.bfloat16)
     ids, mask = padded_prompts(4)
     close_but_for_routing_flips(decode_logits(model, True, ids, mask), decode_logits(model, False, ids, mask))
+
+
+@pytest.mark.parametrize("q_lora_rank", [48, None], ids=["q_lora", "q_direct"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_mla_steps_agree_with_the_python_forward(tiny_checkpoint, q_lora_rank, batch):
+    path = tiny_checkpoint("deepseek_v2", q_lora_rank=q_lora_rank, **MLA_GREEDY)
+    model = moeweave.models.load(path, experts="int4", dtype=torch.bfloat16)
+    assert unsupported(model) is None
+    ids, mask = padded_prompts(batch)
+    native, python = decode_logits(model, True, ids, mask), decode_logits(model, False, ids, mask)
+    close_but_for_routing_flips(native, python)
 
 
 def test_the_bundled_model_decodes_the_greedy_tokens_of_transformers():
@@ -90,15 +117,15 @@ def test_the_bundled_model_decodes_the_greedy_tokens_of_transformers():
     assert ours == theirs[0, len(prompt) :].tolist()
 
 
-def test_a_ragged_batch_with_adapters_gets_what_the_python_forward_gives(native_checkpoint):
+def test_a_ragged_batch_with_adapters_gets_what_the_python_forward_gives(every_native_checkpoint):
     """The server's batch: sequences at different positions, on the base and two adapters; decode
     steps run natively once every chunk has one token (the Python forward is the oracle)."""
-    model = moeweave.models.load(native_checkpoint, experts="int4", dtype=torch.bfloat16)
+    model = moeweave.models.load(every_native_checkpoint, experts="int4", dtype=torch.bfloat16)
     adapters = AdapterSet(model, max_adapters=2)
     ids = [
         adapters.load(
             synth_adapter(
-                native_checkpoint, random_selection(model.spec, 0.5, seed), seed=seed, name=f"a{seed}"
+                every_native_checkpoint, random_selection(model.spec, 0.5, seed), seed=seed, name=f"a{seed}"
             )
         )
         for seed in (1, 2)
@@ -121,7 +148,9 @@ def test_a_ragged_batch_with_adapters_gets_what_the_python_forward_gives(native_
 @pytest.mark.parametrize(
     ("architecture", "dtype", "reason"),
     [
-        ("deepseek_v2", torch.bfloat16, "attention variant"),
+        ("deepseek_v2", torch.bfloat16, "routers"),  # group-limited greedy
+        ("deepseek_v3", torch.bfloat16, "routers"),
+        ("deepseek_v3_half_split", torch.bfloat16, "half-split RoPE"),
         ("olmoe", torch.bfloat16, "attention variant"),  # clip_qkv
         ("mixtral", torch.float32, "not bf16"),
     ],
@@ -140,4 +169,32 @@ def test_weights_that_do_not_fit_the_config_are_refused_by_name(native_checkpoin
     with pytest.raises(ValueError, match="'input_norm' must have 96 entries"):
         _native.module_for("cpu").DecodeStack(
             96, spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.top_k, True, 0, 1e-6, layers
+        )
+
+
+def test_mla_weights_that_do_not_fit_the_config_are_refused_by_name(tiny_checkpoint):
+    model = moeweave.models.load(
+        tiny_checkpoint("deepseek_v2", **MLA_GREEDY), experts="int4", dtype=torch.bfloat16
+    )
+    decoder = model.native_decoder()
+    assert decoder is not None
+    layers = [layer_fields(index, layer) for index, layer in enumerate(model.layers)]
+    layers[1]["w_uk"] = capsules(model.layers[1].attention.w_uv)[0]  # [nH, C, Dv] where [nH, N, C] belongs
+    spec = model.spec
+    mla = dict(q_lora_rank=spec.q_lora_rank, kv_lora_rank=spec.kv_lora_rank, nope=spec.qk_nope_head_dim,
+               rope=spec.qk_rope_head_dim, v_head_dim=spec.v_head_dim, scale=0.1, latent_eps=1e-6)  # fmt: skip
+    with pytest.raises(ValueError, match="'w_uk' has the wrong shape"):
+        _native.module_for("cpu").DecodeStack(
+            spec.hidden_size,
+            spec.num_heads,
+            1,
+            spec.qk_rope_head_dim,
+            spec.top_k,
+            False,
+            0,
+            1e-6,
+            layers,
+            mla,
+            1,
+            1.0,
         )

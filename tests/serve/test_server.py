@@ -128,8 +128,18 @@ def test_unloading_under_load_lets_the_running_request_finish_on_its_adapter(ser
 
 def test_unloading_lets_a_waiting_request_finish_on_its_adapter(adapter_dir, expected):
     """One request per step: while a base request runs, a request for a1 waits in the queue and
-    a1 is unloaded; the waiting request still runs on a1, and a1 goes after it."""
+    a1 is unloaded; the waiting request still runs on a1, and a1 goes after it. The scheduler is
+    held after the step that sends the base request's first text until a1's request is queued,
+    so the base request cannot finish first however fast the machine is."""
     app, scheduler = build(DEMO_MODEL_DIR, [], adapter_dir, None, "int4", 8, 1, 8)
+    queued, metrics_step = threading.Event(), scheduler.on_step
+
+    def hold_once_text_is_out(sched, requests):
+        metrics_step(sched, requests)
+        if any(request.sent for request in sched.running):
+            queued.wait()
+
+    scheduler.on_step = hold_once_text_is_out
     try:
         with live_server(app) as url:
             client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
@@ -143,6 +153,7 @@ def test_unloading_lets_a_waiting_request_finish_on_its_adapter(adapter_dir, exp
             asker.start()
             wait_for(lambda: scheduler.waiting == 1)
             unload = scheduler.unload_adapter("a1")
+            queued.set()
             assert first + "".join(chunk.choices[0].text for chunk in stream) == expected[BASE]
             asker.join()
             assert waiting.get("text") == expected["a1"]

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "matmul_common.h"
 #include "moeweave/half.h"
 #include "moeweave/thread_pool.h"
 
@@ -16,6 +17,17 @@ template <typename T>
 T* sized(std::vector<T>& buffer, int64_t n) {
   if (int64_t(buffer.size()) < n) buffer.resize(n);
   return buffer.data();
+}
+
+// Which of its cached rows token i may see, written to row (lengths[i] + 1 entries).
+const uint8_t* visible_row(const DecodeTokens& tokens, int64_t i, uint8_t* row) {
+  const int64_t length = tokens.lengths[i];
+  if (tokens.mask)
+    std::copy_n(tokens.mask + i * tokens.mask_stride, length, row);
+  else
+    std::fill_n(row, length, uint8_t(1));
+  row[length] = 1;  // a token always sees itself
+  return row;
 }
 
 inline uint16_t add_bf16(uint16_t a, uint16_t b) { return float_to_bf16(bf16_to_float(a) + bf16_to_float(b)); }
@@ -37,19 +49,19 @@ void add_into(uint16_t* h, const uint16_t* delta, int64_t n) {
   for (int64_t i = 0; i < n; ++i) h[i] = add_bf16(h[i], delta[i]);
 }
 
-// Softmax over the bf16 logits [E] in fp32, the top k, optionally renormalised; weights rounded
-// to bf16 as the router returns them. Equal probabilities are common (bf16 logits take few
-// values), so the top k are chosen as torch.topk on the CPU chooses them: (probability, id)
-// pairs in id order through std::partial_sort when k * 64 <= E, else std::nth_element and a sort
-// of the first k - 1.
-void softmax_topk(const uint16_t* logits, int64_t experts, int64_t k, bool normalise,
+// Softmax over the logits [E] in fp32, the top k, optionally renormalised, times `scale`;
+// weights rounded to bf16 where the router returns bf16 (softmax top-k; DeepSeek-V2's stay fp32).
+// Equal probabilities are common (bf16 logits take few values), so the top k are chosen as
+// torch.topk on the CPU chooses them: (probability, id) pairs in id order through
+// std::partial_sort when k * 64 <= E, else std::nth_element and a sort of the first k - 1.
+void softmax_topk(const float* logits, int64_t experts, int64_t k, bool normalise, float scale, bool round_bf16,
                   std::vector<std::pair<float, int64_t>>& probs, int32_t* ids, float* weights) {
   float best = -INFINITY;
-  for (int64_t e = 0; e < experts; ++e) best = std::max(best, bf16_to_float(logits[e]));
+  for (int64_t e = 0; e < experts; ++e) best = std::max(best, logits[e]);
   probs.resize(experts);
   float total = 0.0f;
   for (int64_t e = 0; e < experts; ++e) {
-    probs[e] = {std::exp(bf16_to_float(logits[e]) - best), e};
+    probs[e] = {std::exp(logits[e] - best), e};
     total += probs[e].first;
   }
   for (auto& p : probs) p.first /= total;
@@ -66,8 +78,45 @@ void softmax_topk(const uint16_t* logits, int64_t experts, int64_t k, bool norma
   for (int64_t j = 0; j < k; ++j) chosen += probs[j].first;
   for (int64_t j = 0; j < k; ++j) {
     ids[j] = int32_t(probs[j].second);
-    weights[j] = bf16_to_float(float_to_bf16(normalise ? probs[j].first / chosen : probs[j].first));
+    const float weight = (normalise ? probs[j].first / chosen : probs[j].first) * scale;
+    weights[j] = round_bf16 ? bf16_to_float(float_to_bf16(weight)) : weight;
   }
+}
+
+inline float round_to_bf16(float v) { return bf16_to_float(float_to_bf16(v)); }
+
+// MLA's RoPE on interleaved pairs (x0, x1), (x2, x3), ... of x [R] into out [R], with the first
+// R / 2 columns of the tables; every product, difference and sum rounded to bf16 as torch's bf16
+// ops round them (models/mla.py: rope_pairs).
+void rope_pairs(const uint16_t* x, const uint16_t* cos, const uint16_t* sin, int64_t r, uint16_t* out) {
+  for (int64_t j = 0; j < r / 2; ++j) {
+    const float c = bf16_to_float(cos[j]), s = bf16_to_float(sin[j]);
+    const float even = bf16_to_float(x[2 * j]), odd = bf16_to_float(x[2 * j + 1]);
+    out[2 * j] = float_to_bf16(round_to_bf16(even * c) - round_to_bf16(odd * s));
+    out[2 * j + 1] = float_to_bf16(round_to_bf16(odd * c) + round_to_bf16(even * s));
+  }
+}
+
+// Per head h: out[i, h] (bf16 at out + i * heads * head_stride + h * head_stride) = in[i, h]
+// [rows] . W_h [rows, cols] for the bf16 matrices W_h = w + h * rows * cols, as torch.matmul of
+// bf16 tensors computes it (fp32 sums, one rounding); in [n, heads, rows] fp32. Threads split the
+// heads.
+void per_head_products(const uint16_t* w, const float* in, int64_t n, int64_t heads, int64_t rows, int64_t cols,
+                       std::vector<float>& scratch, uint16_t* out, int64_t head_stride) {
+  float* product = sized(scratch, n * heads * cols);  // [n, heads, cols]
+  const cpu::QuantMatmulKernels& kernels = cpu::quant_matmul_kernels();
+  const int64_t units = quant_padded(cols, kQuantUnitCols) / kQuantUnitCols;
+  parallel_for(heads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t h = begin; h < end; ++h) {
+      const QuantMatrix matrix{reinterpret_cast<const uint8_t*>(w + h * rows * cols), nullptr, nullptr, rows, cols,
+                               16, 0, DType::bf16};
+      kernels.transposed(matrix, in + h * rows, n, heads * rows, 0, units, product + h * cols, heads * cols, false);
+    }
+  });
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t c = 0; c < cols; ++c)
+        out[(i * heads + h) * head_stride + c] = float_to_bf16(product[(i * heads + h) * cols + c]);
 }
 
 }  // namespace
@@ -94,7 +143,8 @@ Status DecodeStack::step(const DecodeTokens& tokens, int64_t* bad_index) {
       return -ERANGE;
     }
   for (int64_t l = 0; l < num_layers(); ++l) {
-    if (Status s = attention_block(layers_[l], l, tokens)) return s;
+    const bool mla = config_.attention == AttentionKind::mla;
+    if (Status s = mla ? mla_block(layers_[l], l, tokens) : attention_block(layers_[l], l, tokens)) return s;
     if (Status s = mlp_block(layers_[l], tokens, bad_index)) {
       if (s == -ERANGE) *bad_index = -1 - l;
       return s;
@@ -141,12 +191,7 @@ Status DecodeStack::attention_block(const DecodeLayer& layer, int64_t index, con
       std::copy_n(k_rot + h * d, d, k_cache + (h * capacity + length) * d);
       std::copy_n(v + i * kv_width + h * d, d, v_cache + (h * capacity + length) * d);
     }
-    uint8_t* row = visible + i * longest;
-    if (tokens.mask)
-      std::copy_n(tokens.mask + i * tokens.mask_stride, length, row);
-    else
-      std::fill_n(row, length, uint8_t(1));
-    row[length] = 1;  // a token always sees itself
+    const uint8_t* row = visible_row(tokens, i, visible + i * longest);
     problems[i] = AttentionArgs{DType::bf16, q_rot, k_cache, v_cache, row, attended + i * q_width, 1, config_.heads,
                                 config_.kv_heads, 1, length + 1, d, d,
                                 {config_.kv_heads * capacity * d, capacity * d, d},
@@ -155,6 +200,65 @@ Status DecodeStack::attention_block(const DecodeLayer& layer, int64_t index, con
   if (Status s = attention_batch(problems.data(), n)) return s;
   uint16_t* out = sized(mlp_, n * hidden);
   if (Status s = project(layer.o, attended, n, f32_, out)) return s;
+  add_into(tokens.hidden, out, n * hidden);
+  return kOk;
+}
+
+Status DecodeStack::mla_block(const DecodeLayer& layer, int64_t index, const DecodeTokens& tokens) {
+  const MlaConfig& m = config_.mla;
+  const int64_t n = tokens.count, hidden = config_.hidden, heads = config_.heads;
+  const int64_t latent = m.kv_lora_rank, r = m.rope, nope = m.nope, dv = m.v_head_dim;
+  const int64_t row = latent + r, q_head = nope + r, q_width = heads * q_head;
+  uint16_t* x = sized(x_, n * hidden);
+  if (Status s = rms_norm(DType::bf16, tokens.hidden, layer.input_norm, x, n, hidden, config_.eps)) return s;
+  uint16_t* q = sized(q_, n * q_width);  // [N, nH, nope + R]
+  if (layer.q_a.matrix.packed) {
+    uint16_t* low = sized(up_, n * m.q_lora_rank);
+    if (Status s = project(layer.q_a, x, n, f32_, low)) return s;
+    if (Status s = rms_norm(DType::bf16, low, layer.q_a_norm, low, n, m.q_lora_rank, m.latent_eps)) return s;
+    if (Status s = project(layer.q_b, low, n, f32_, q)) return s;
+  } else if (Status s = project(layer.q, x, n, f32_, q)) {
+    return s;
+  }
+  uint16_t* kv = sized(k_, n * row);  // [N, C + R]: the latent (normalised below) and the rotary key
+  if (Status s = project(layer.kv_a, x, n, f32_, kv)) return s;
+  for (int64_t i = 0; i < n; ++i)
+    if (Status s = rms_norm(DType::bf16, kv + i * row, layer.kv_norm, kv + i * row, 1, latent, m.latent_eps)) return s;
+  // The absorbed queries [N, nH, C + R]: q_pass W_UK, then the rotated q_rot.
+  uint16_t* absorbed = sized(rotated_, n * heads * row);
+  float* q_pass = sized(absorb_in_, n * heads * nope);  // [N, nH, nope] fp32
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t c = 0; c < nope; ++c) q_pass[(i * heads + h) * nope + c] = bf16_to_float(q[i * q_width + h * q_head + c]);
+  per_head_products(layer.w_uk, q_pass, n, heads, nope, latent, absorb_out_, absorbed, row);
+  int64_t longest = 0;
+  for (int64_t i = 0; i < n; ++i) longest = std::max(longest, tokens.lengths[i] + 1);
+  uint8_t* visible = sized(visible_, n * longest);
+  uint16_t* attended = sized(attended_, n * heads * latent);  // [N, nH, C]
+  std::vector<AttentionArgs> problems(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint16_t* cos = tokens.cos + tokens.positions[i] * r;
+    const uint16_t* sin = tokens.sin + tokens.positions[i] * r;
+    const int64_t length = tokens.lengths[i], capacity = tokens.capacities[i];
+    uint16_t* cache = reinterpret_cast<uint16_t*>(tokens.caches[(i * num_layers() + index) * 2]);
+    uint16_t* cached = cache + length * row;
+    std::copy_n(kv + i * row, latent, cached);
+    for (int64_t h = 0; h < heads; ++h)
+      rope_pairs(q + i * q_width + h * q_head + nope, cos, sin, r, absorbed + (i * heads + h) * row + latent);
+    rope_pairs(kv + i * row + latent, cos, sin, r, cached + latent);
+    // One key head of rows [latent | rotary key]; the values are the latents, the same rows' first C.
+    problems[i] = AttentionArgs{DType::bf16, absorbed + i * heads * row, cache, cache,
+                                visible_row(tokens, i, visible + i * longest), attended + i * heads * latent, 1,
+                                heads, 1, 1, length + 1, row, latent, {capacity * row, capacity * row, row},
+                                {capacity * row, capacity * row, row}, m.scale};
+  }
+  if (Status s = attention_batch(problems.data(), n)) return s;
+  float* latents = sized(absorb_in_, n * heads * latent);  // [N, nH, C] fp32
+  for (int64_t i = 0; i < n * heads * latent; ++i) latents[i] = bf16_to_float(attended[i]);
+  uint16_t* values = sized(v_, n * heads * dv);  // [N, nH * Dv]
+  per_head_products(layer.w_uv, latents, n, heads, latent, dv, absorb_out_, values, dv);
+  uint16_t* out = sized(mlp_, n * hidden);
+  if (Status s = project(layer.o, values, n, f32_, out)) return s;
   add_into(tokens.hidden, out, n * hidden);
   return kOk;
 }
@@ -168,6 +272,25 @@ Status DecodeStack::gated_mlp(const DecodeLayer& layer, int64_t n, uint16_t* out
   return project(layer.down, gate, n, f32_, out);
 }
 
+// ids, weights [N, K] of the router: softmax top-k over bf16 logits (the product rounded as
+// linear() rounds it), or DeepSeek-V2's over fp32 logits of the bf16 weights (it routes in fp32).
+Status DecodeStack::route(const DecodeLayer& layer, const uint16_t* x, int64_t n, int32_t* ids, float* weights) {
+  const int64_t experts = layer.router.n, k = config_.top_k;
+  float* logits = sized(logits_, n * experts);
+  const bool deepseek = config_.router == RouterKind::deepseek_v2;
+  if (deepseek) {
+    if (Status s = quant_matmul(layer.router, DType::bf16, x, n, logits)) return s;
+  } else {
+    uint16_t* rounded = sized(q_, n * experts);
+    if (Status s = project(DecodeProjection{layer.router}, x, n, f32_, rounded)) return s;
+    for (int64_t i = 0; i < n * experts; ++i) logits[i] = bf16_to_float(rounded[i]);
+  }
+  for (int64_t i = 0; i < n; ++i)
+    softmax_topk(logits + i * experts, experts, k, !deepseek && config_.norm_topk_prob,
+                 deepseek ? config_.routed_scaling_factor : 1.0f, !deepseek, probs_, ids + i * k, weights + i * k);
+  return kOk;
+}
+
 Status DecodeStack::mlp_block(const DecodeLayer& layer, const DecodeTokens& tokens, int64_t* bad_index) {
   const int64_t n = tokens.count, hidden = config_.hidden;
   uint16_t* x = sized(x_, n * hidden);
@@ -179,12 +302,9 @@ Status DecodeStack::mlp_block(const DecodeLayer& layer, const DecodeTokens& toke
     return kOk;
   }
   const int64_t experts = layer.router.n, k = config_.top_k;
-  uint16_t* logits = sized(q_, n * experts);
-  if (Status s = project(DecodeProjection{layer.router}, x, n, f32_, logits)) return s;
   int32_t* ids = sized(ids_, n * k);
   float* weights = sized(weights_, n * k);
-  for (int64_t i = 0; i < n; ++i)
-    softmax_topk(logits + i * experts, experts, k, config_.norm_topk_prob, probs_, ids + i * k, weights + i * k);
+  if (Status s = route(layer, x, n, ids, weights)) return s;
   if (layer.remap && tokens.adapters) {
     int32_t* rerouted = sized(rerouted_, n * k);
     if (Status s = reroute(ids, tokens.adapters, layer.remap, rerouted, n, k, layer.adapters, experts, bad_index))

@@ -1,9 +1,10 @@
 """The native decode step seen from the model: every decoder layer for one new token per
 sequence in one call into C++ (csrc/kernels/cpu/decode_step.cpp), with no Python and no torch
-op between the kernels. MoEModel uses it for decode steps and the server's ragged batch for steps
-where every sequence decodes; everything else (prompts, MLA, routers other than softmax top-k,
-fp32 models, an on-device engine's expert cache) stays on the Python forward, which is also the
-oracle this step is tested against.
+op between the kernels, for grouped-query attention and DeepSeek's MLA. MoEModel uses it for
+decode steps and the server's ragged batch for steps where every sequence decodes; everything
+else (prompts, routers other than softmax top-k and DeepSeek-V2's greedy one, fp32 models, an
+on-device engine's expert cache) stays on the Python forward, which is also the oracle this step
+is tested against.
 
 The C++ stack keeps the addresses of the model's weights and reads each MoE layer's expert table
 (and adapter remap) on every step, so experts swapped in place are seen; a table replaced by
@@ -20,11 +21,30 @@ from moeweave import _native
 from moeweave.models.experts import FusedExperts
 from moeweave.models.kv_cache import KVCache, LayerCache
 from moeweave.models.layers import AttentionWeights, MLPWeights
+from moeweave.models.mla import LATENT_NORM_EPS, MLAWeights
 from moeweave.models.moe_block import MoEBlock
+from moeweave.models.rope import mla_softmax_scale
 from moeweave.ops._launch import capsules
 from moeweave.quant.format import QuantizedWeight
 
 _QK_NORMS = {None: 0, "head": 1, "full": 2}
+_ROUTERS = {"softmax": 0, "deepseek_v2": 1}
+# The attention weights the stack reads, by variant.
+_GQA_WEIGHTS = ("q", "k", "v", "o", "q_bias", "k_bias", "v_bias", "o_bias", "q_norm", "k_norm")
+_MLA_WEIGHTS = (
+    "q",
+    "q_a",
+    "q_norm",
+    "q_b",
+    "kv_a",
+    "kv_norm",
+    "w_uk",
+    "w_uv",
+    "o",
+    "q_a_bias",
+    "kv_a_bias",
+    "o_bias",
+)
 
 
 @functools.cache
@@ -54,16 +74,23 @@ def unsupported(model) -> str | None:
         return "the native module is not built"
     if model.dtype != torch.bfloat16 or model.embed.device.type != "cpu":
         return "the model is not bf16 on the CPU"
-    if spec.attention != "gqa" or spec.clip_qkv is not None or spec.qk_norm not in _QK_NORMS:
+    attention = MLAWeights if spec.attention == "mla" else AttentionWeights
+    if spec.clip_qkv is not None or spec.qk_norm not in _QK_NORMS:
         return "the attention variant has no native step"
+    if spec.attention == "mla" and not spec.rope_interleave:
+        return "the attention variant has no native step (MLA with half-split RoPE)"
     for index, layer in enumerate(model.layers):
         weights = [layer.input_norm, layer.post_attention_norm, *_dense_weights(layer)]
-        if not isinstance(layer.attention, AttentionWeights) or not all(map(_native_weight, weights)):
+        if not isinstance(layer.attention, attention) or not all(map(_native_weight, weights)):
             return f"layer {index} holds weights the native step does not read"
         block = layer.mlp
         if isinstance(block, MoEBlock):
-            if spec.router != "softmax" or type(block.experts) is not FusedExperts:
-                return f"layer {index}: only softmax routers over in-memory experts run natively"
+            if (
+                spec.router not in _ROUTERS
+                or spec.topk_method != "greedy"
+                or type(block.experts) is not FusedExperts
+            ):
+                return f"layer {index}: only softmax and greedy DeepSeek-V2 routers over in-memory experts run natively"
             if block.experts.tables[index].device.type != "cpu":
                 return f"layer {index}: the experts are not on the CPU"
     return None
@@ -71,10 +98,8 @@ def unsupported(model) -> str | None:
 
 def _dense_weights(layer) -> list:
     attention, block = layer.attention, layer.mlp
-    weights = [
-        getattr(attention, name, None)
-        for name in ("q", "k", "v", "o", "q_bias", "k_bias", "v_bias", "o_bias", "q_norm", "k_norm")
-    ]
+    names = _MLA_WEIGHTS if isinstance(attention, MLAWeights) else _GQA_WEIGHTS
+    weights = [getattr(attention, name, None) for name in names]
     mlp = block.shared if isinstance(block, MoEBlock) else block
     if mlp is not None:
         weights += [mlp.gate, mlp.up, mlp.down]
@@ -106,15 +131,29 @@ def layer_fields(index: int, layer) -> dict:
     """One layer as the binding takes it: capsules of its weights and their format fields."""
     a = layer.attention
     fields = dict(
-        input_norm=_vector(layer.input_norm),
-        post_attention_norm=_vector(layer.post_attention_norm),
-        q=_projection(a.q, a.q_bias),
-        k=_projection(a.k, a.k_bias),
-        v=_projection(a.v, a.v_bias),
-        o=_projection(a.o, a.o_bias),
-        q_norm=_vector(a.q_norm),
-        k_norm=_vector(a.k_norm),
+        input_norm=_vector(layer.input_norm), post_attention_norm=_vector(layer.post_attention_norm)
     )
+    if isinstance(a, MLAWeights):
+        fields.update(
+            q=None if a.q is None else _projection(a.q),
+            q_a=None if a.q_a is None else _projection(a.q_a, a.q_a_bias),
+            q_a_norm=_vector(a.q_norm),
+            q_b=None if a.q_b is None else _projection(a.q_b),
+            kv_a=_projection(a.kv_a, a.kv_a_bias),
+            kv_norm=_vector(a.kv_norm),
+            w_uk=_vector(a.w_uk),
+            w_uv=_vector(a.w_uv),
+            o=_projection(a.o, a.o_bias),
+        )
+    else:
+        fields.update(
+            q=_projection(a.q, a.q_bias),
+            k=_projection(a.k, a.k_bias),
+            v=_projection(a.v, a.v_bias),
+            o=_projection(a.o, a.o_bias),
+            q_norm=_vector(a.q_norm),
+            k_norm=_vector(a.k_norm),
+        )
     block = layer.mlp
     mlp: MLPWeights | None = block.shared if isinstance(block, MoEBlock) else block
     if mlp is not None:
@@ -138,17 +177,36 @@ class NativeDecoder:
         self.state = routing_state(model)
         self.model = model  # keeps every weight the stack points into alive
         self.layers = len(model.layers)
-        self.kv_heads, self.head_dim = spec.num_kv_heads, spec.head_dim
+        mla = None
+        if spec.attention == "mla":
+            # One cached row per token and layer: [latent | rotary key], one key head.
+            self.cache_shapes = [(1, spec.kv_lora_rank + spec.qk_rope_head_dim)]
+            kv_heads, head_dim = 1, spec.qk_rope_head_dim
+            mla = dict(
+                q_lora_rank=spec.q_lora_rank or 0,
+                kv_lora_rank=spec.kv_lora_rank,
+                nope=spec.qk_nope_head_dim,
+                rope=spec.qk_rope_head_dim,
+                v_head_dim=spec.v_head_dim,
+                scale=mla_softmax_scale(spec.qk_nope_head_dim + spec.qk_rope_head_dim, spec.rope_scaling),
+                latent_eps=LATENT_NORM_EPS,
+            )
+        else:
+            self.cache_shapes = [(spec.num_kv_heads, spec.head_dim)] * 2
+            kv_heads, head_dim = spec.num_kv_heads, spec.head_dim
         self.stack = _native.module_for("cpu").DecodeStack(
             spec.hidden_size,
             spec.num_heads,
-            spec.num_kv_heads,
-            spec.head_dim,
+            kv_heads,
+            head_dim,
             spec.top_k,
             spec.norm_topk_prob,
             _QK_NORMS[spec.qk_norm],
             spec.rms_norm_eps,
             [layer_fields(index, layer) for index, layer in enumerate(model.layers)],
+            mla,
+            _ROUTERS.get(spec.router, 0),
+            spec.routed_scaling_factor,
         )
 
     def step(
@@ -188,11 +246,12 @@ class NativeDecoder:
                 layer.length += 1
 
     def _addresses(self, cache: KVCache, rows: int, like: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """The cache's buffer addresses [B, L, 2] and capacity, with room for one more token.
-        Every layer of a cache grows in step with the others, so the first layer tells."""
+        """The cache's buffer addresses [B, L, 2] (MLA: one buffer, the second address 0) and
+        capacity, with room for one more token. Every layer of a cache grows in step with the
+        others, so the first layer tells."""
         while len(cache.layers) < self.layers:
             cache.layers.append(LayerCache(cache.capacity))
-        shapes = [(rows, self.kv_heads, self.head_dim)] * 2
+        shapes = [(rows, heads, dim) for heads, dim in self.cache_shapes]
         for layer in cache.layers:
             layer.make_room(shapes, like, 1)
         first = cache.layers[0].buffers[0]
@@ -202,6 +261,7 @@ class NativeDecoder:
                 [
                     [
                         [b.data_ptr() + row * b.stride(0) * b.element_size() for b in layer.buffers]
+                        + [0] * (2 - len(layer.buffers))
                         for layer in cache.layers
                     ]
                     for row in range(rows)
