@@ -137,9 +137,7 @@ def attend_latents(
 ) -> torch.Tensor:
     """absorbed_query's [B, nH, S, C + R] over the cached rows keys [B, 1, T, C + R] (one key head
     for all query heads; the values are the latents) -> [B, nH, S, C]."""
-    nope, rope = spec.qk_nope_head_dim, spec.qk_rope_head_dim
-    scale = mla_softmax_scale(nope + rope, spec.rope_scaling)
-    return scaled_attention(query, keys, keys[..., : spec.kv_lora_rank], mask, scale)
+    return scaled_attention(query, keys, keys[..., : spec.kv_lora_rank], mask, attention_scale(spec))
 
 
 def attend_latents_batch(
@@ -147,10 +145,15 @@ def attend_latents_batch(
 ) -> list[torch.Tensor]:
     """attend_latents of many sequences, each (query, keys, mask) over its own cache, in one
     native call (moeweave.ops.attention_batch)."""
-    nope, rope = spec.qk_nope_head_dim, spec.qk_rope_head_dim
-    scale = mla_softmax_scale(nope + rope, spec.rope_scaling)
     latent = spec.kv_lora_rank
-    return attention_batch([(query, keys, keys[..., :latent], mask) for query, keys, mask in problems], scale)
+    return attention_batch(
+        [(query, keys, keys[..., :latent], mask) for query, keys, mask in problems], attention_scale(spec)
+    )
+
+
+def attention_scale(spec: ModelSpec) -> float:
+    """The softmax scale of MLA's scores: over the query's whole head (N + R), with mscale."""
+    return mla_softmax_scale(spec.qk_nope_head_dim + spec.qk_rope_head_dim, spec.rope_scaling)
 
 
 def absorbed_output(w: MLAWeights, out: torch.Tensor) -> torch.Tensor:
@@ -188,7 +191,6 @@ def mla_core(
     """query [B, nH, S, N + R], k_pass [B, nH, T, N] and v [B, nH, T, Dv] (the latents expanded
     per head), k_rot [B, 1, T, R] -> [B, S, nH * Dv]."""
     batch, heads, seq = query.shape[:3]
-    nope, rope = spec.qk_nope_head_dim, spec.qk_rope_head_dim
     k = torch.cat([k_pass, k_rot.expand(-1, heads, -1, -1)], dim=-1)
-    out = scaled_attention(query, k, v, mask, scale=mla_softmax_scale(nope + rope, spec.rope_scaling))
+    out = scaled_attention(query, k, v, mask, scale=attention_scale(spec))
     return out.transpose(1, 2).reshape(batch, seq, -1)

@@ -21,9 +21,8 @@ from moeweave import _native
 from moeweave.models.experts import FusedExperts
 from moeweave.models.kv_cache import KVCache, LayerCache
 from moeweave.models.layers import AttentionWeights, MLPWeights
-from moeweave.models.mla import LATENT_NORM_EPS, MLAWeights
+from moeweave.models.mla import LATENT_NORM_EPS, MLAWeights, attention_scale
 from moeweave.models.moe_block import MoEBlock
-from moeweave.models.rope import mla_softmax_scale
 from moeweave.ops._launch import capsules
 from moeweave.quant.format import QuantizedWeight
 
@@ -188,7 +187,7 @@ class NativeDecoder:
                 nope=spec.qk_nope_head_dim,
                 rope=spec.qk_rope_head_dim,
                 v_head_dim=spec.v_head_dim,
-                scale=mla_softmax_scale(spec.qk_nope_head_dim + spec.qk_rope_head_dim, spec.rope_scaling),
+                scale=attention_scale(spec),
                 latent_eps=LATENT_NORM_EPS,
             )
         else:
@@ -205,7 +204,7 @@ class NativeDecoder:
             spec.rms_norm_eps,
             [layer_fields(index, layer) for index, layer in enumerate(model.layers)],
             mla,
-            _ROUTERS.get(spec.router, 0),
+            _ROUTERS[spec.router],
             spec.routed_scaling_factor,
         )
 

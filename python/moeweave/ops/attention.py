@@ -69,12 +69,19 @@ def _attention(
     native = _native.module_for("cpu") if q.is_cpu else None
     if native is None:
         return reference.attention(q, k, v, mask, scale)
+    out, arguments = _native_arguments(q, k, v, mask)
+    if out.numel():
+        native.attention(*arguments, scale)
+    return out
+
+
+def _native_arguments(q, k, v, mask) -> tuple[torch.Tensor, list]:
+    """The output [B, nH, S, Dv] and the capsules of (q, k, v, mask, out) as the kernel reads
+    them: q and mask contiguous, k and v with a contiguous last dim (mask [B, S, T], checked)."""
     q, mask = q.contiguous(), mask.contiguous()
     k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (k, v))
-    out = q.new_empty(*q.shape[:3], v.shape[-1])  # [B, nH, S, Dv]
-    if out.numel():
-        native.attention(*capsules(q, k, v, mask.view(torch.uint8), out), scale)
-    return out
+    out = q.new_empty(*q.shape[:3], v.shape[-1])
+    return out, capsules(q, k, v, mask.view(torch.uint8), out)
 
 
 _attention_op = torch.library.custom_op("moeweave::attention", _attention, mutates_args=())
@@ -94,12 +101,10 @@ def attention_batch(
     for q, k, v, mask in problems:
         mask = mask.squeeze(1) if mask.dim() == 4 else mask
         _check(q, k, v, mask)
-        q, mask = q.contiguous(), mask.contiguous()
-        k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (k, v))
-        out = q.new_empty(*q.shape[:3], v.shape[-1])  # [B, nH, S, Dv]
+        out, capsules_of_problem = _native_arguments(q, k, v, mask)
         outputs.append(out)
         if out.numel():
-            arguments.append(tuple(capsules(q, k, v, mask.view(torch.uint8), out)))
+            arguments.append(tuple(capsules_of_problem))
     native.attention_batch(arguments, float(scale))
     return outputs
 
