@@ -18,10 +18,12 @@ bytes (the dense weights once, one row of the embedding; every distinct expert t
 counted in a separate pass on the Python forward, which routes alike; the KV cache it reads) over
 the STREAM triad's bandwidth, and multiply-adds (2 x the weights
 each token uses: dense, its top-k experts per layer) over the FLOP/s of a large bf16 matmul.
-The ratio reported is the larger bound over the measured step. Every configuration runs in 7
-interleaved rounds (the triad and the matmul between rounds) and the table shows medians; the overhead is the
-median over rounds of each round's p50 against the base's p50 of the same round (with the
-rounds' range), so that the VM's drift between rounds cancels. Memory: the adapters' pools as
+The ratio reported is the larger bound over the measured step. In each of 7 rounds (the triad
+and the matmul between rounds), the four adapter counts of one concurrency run side by side, one
+scheduler each, stepped in turn one decode step at a time; the overhead is the median of each
+step's duration against the base's step of the same index and round (with a 95 % interval of
+that median), so that the VM's drift, which moves a whole run by 20-30 %, cancels. Latency and
+tokens/s pool the rounds' steps. Memory: the adapters' pools as
 committed, against their tuned experts' bytes, one merged model per adapter, and the padded
 [E + N * E_max] layout.
 
@@ -86,13 +88,13 @@ class TouchedExperts:
         return self.provider(layer, x, topk_ids, topk_weights)
 
 
-def serve(model, adapter_set, names, concurrency, prompts, tokens, on_step) -> None:
-    """`concurrency` greedy requests round robin over the adapters `names` (none: the base),
-    stepped to the end; on_step(requests) after every step (the first is the prompts')."""
+def serve(model, adapter_set, names, concurrency, prompts, tokens):
+    """`concurrency` greedy requests round robin over the adapters `names` (none: the base), one
+    scheduler step per next(); yields the number of requests each step served (the first step
+    is the prompts')."""
     from moeweave.serve.scheduler import Request, Sampling, Scheduler
 
     scheduler = Scheduler(model, 4096, adapter_set, max_batch=64, max_queue=64)
-    scheduler.on_step = lambda sched, requests: on_step(requests)
     for index in range(concurrency):
         adapter = names[index % len(names)] if names else None
         scheduler.submit(
@@ -100,21 +102,52 @@ def serve(model, adapter_set, names, concurrency, prompts, tokens, on_step) -> N
         )
     scheduler._admit()
     while scheduler.running:
+        requests = len(scheduler.running)
         scheduler._step()
+        yield requests
 
 
-def run(model, adapter_set, names, concurrency, prompts, tokens) -> dict:
-    """Decode speed, with the model as it serves (its native decode step)."""
-    steps = [(time.perf_counter(), 0)]
-    serve(model, adapter_set, names, concurrency, prompts, tokens,
-          lambda requests: steps.append((time.perf_counter(), requests)))  # fmt: skip
-    decode = [b[0] - a[0] for a, b in itertools.pairwise(steps[1:])]  # the first step is the prefill
-    return {
-        "tokens_per_second": sum(requests for _, requests in steps[2:]) / sum(decode),
-        "p50_ms": statistics.median(decode) * 1e3,
-        "p99_ms": sorted(decode)[min(len(decode) - 1, int(0.99 * len(decode)))] * 1e3,
-        "step_seconds": statistics.mean(decode),
+def interleaved_steps(model, adapter_set, names, counts, concurrency, prompts, tokens, first: int) -> dict:
+    """One scheduler per adapter count in `counts`, stepped in turn, one decode step each, the
+    order rotating every step (starting at counts[first]): a step of every configuration runs
+    within a few hundred milliseconds of its twins', so the VM's drift, which wanders by 20-30 %
+    over seconds to minutes, cancels in their paired ratios. count -> [(seconds, requests)] of
+    the decode steps, aligned by step across the counts."""
+    schedulers = {
+        count: serve(model, adapter_set, names[:count], concurrency, prompts, tokens) for count in counts
     }
+    for steps in schedulers.values():
+        next(steps)  # the prompts: not a decode step
+    order = list(counts[first:]) + list(counts[:first])
+    timed = {count: [] for count in counts}
+    while True:
+        for count in order:
+            start = time.perf_counter()
+            requests = next(schedulers[count], None)
+            if requests is None:  # one scheduler is done: keep the steps every one has taken
+                shortest = min(len(steps) for steps in timed.values())
+                return {count: steps[:shortest] for count, steps in timed.items()}
+            timed[count].append((time.perf_counter() - start, requests))
+        order = order[1:] + order[:1]
+
+
+def summary(steps: list[tuple[float, int]]) -> dict:
+    """Decode speed of timed steps [(seconds, requests)]."""
+    seconds = [duration for duration, _ in steps]
+    return {
+        "tokens_per_second": sum(requests for _, requests in steps) / sum(seconds),
+        "p50_ms": statistics.median(seconds) * 1e3,
+        "p99_ms": sorted(seconds)[min(len(seconds) - 1, int(0.99 * len(seconds)))] * 1e3,
+        "step_seconds": statistics.mean(seconds),
+    }
+
+
+def median_interval(values: list[float]) -> tuple[float, float]:
+    """A distribution-free 95 % confidence interval of the median: the order statistics whose
+    ranks bracket n / 2 by 1.96 binomial standard deviations."""
+    ordered, n = sorted(values), len(values)
+    k = max(0, math.floor(n / 2 - 1.96 * math.sqrt(n) / 2))
+    return ordered[k], ordered[min(n - 1, n - 1 - k)]
 
 
 def expert_bytes_per_step(model, adapter_set, names, concurrency, prompts, tokens) -> float:
@@ -129,15 +162,8 @@ def expert_bytes_per_step(model, adapter_set, names, concurrency, prompts, token
     for block in blocks:
         block.experts = TouchedExperts(block.experts, touched)
     try:
-        serve(
-            model,
-            adapter_set,
-            names,
-            concurrency,
-            prompts,
-            tokens,
-            lambda requests: marks.append(len(touched)),
-        )
+        for _ in serve(model, adapter_set, names, concurrency, prompts, tokens):
+            marks.append(len(touched))
     finally:
         for block, provider in zip(blocks, providers, strict=True):
             block.experts = provider
@@ -206,19 +232,20 @@ def main() -> None:
     flops_per_token = 2 * (dense_elements + sum(spec.moe_layers) * spec.top_k * expert_elements)
     print(f"# {machine()['cpu']}: DeepSeek-V2-Lite shapes, {args.layers} layers, dense {dense >> 20} MiB read per step, "
           f"triad {triad / 1e9:.1f} GB/s, bf16 matmul {peak / 1e9:.0f} GFLOP/s")  # fmt: skip
-    run(model, adapter_set, names[:4], 8, prompts, args.tokens)  # warm-up: first-touch page faults
-    # ROUNDS interleaved rounds over every (concurrency, adapters) configuration, medians of each:
-    # this VM's speed wanders by 20-30 % over minutes, and a configuration run apart from its
-    # base-only twin would carry that into the overhead.
-    configs = [(count, concurrency) for concurrency in CONCURRENCY for count in ADAPTER_COUNTS]
-    runs = {config: [] for config in configs}
+    # Warm-up: first-touch page faults.
+    for _ in serve(model, adapter_set, names[:4], 8, prompts, args.tokens):
+        pass
+    # ROUNDS rounds; in each, every concurrency with its adapter counts stepped in turn.
+    runs = {(count, concurrency): [] for concurrency in CONCURRENCY for count in ADAPTER_COUNTS}
     triads, peaks = [triad], [peak]
     for round_index in range(ROUNDS):
-        # Every other round in reverse order, so no configuration always runs first or last.
-        for count, concurrency in configs if round_index % 2 == 0 else configs[::-1]:
-            runs[count, concurrency].append(
-                run(model, adapter_set, names[:count], concurrency, prompts, args.tokens)
+        for concurrency in CONCURRENCY:
+            first = round_index % len(ADAPTER_COUNTS)
+            steps = interleaved_steps(
+                model, adapter_set, names, ADAPTER_COUNTS, concurrency, prompts, args.tokens, first
             )
+            for count, timed in steps.items():
+                runs[count, concurrency].extend(timed)
         if round_index + 1 < ROUNDS:
             triads.append(stream_triad_gbps() * 1e9)
             peaks.append(matmul_flops())
@@ -226,8 +253,7 @@ def main() -> None:
     rows = []
     for count in ADAPTER_COUNTS:
         for concurrency in CONCURRENCY:
-            found = runs[count, concurrency]
-            result = {key: statistics.median(one[key] for one in found) for key in found[0]}
+            result = summary(runs[count, concurrency])
             result["expert_bytes_per_step"] = expert_bytes_per_step(
                 model, adapter_set, names[:count], concurrency, prompts, args.tokens
             )
@@ -238,14 +264,15 @@ def main() -> None:
             result.update(adapters=count, concurrency=concurrency, bound_ratio=bound / result["step_seconds"],
                           bound_by="memory" if memory_bound >= compute_bound else "compute")  # fmt: skip
             paired = [
-                one["p50_ms"] / base["p50_ms"] - 1
-                for one, base in zip(found, runs[0, concurrency], strict=True)
+                one / base - 1
+                for (one, _), (base, _) in zip(runs[count, concurrency], runs[0, concurrency], strict=True)
             ]
-            result.update(overhead=statistics.median(paired), overhead_range=(min(paired), max(paired)))
+            low, high = median_interval(paired)
+            result.update(overhead=statistics.median(paired), overhead_interval=(low, high))
             rows.append(result)
             print(f"adapters {count:2d}  concurrency {concurrency:2d}  {result['tokens_per_second']:7.1f} tok/s  "
                   f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  overhead {result['overhead']:+6.1%} "
-                  f"({min(paired):+.1%} .. {max(paired):+.1%})  experts {result['expert_bytes_per_step'] / 2**20:.0f} MiB/step  "
+                  f"(95 % {low:+.1%} .. {high:+.1%})  experts {result['expert_bytes_per_step'] / 2**20:.0f} MiB/step  "
                   f"bound {result['bound_ratio']:.2f} ({result['bound_by']})", flush=True)  # fmt: skip
     print(f"# medians of {len(triads)}: triad {triad / 1e9:.1f} GB/s, bf16 matmul {peak / 1e9:.0f} GFLOP/s")
     memory = memory_report(model, adapter_set, tuned, base_resident)
