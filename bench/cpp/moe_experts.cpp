@@ -1,8 +1,9 @@
 // bench_moe_experts: the fused routed-expert stage on DeepSeek-V2-Lite's layer shape: 64 experts
 // of gate, up [1408, 2048] and down [2048, 1408] at INT4 (symmetric, bf16 scales per 64 columns),
-// top-6, x [T, 2048] bf16. Decoding (T = 1 and 8), bytes/s counts the weights of the distinct
-// experts a call touches: what a decode step must stream from DRAM. A 512-token prompt (~48
-// tokens per expert) is compute-bound and reports FLOP/s too.
+// top-6, x [T, 2048] bf16. Decoding (T = 1, 8, and 32 as in a server's batch: ~3 tokens per
+// touched expert), bytes/s counts the weights of the distinct experts a call touches: what a
+// decode step must stream from DRAM. A 512-token prompt (~48 tokens per expert) is compute-bound
+// and reports FLOP/s too.
 //
 // A decode step meets each layer's experts cold (every other layer ran in between), so the
 // calls cycle over random routings whose slot tables point every expert a call uses at a copy
@@ -100,6 +101,7 @@ BENCHMARK(moe_experts_bench)
     ->ArgName("T")
     ->Arg(1)
     ->Arg(8)
+    ->Arg(32)
     ->Arg(kPrefillTokens)
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);

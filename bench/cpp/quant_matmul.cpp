@@ -2,10 +2,10 @@
 // (symmetric, bf16 scales per 64 columns) and bf16 (bits 16). Every call streams its weight from
 // DRAM (the runner cycles over copies of w spanning 4x the last-level cache): bytes/s counts the
 // packed values and scales read, and triad_frac asks whether the kernel streams at memory
-// bandwidth. That is the question at m = 1 and 8 (decode). From m = 32 (a server's decode batch)
-// to 512 (prefill) the integer dot products bound the packed kernels instead: those rows report
-// FLOP/s and vnni_frac, the multiply-adds per second over the vpdpbusd peak this binary measures
-// at start (vnni_peak.h).
+// bandwidth. That is the question at m = 1 and 8 (decode) and at 4 (an expert's few tokens in a
+// server's batch). From m = 32 (a server's decode batch) to 512 (prefill) the integer dot
+// products bound the packed kernels instead: those rows report FLOP/s and vnni_frac, the
+// multiply-adds per second over the vpdpbusd peak this binary measures at start (vnni_peak.h).
 #include <vector>
 
 #include "buffers.h"
@@ -50,6 +50,6 @@ void quant_matmul_bench(benchmark::State& state) {
 BENCHMARK(quant_matmul_bench)
     ->Name("quant_matmul/4096x4096")
     ->ArgNames({"bits", "m"})
-    ->ArgsProduct({{2, 3, 4, 8, 16}, {1, 8, kComputeBoundRows, kPrefillRows}})
+    ->ArgsProduct({{2, 3, 4, 8, 16}, {1, 4, 8, kComputeBoundRows, kPrefillRows}})
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
