@@ -30,6 +30,8 @@ const uint8_t* visible_row(const DecodeTokens& tokens, int64_t i, uint8_t* row) 
   return row;
 }
 
+inline float round_to_bf16(float v) { return bf16_to_float(float_to_bf16(v)); }
+
 inline uint16_t add_bf16(uint16_t a, uint16_t b) { return float_to_bf16(bf16_to_float(a) + bf16_to_float(b)); }
 
 // out [m, n] bf16 = x [m, k] W^T (+ bias), rounded as linear() rounds: the product, then the sum.
@@ -79,11 +81,9 @@ void softmax_topk(const float* logits, int64_t experts, int64_t k, bool normalis
   for (int64_t j = 0; j < k; ++j) {
     ids[j] = int32_t(probs[j].second);
     const float weight = (normalise ? probs[j].first / chosen : probs[j].first) * scale;
-    weights[j] = round_bf16 ? bf16_to_float(float_to_bf16(weight)) : weight;
+    weights[j] = round_bf16 ? round_to_bf16(weight) : weight;
   }
 }
-
-inline float round_to_bf16(float v) { return bf16_to_float(float_to_bf16(v)); }
 
 // MLA's RoPE on interleaved pairs (x0, x1), (x2, x3), ... of x [R] into out [R], with the first
 // R / 2 columns of the tables; every product, difference and sum rounded to bf16 as torch's bf16

@@ -113,35 +113,35 @@ def _native_weight(w) -> bool:
     return w.dtype == torch.bfloat16 and w.is_contiguous() and w.device.type == "cpu"
 
 
+def _capsule(w: torch.Tensor | None):
+    return None if w is None else capsules(w)[0]
+
+
 def _projection(w, bias: torch.Tensor | None = None) -> tuple:
     """(packed, scales, zeros, n, k, bits, group_size, bias) as the binding takes a projection."""
-    bias_capsule = None if bias is None else capsules(bias)[0]
     if isinstance(w, QuantizedWeight):
-        zeros = None if w.zeros is None else capsules(w.zeros)[0]
-        return (*capsules(w.packed, w.scales), zeros, w.n, w.k, w.bits, w.group_size, bias_capsule)
-    return (capsules(w)[0], None, None, w.shape[0], w.shape[1], 16, 0, bias_capsule)
-
-
-def _vector(w: torch.Tensor | None):
-    return None if w is None else capsules(w)[0]
+        weight = (*capsules(w.packed, w.scales), _capsule(w.zeros), w.n, w.k, w.bits, w.group_size)
+    else:
+        weight = (capsules(w)[0], None, None, w.shape[0], w.shape[1], 16, 0)
+    return (*weight, _capsule(bias))
 
 
 def layer_fields(index: int, layer) -> dict:
     """One layer as the binding takes it: capsules of its weights and their format fields."""
     a = layer.attention
     fields = dict(
-        input_norm=_vector(layer.input_norm), post_attention_norm=_vector(layer.post_attention_norm)
+        input_norm=_capsule(layer.input_norm), post_attention_norm=_capsule(layer.post_attention_norm)
     )
     if isinstance(a, MLAWeights):
         fields.update(
             q=None if a.q is None else _projection(a.q),
             q_a=None if a.q_a is None else _projection(a.q_a, a.q_a_bias),
-            q_a_norm=_vector(a.q_norm),
+            q_a_norm=_capsule(a.q_norm),
             q_b=None if a.q_b is None else _projection(a.q_b),
             kv_a=_projection(a.kv_a, a.kv_a_bias),
-            kv_norm=_vector(a.kv_norm),
-            w_uk=_vector(a.w_uk),
-            w_uv=_vector(a.w_uv),
+            kv_norm=_capsule(a.kv_norm),
+            w_uk=_capsule(a.w_uk),
+            w_uv=_capsule(a.w_uv),
             o=_projection(a.o, a.o_bias),
         )
     else:
@@ -150,8 +150,8 @@ def layer_fields(index: int, layer) -> dict:
             k=_projection(a.k, a.k_bias),
             v=_projection(a.v, a.v_bias),
             o=_projection(a.o, a.o_bias),
-            q_norm=_vector(a.q_norm),
-            k_norm=_vector(a.k_norm),
+            q_norm=_capsule(a.q_norm),
+            k_norm=_capsule(a.k_norm),
         )
     block = layer.mlp
     mlp: MLPWeights | None = block.shared if isinstance(block, MoEBlock) else block
@@ -161,9 +161,9 @@ def layer_fields(index: int, layer) -> dict:
         fields.update(
             router=_projection(block.router),
             expert_table=capsules(block.experts.tables[index].table)[0],
-            remap=_vector(block.remap),
+            remap=_capsule(block.remap),
             shared_gate=None if block.shared_gate is None else _projection(block.shared_gate),
-            sigmoid=_vector(_sigmoid_table()),
+            sigmoid=_capsule(_sigmoid_table()),
         )
     return fields
 
