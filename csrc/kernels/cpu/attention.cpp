@@ -23,7 +23,7 @@ cpu::AttentionKernel kernel() {
   return cpu::for_isa(current_isa(), cpu::kAttentionScalar, cpu::kAttentionAvx2, cpu::kAttentionAvx512);
 }
 
-// An item costs about 4 * keys * (dk + dv) multiply-adds; keep a chunk above ~32k of them.
+// An item costs up to kHeadsPerItem * keys * (dk + dv) multiply-adds; keep a chunk above ~64k of them.
 int64_t grain_for(int64_t keys, int64_t d) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(1, keys * d)); }
 
 }  // namespace

@@ -2,6 +2,8 @@
 // accumulation, vector exp for the softmax; the last d % 8 elements go through scalar code.
 // Loop structure: attention_rows.h.
 #include <algorithm>
+#include <cmath>
+#include <cstring>
 
 #include "attention_rows.h"
 #include "simd_avx2.h"
@@ -92,11 +94,41 @@ struct Avx2Ops {
     for (; i + 8 <= d; i += 8) _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(scale, _mm256_loadu_ps(v + i), _mm256_loadu_ps(acc + i)));
     for (; i < d; ++i) acc[i] += p * v[i];
   }
-  static void exp_shifted(float* x, int64_t n, float shift) {
-    const __m256 s = _mm256_set1_ps(shift);
+  // All-ones lanes for the visible ones of keys i .. i + 7.
+  static __m256 seen(const uint8_t* visible, int64_t i) {
+    int64_t bytes;
+    std::memcpy(&bytes, visible + i, 8);
+    const __m256i flags = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(bytes));
+    return _mm256_castsi256_ps(_mm256_cmpgt_epi32(flags, _mm256_setzero_si256()));
+  }
+  static float max(const float* x, const uint8_t* visible, int64_t n) {
+    const __m256 lowest = _mm256_set1_ps(-INFINITY);
+    __m256 best = lowest;
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), s)));
-    for (; i < n; ++i) x[i] = std::exp(x[i] - shift);
+    for (; i + 8 <= n; i += 8) best = _mm256_max_ps(best, _mm256_blendv_ps(lowest, _mm256_loadu_ps(x + i), seen(visible, i)));
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, best);
+    float result = *std::max_element(lanes, lanes + 8);
+    for (; i < n; ++i)
+      if (visible[i]) result = std::max(result, x[i]);
+    return result;
+  }
+  // A masked key's exp is set to exactly 0: the vector exp saturates near 1e-38 instead.
+  static float exp_visible(float* x, const uint8_t* visible, int64_t n, float shift) {
+    const __m256 s = _mm256_set1_ps(shift);
+    __m256 sum = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      const __m256 e = _mm256_and_ps(seen(visible, i), exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), s)));
+      _mm256_storeu_ps(x + i, e);
+      sum = _mm256_add_ps(sum, e);
+    }
+    float total = sum_lanes(sum);
+    for (; i < n; ++i) {
+      x[i] = visible[i] ? std::exp(x[i] - shift) : 0.0f;
+      total += x[i];
+    }
+    return total;
   }
 };
 

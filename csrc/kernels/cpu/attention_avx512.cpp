@@ -1,6 +1,8 @@
 // AVX-512 attention: 16-lane conversion of key/value rows to fp32, dot products and value
 // accumulation (masked for the last lanes), vector exp for the softmax; the loop structure is
 // attention_rows.h.
+#include <cmath>
+
 #include "attention_rows.h"
 #include "simd_avx512.h"
 #include "variants.h"
@@ -32,28 +34,36 @@ inline __m512 sum_each(const __m512 (&x)[16]) {
 
 struct Avx512Ops {
   static void to_float(DType dtype, const char* row, float* out, int64_t d) {
+    switch (dtype) {
+      case DType::bf16: return convert(reinterpret_cast<const uint16_t*>(row), out, d, load_bf16);
+      case DType::f16: return convert(reinterpret_cast<const uint16_t*>(row), out, d, load_f16);
+      default: return convert(reinterpret_cast<const float*>(row), out, d, load_f32);
+    }
+  }
+  template <typename T, typename Load>
+  static void convert(const T* row, float* out, int64_t d, Load load) {
     for (int64_t i = 0; i < d; i += 16) {
       const __mmask16 m = lanes(d - i);
-      switch (dtype) {
-        case DType::bf16: store_f32(out + i, load_bf16(reinterpret_cast<const uint16_t*>(row) + i, m), m); break;
-        case DType::f16: store_f32(out + i, load_f16(reinterpret_cast<const uint16_t*>(row) + i, m), m); break;
-        default: store_f32(out + i, load_f32(reinterpret_cast<const float*>(row) + i, m), m);
-      }
+      store_f32(out + i, load(row + i, m), m);
     }
   }
   // 16 keys at once: one accumulator per key over d, then the 16 accumulators are reduced
-  // together (lane j of the result = key j's sum) instead of one horizontal sum per key.
+  // together (lane j of the result = key j's sum) instead of one horizontal sum per key. The
+  // block always has 16 rows (zeros past n), so every loop bound is a constant and the 16
+  // accumulators stay in registers (with a bound of n they lived on the stack).
   static void scores(const float* q, const float* keys, int64_t n, int64_t d, float* out) {
+    static_assert(kKeyBlock == 16, "one accumulator lane per key");
     __m512 acc[16];
     for (int j = 0; j < 16; ++j) acc[j] = _mm512_setzero_ps();
-    for (int64_t i = 0; i < d; i += 16) {
+    int64_t i = 0;
+    for (; i + 16 <= d; i += 16) {
+      const __m512 qv = _mm512_loadu_ps(q + i);
+      for (int j = 0; j < 16; ++j) acc[j] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(keys + j * d + i), acc[j]);
+    }
+    if (i < d) {
       const __mmask16 m = lanes(d - i);
       const __m512 qv = load_f32(q + i, m);
-      if (n == 16) {
-        for (int j = 0; j < 16; ++j) acc[j] = _mm512_fmadd_ps(qv, load_f32(keys + j * d + i, m), acc[j]);
-      } else {
-        for (int j = 0; j < n; ++j) acc[j] = _mm512_fmadd_ps(qv, load_f32(keys + j * d + i, m), acc[j]);
-      }
+      for (int j = 0; j < 16; ++j) acc[j] = _mm512_fmadd_ps(qv, load_f32(keys + j * d + i, m), acc[j]);
     }
     store_f32(out, sum_each(acc), lanes(n));
   }
@@ -76,12 +86,28 @@ struct Avx512Ops {
       store_f32(acc + c, sum, m);
     }
   }
-  static void exp_shifted(float* x, int64_t n, float shift) {
+  // Lanes i .. i + 15 (of n) whose key is visible.
+  static __mmask16 seen(const uint8_t* visible, int64_t i, int64_t n) {
+    const __mmask16 m = lanes(n - i);
+    return _mm_mask_test_epi8_mask(m, _mm_maskz_loadu_epi8(m, visible + i), _mm_set1_epi8(-1));
+  }
+  static float max(const float* x, const uint8_t* visible, int64_t n) {
+    const __m512 lowest = _mm512_set1_ps(-INFINITY);
+    __m512 best = lowest;
+    for (int64_t i = 0; i < n; i += 16) best = _mm512_max_ps(best, _mm512_mask_loadu_ps(lowest, seen(visible, i, n), x + i));
+    return _mm512_reduce_max_ps(best);
+  }
+  // A masked key's exp is set to exactly 0: the vector exp saturates near 1e-38 instead.
+  static float exp_visible(float* x, const uint8_t* visible, int64_t n, float shift) {
     const __m512 s = _mm512_set1_ps(shift);
+    __m512 sum = _mm512_setzero_ps();
     for (int64_t i = 0; i < n; i += 16) {
-      const __mmask16 m = lanes(n - i);
-      store_f32(x + i, exp_ps(_mm512_sub_ps(load_f32(x + i, m), s)), m);
+      const __mmask16 m = lanes(n - i), seen = Avx512Ops::seen(visible, i, n);
+      const __m512 e = _mm512_maskz_mov_ps(seen, exp_ps(_mm512_sub_ps(load_f32(x + i, m), s)));
+      store_f32(x + i, e, m);
+      sum = _mm512_add_ps(sum, e);
     }
+    return _mm512_reduce_add_ps(sum);
   }
 };
 

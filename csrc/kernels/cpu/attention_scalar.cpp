@@ -20,8 +20,19 @@ struct ScalarOps {
     for (int64_t j = 0; j < n; ++j)
       for (int64_t i = 0; i < d; ++i) acc[i] += p[j] * values[j * d + i];
   }
-  static void exp_shifted(float* x, int64_t n, float shift) {
-    for (int64_t i = 0; i < n; ++i) x[i] = std::exp(x[i] - shift);
+  static float max(const float* x, const uint8_t* visible, int64_t n) {
+    float best = -INFINITY;
+    for (int64_t i = 0; i < n; ++i)
+      if (visible[i]) best = std::max(best, x[i]);
+    return best;
+  }
+  static float exp_visible(float* x, const uint8_t* visible, int64_t n, float shift) {
+    float total = 0.0f;
+    for (int64_t i = 0; i < n; ++i) {
+      x[i] = visible[i] ? std::exp(x[i] - shift) : 0.0f;
+      total += x[i];
+    }
+    return total;
   }
 };
 
