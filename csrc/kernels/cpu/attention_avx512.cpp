@@ -102,8 +102,8 @@ struct Avx512Ops {
     const __m512 s = _mm512_set1_ps(shift);
     __m512 sum = _mm512_setzero_ps();
     for (int64_t i = 0; i < n; i += 16) {
-      const __mmask16 m = lanes(n - i), seen = Avx512Ops::seen(visible, i, n);
-      const __m512 e = _mm512_maskz_mov_ps(seen, exp_ps(_mm512_sub_ps(load_f32(x + i, m), s)));
+      const __mmask16 m = lanes(n - i);
+      const __m512 e = _mm512_maskz_mov_ps(seen(visible, i, n), exp_ps(_mm512_sub_ps(load_f32(x + i, m), s)));
       store_f32(x + i, e, m);
       sum = _mm512_add_ps(sum, e);
     }
