@@ -1,9 +1,10 @@
-"""How much memory does loading take? Peak and steady resident memory above the process's
-baseline (after `import torch, moeweave`) while loading a bf16 Qwen3-30B-A3B-shaped checkpoint,
-against the checkpoint's bytes: moeweave with INT4 experts (default INT8 projections) and with
-bf16 experts, and transformers' from_pretrained in bf16 as the baseline. The floor is the steady
-size of what was loaded: a loader can peak no lower. Each load runs in a fresh process, which
-resets the peak (/proc/self/clear_refs) after its imports.
+"""How much memory and time does loading take? Peak and steady resident memory above the
+process's baseline (after `import torch, moeweave`) while loading a bf16 Qwen3-30B-A3B-shaped
+checkpoint, against the checkpoint's bytes: moeweave with INT4 experts (default INT8 projections)
+and with bf16 experts, and transformers' from_pretrained in bf16 as the baseline. The floor is
+the steady size of what was loaded: a loader can peak no lower. Each load runs in a fresh
+process, which resets the peak (/proc/self/clear_refs) after its imports and times the load
+alone; the checkpoint's files are read once before, so every loader finds them in the page cache.
 
     python bench/load_memory.py [--layers 1] [--vocab 32000]
 """
@@ -12,6 +13,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 
 from common import RESULTS_DIR, bench_checkpoint, machine
 
@@ -23,7 +25,7 @@ LOADERS = {
 
 # Runs in the child: resident bytes now and at peak, from /proc/self/status.
 CHILD = """
-import sys, torch, moeweave.models, transformers
+import sys, time, torch, moeweave.models, transformers
 def status(field):
     for line in open('/proc/self/status'):
         if line.startswith(field):
@@ -31,17 +33,31 @@ def status(field):
 path = sys.argv[1]
 open('/proc/self/clear_refs', 'w').write('5')  # resets VmHWM to the current size
 base = status('VmRSS:')
+start = time.perf_counter()
 model = {loader}
-print(status('VmHWM:') - base, status('VmRSS:') - base)
+seconds = time.perf_counter() - start
+print(status('VmHWM:') - base, status('VmRSS:') - base, seconds)
 """
 
 
-def measure(loader: str, path) -> tuple[int, int]:
-    """(peak, steady) bytes above the baseline of one load in a fresh process."""
+def measure(loader: str, path) -> tuple[int, int, float]:
+    """(peak bytes, steady bytes, seconds) above the baseline of one load in a fresh process."""
     out = subprocess.run([sys.executable, "-c", CHILD.format(loader=loader), str(path)],
                          check=True, capture_output=True, text=True)  # fmt: skip
-    peak, steady = map(int, out.stdout.split()[-2:])
-    return peak, steady
+    peak, steady, seconds = out.stdout.split()[-3:]
+    return int(peak), int(steady), float(seconds)
+
+
+def read_seconds(path) -> float:
+    """Seconds to read the checkpoint's files, which are then in the page cache: no load can
+    take less (the floor of the time column)."""
+    start = time.perf_counter()
+    buffer = bytearray(64 << 20)
+    for file in path.glob("*.safetensors"):
+        with open(file, "rb", buffering=0) as f:
+            while f.readinto(buffer):
+                pass
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -51,16 +67,21 @@ def main() -> None:
     args = parser.parse_args()
     path = bench_checkpoint(args.layers, args.vocab)
     checkpoint = sum(f.stat().st_size for f in path.glob("*.safetensors"))
+    read_seconds(path)  # into the page cache
+    floor = read_seconds(path)
     print(
-        f"# {machine()['cpu']}: qwen3-30b-a3b shapes, {args.layers} layers, checkpoint {checkpoint >> 20} MiB bf16"
+        f"# {machine()['cpu']}: qwen3-30b-a3b shapes, {args.layers} layers, checkpoint {checkpoint >> 20} MiB bf16;"
+        f" reading it from the page cache: {floor:.2f} s"
     )
-    print(f"{'loader':<24} {'peak MiB':>9} {'steady MiB':>10} {'peak/checkpoint':>15} {'peak/steady':>11}")
+    print(f"{'loader':<24} {'peak MiB':>9} {'steady MiB':>10} {'peak/checkpoint':>15} {'peak/steady':>11}"
+          f" {'load s':>7} {'load/read':>9}")  # fmt: skip
     rows = []
     for name, loader in LOADERS.items():
-        peak, steady = measure(loader, path)
-        rows.append({"loader": name, "peak": peak, "steady": steady, "checkpoint": checkpoint})
-        print(f"{name:<24} {peak >> 20:>9} {steady >> 20:>10} {peak / checkpoint:>15.2f} {peak / steady:>11.2f}",
-              flush=True)  # fmt: skip
+        peak, steady, seconds = measure(loader, path)
+        rows.append({"loader": name, "peak": peak, "steady": steady, "checkpoint": checkpoint, "seconds": seconds,
+                     "read_seconds": floor})  # fmt: skip
+        print(f"{name:<24} {peak >> 20:>9} {steady >> 20:>10} {peak / checkpoint:>15.2f} {peak / steady:>11.2f}"
+              f" {seconds:>7.2f} {seconds / floor:>9.2f}", flush=True)  # fmt: skip
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     with open(RESULTS_DIR / "load_memory.jsonl", "a") as out:
         out.write(json.dumps({"machine": machine(), "layers": args.layers, "rows": rows}) + "\n")

@@ -199,7 +199,7 @@ def main() -> None:
         pp_ratio = within_rounds(prefill[BASELINE], prefill[name])
         tg_ratio = within_rounds(decode[BASELINE], decode[name])
         to_bound = within_rounds([reads[name] * rate / 1e9 for rate in tg_rates], triads)  # GB/s / GB/s
-        peak, steady = memory[name]
+        peak, steady, _ = memory[name]
         cells = [mean_sd(pp_rates), mean_sd(tg_rates), f"{pp_ratio:.2f}x", f"{tg_ratio:.2f}x"]
         cells += [f"{reads[name] / 1e6:.0f}", f"{to_bound:.2f}", str(peak >> 20), str(steady >> 20)]
         print(f"| {name} | {' | '.join(cells)} |", flush=True)

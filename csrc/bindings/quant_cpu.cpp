@@ -66,6 +66,29 @@ void bind_quant_dequantize_bf16(const py::capsule& packed_c, const std::optional
   if (status != 0) throw py::value_error(std::string(op) + ": unsupported format (bits " + std::to_string(bits) + ")");
 }
 
+// Quantises w into the tensors of a packed matrix the caller allocated (validated as
+// quant_matmul validates a weight: shapes that match n, k, bits and group_size).
+void bind_quant_quantize(const py::capsule& w_c, int bits, int group_size, bool sym,
+                         const std::vector<float>& clip_ratios, const py::capsule& packed_c,
+                         const py::capsule& scales_c, const std::optional<py::capsule>& zeros_c) {
+  const char* op = "quant_quantize";
+  if (clip_ratios.empty()) throw py::value_error(std::string(op) + ": needs at least one clip ratio");
+  TensorArg w(op, "w", w_c);
+  w.expect_rows(kDLCPU, 2, {DType::f32, DType::f16, DType::bf16});
+  const QuantMatrixArg out(op, kDLCPU, packed_c, scales_c, zeros_c, w.size(0), w.size(1), bits, group_size);
+  if (sym == bool(out.zeros)) out.packed->fail(sym ? "takes no 'zeros' when symmetric" : "needs 'zeros' when asymmetric");
+  const int64_t ldw = w.size(0) > 1 ? w.stride(0) : w.size(1);
+  moeweave::Status status;
+  {
+    py::gil_scoped_release release;
+    status = moeweave::quant_quantize(w.dtype(), w.data<void>(), ldw, w.size(0), w.size(1), bits, group_size, sym,
+                                      clip_ratios.data(), int(clip_ratios.size()), out.matrix.scale_dtype,
+                                      out.packed->data<uint8_t>(), out.scales->data<void>(),
+                                      sym ? nullptr : out.zeros->data<void>());
+  }
+  if (status != 0) throw py::value_error(std::string(op) + ": unsupported format");
+}
+
 // Turns moe_experts' range and shape errors into exceptions that name the offending entry.
 void raise_moe_status(moeweave::Status status, int64_t bad, const TensorArg& table, const TensorArg& x,
                       const TensorArg& ids) {
@@ -132,6 +155,10 @@ void bind_quant(py::module_& m) {
   m.def("quant_dequantize_bf16", &::bind_quant_dequantize_bf16, py::arg("packed"), py::arg("scales"),
         py::arg("zeros"), py::arg("n"), py::arg("k"), py::arg("bits"), py::arg("group_size"), py::arg("row_begin"),
         py::arg("out"), "out [rows, k] bf16 = rows [row_begin, row_begin + rows) of the packed W, dequantised");
+  m.def("quant_quantize", &::bind_quant_quantize, py::arg("w"), py::arg("bits"), py::arg("group_size"), py::arg("sym"),
+        py::arg("clip_ratios"), py::arg("packed"), py::arg("scales"), py::arg("zeros"),
+        "Quantises w [n, k] into a packed matrix's tensors (allocated by the caller), each group at the clip "
+        "ratio of least squared error");
   m.def("moe_experts_backward", &::bind_moe_experts_backward, py::arg("expert_table"), py::arg("x"),
         py::arg("topk_ids"), py::arg("topk_weights"), py::arg("dy"), py::arg("dx"), py::arg("dweights"),
         "The gradients of moe_experts with respect to x and topk_weights");

@@ -53,6 +53,21 @@ def test_every_tensor_equals_safetensors_own_reader(sharded):
             assert ck.shape(name) == list(tensor.shape)
 
 
+def test_reads_into_a_reused_buffer(sharded):
+    """With a buffer, each tensor is read into the buffer's front, equal to safetensors' own, and
+    a buffer too small for a tensor is refused."""
+    expected = {**load_file(sharded / "a.safetensors"), **load_file(sharded / "b.safetensors")}
+    buffer = torch.empty(1024, dtype=torch.uint8)
+    with Checkpoint(sharded) as ck:
+        for name, tensor in expected.items():
+            got = ck.tensor(name, buffer)
+            assert got.numel() == 0 or got.data_ptr() == buffer.data_ptr(), name
+            assert torch.equal(got.reshape(-1).view(torch.uint8), tensor.reshape(-1).view(torch.uint8)), name
+            assert ck.nbytes(name) == tensor.numel() * tensor.element_size()
+        with pytest.raises(ValueError, match="do not fit a buffer of 8"):
+            ck.tensor("f32", buffer[:8])
+
+
 def test_a_slice_reads_one_index_of_the_first_dimension(sharded):
     expected = _tensors()["f32"]
     with Checkpoint(sharded) as ck:

@@ -46,6 +46,20 @@ Status quant_matmul(const QuantMatrix& w, DType x_dtype, const void* x, int64_t 
 // must be a multiple of 16 (a tile) and row_end at most w.n; -EINVAL otherwise.
 Status quant_dequantize_bf16(const QuantMatrix& w, int64_t row_begin, int64_t row_end, uint16_t* out);
 
+// Quantisation of w [n, k] (f32, f16 or bf16; row stride ldw elements) into the layout above:
+// packed [N/16, Kp/32, quant_unit_bytes(bits)], scales and zeros [N/16, Kp/group_size, 16] of
+// scale_dtype (Kp = k padded to the group size). Per row and group, with the range clipped by
+// a ratio: symmetric, scale = ratio * absmax / (2^(b-1) - 1) and q = clamp(round(w / scale),
+// -2^(b-1), 2^(b-1) - 1) + 2^(b-1), no zeros written; asymmetric, with lo = ratio * min(w, 0)
+// and hi = ratio * max(w, 0), scale = (hi - lo) / (2^b - 1), zero = clamp(round(-lo / scale), 0,
+// 2^b - 1), q = clamp(round(w / scale) + zero, 0, 2^b - 1). A scale is rounded to scale_dtype
+// before it divides, and one that is not positive becomes 1. One clip ratio of 1 is
+// round-to-nearest; with several, each group keeps the first ratio of least squared error.
+// Padding rows get q = 0, scale 1, zero 0. moeweave.quant.quantize is the reference.
+Status quant_quantize(DType w_dtype, const void* w, int64_t ldw, int64_t n, int64_t k, int bits, int group_size,
+                      bool sym, const float* clip_ratios, int num_ratios, DType scale_dtype, uint8_t* packed,
+                      void* scales, void* zeros);
+
 // dx [m, w.k] fp32 = dy [m, w.n] fp32 . w: the product with the transposed weight, for gradients
 // with respect to activations. Reads the packed format directly (one fp32 column panel of w at a
 // time, never the whole matrix); dy stays exact fp32.

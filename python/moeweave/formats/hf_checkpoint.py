@@ -156,10 +156,19 @@ class Checkpoint:
     def shape(self, name: str) -> list[int]:
         return list(self._entries[name].shape)
 
-    def tensor(self, name: str) -> torch.Tensor:
-        """The tensor `name`, checked for NaN/inf."""
+    def nbytes(self, name: str) -> int:
+        return self._entries[name].nbytes
+
+    def tensor(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        """The tensor `name`, checked for NaN/inf. With a uint8 `buffer` of at least its bytes,
+        read into the buffer's front (the result is a view of it): a loader that converts one
+        tensor after another reuses the same pages instead of faulting in fresh ones each time."""
         entry = self._entries[name]
-        tensor = _pread(entry.fd, entry.offset, entry.nbytes).view(entry.dtype).reshape(entry.shape)
+        out = torch.empty(entry.nbytes, dtype=torch.uint8) if buffer is None else buffer[: entry.nbytes]
+        if out.numel() < entry.nbytes:
+            raise ValueError(f"tensor {name!r}: {entry.nbytes} bytes do not fit a buffer of {buffer.numel()}")
+        _pread(entry.fd, entry.offset, out)
+        tensor = out.view(entry.dtype).reshape(entry.shape)
         require_finite(tensor, name)
         return tensor
 
@@ -171,14 +180,17 @@ class Checkpoint:
                 f"tensor {name!r}: index {index} is outside its first dimension of {entry.shape[0]}"
             )
         row = entry.nbytes // entry.shape[0]
-        tensor = _pread(entry.fd, entry.offset + index * row, row).view(entry.dtype).reshape(entry.shape[1:])
+        out = torch.empty(row, dtype=torch.uint8)
+        _pread(entry.fd, entry.offset + index * row, out)
+        tensor = out.view(entry.dtype).reshape(entry.shape[1:])
         require_finite(tensor, name, at=(index,))
         return tensor
 
-    def take(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
-        """The tensor `name`, checked against the expected shape and for NaN/inf, and marked taken."""
+    def take(self, name: str, shape: tuple[int, ...], buffer: torch.Tensor | None = None) -> torch.Tensor:
+        """The tensor `name`, checked against the expected shape and for NaN/inf, and marked taken
+        (read into `buffer` as tensor() does, when given)."""
         self.skip(name, shape)
-        return self.tensor(name)
+        return self.tensor(name, buffer)
 
     def skip(self, name: str, shape: tuple[int, ...]) -> None:
         """Check that `name` is there with the expected shape and mark it taken, without reading
@@ -215,10 +227,10 @@ def _entries(path: Path, fd: int) -> dict[str, _Entry]:
     return entries
 
 
-def _pread(fd: int, offset: int, nbytes: int) -> torch.Tensor:
-    """nbytes of the file from offset, as a new uint8 tensor [nbytes]. One pread moves at most
-    about 2 GiB on Linux, so larger tensors take several."""
-    out = torch.empty(nbytes, dtype=torch.uint8)
+def _pread(fd: int, offset: int, out: torch.Tensor) -> None:
+    """Fills the uint8 tensor out [nbytes] with the file's bytes from offset. One pread moves at
+    most about 2 GiB on Linux, so larger tensors take several."""
+    nbytes = out.numel()
     view = memoryview(out.numpy())
     done = 0
     while done < nbytes:
@@ -228,4 +240,3 @@ def _pread(fd: int, offset: int, nbytes: int) -> torch.Tensor:
                 f"unexpected end of file at byte {offset + done} (a truncated safetensors file?)"
             )
         done += got
-    return out

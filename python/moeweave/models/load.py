@@ -41,6 +41,21 @@ def _expert_format(experts: str, w: torch.Tensor):
     return w.float() if experts == "fp32" else fused_projection(w, experts)
 
 
+class _ReadBuffer:
+    """One buffer that expert tensors are read into in turn, for a packed format (whose weights
+    are new tensors, never views of their source): every read reuses its pages, where a fresh
+    tensor per read would fault in and zero as many bytes as the checkpoint's experts."""
+
+    def __init__(self, ck: Checkpoint):
+        self.ck, self.buffer = ck, torch.empty(0, dtype=torch.uint8)
+
+    def take(self, name: str, shape) -> torch.Tensor:
+        self.ck.skip(name, shape)
+        if self.buffer.numel() < self.ck.nbytes(name):
+            self.buffer = torch.empty(self.ck.nbytes(name), dtype=torch.uint8)
+        return self.ck.tensor(name, self.buffer)
+
+
 class _Reader:
     """Takes checkpoint tensors: projections in the chosen projection format, everything else
     (norms, biases, routers) in the dense dtype."""
@@ -198,6 +213,7 @@ def _load(
     hidden, inter = spec.hidden_size, spec.moe_intermediate_size
     expert_shapes = [(inter, hidden), (inter, hidden), (hidden, inter)]
     naming = EXPERT_NAMING[spec.architecture]
+    read_expert = _ReadBuffer(ck).take if not provided and experts in QUANTISED_BITS else ck.take
     embed = take("model.embed_tokens.weight", (spec.vocab_size, hidden))
     layers, expert_weights = [], {}
     for index in tqdm(range(spec.num_layers), desc=f"loading {ck.directory.name}", unit="layer", leave=False):
@@ -209,7 +225,7 @@ def _load(
                 if provided
                 else [
                     tuple(
-                        _expert_format(experts, ck.take(naming.tensor(index, e, p), shape))
+                        _expert_format(experts, read_expert(naming.tensor(index, e, p), shape))
                         for p, shape in enumerate(expert_shapes)
                     )
                     for e in held

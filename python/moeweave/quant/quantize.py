@@ -1,5 +1,7 @@
 """Weight-only quantisers: round-to-nearest, and an MSE-optimal clipping search that INT2/INT3
-experts need (plain RTN wastes most of a 2-bit range on a few outliers).
+experts need (plain RTN wastes most of a 2-bit range on a few outliers). CPU tensors go through
+the native quantiser (csrc/kernels/cpu/quantize.cpp, 10-25x faster on a checkpoint's projections:
+docs/benchmarks.md); the plain-torch one here is its reference and serves CUDA tensors.
 
 Dimension legend: N rows, K columns of W [N, K]; Np, Kp padded; G groups per row, g group size.
 """
@@ -7,9 +9,19 @@ Dimension legend: N rows, K columns of W [N, K]; Np, Kp padded; G groups per row
 from typing import Literal
 
 import torch
+from torch.utils.dlpack import to_dlpack
 
+from moeweave import _native
 from moeweave.quant.finite import require_finite
-from moeweave.quant.format import SCALE_DTYPES, SUPPORTED_BITS, TILE_ROWS, UNIT_COLS, QuantizedWeight, padded
+from moeweave.quant.format import (
+    SCALE_DTYPES,
+    SUPPORTED_BITS,
+    TILE_ROWS,
+    UNIT_COLS,
+    QuantizedWeight,
+    padded,
+    unit_bytes,
+)
 from moeweave.quant.pack import pack, unpack
 
 # Fractions of the full range tried by the MSE search, largest first (ties keep the wider range).
@@ -39,7 +51,7 @@ def quantize(
         raise ValueError(f"quantize: bits must be one of {SUPPORTED_BITS}, got {bits}")
     if scale_dtype not in SCALE_DTYPES:
         raise ValueError(f"quantize: scale_dtype must be float32, float16 or bfloat16, got {scale_dtype}")
-    n, k = w.shape
+    k = w.shape[1]
     group = padded(max(k, 1), UNIT_COLS) if group_size is None else group_size
     if group <= 0 or group % UNIT_COLS:
         raise ValueError(f"quantize: group_size must be a positive multiple of 32 or None, got {group_size}")
@@ -47,6 +59,33 @@ def quantize(
     if method not in ("rtn", "mse"):
         raise ValueError(f"quantize: method must be 'rtn' or 'mse', got {method!r}")
 
+    if w.device.type == "cpu" and (native := _native.cpu_module()) is not None:
+        return _quantize_native(native, w, bits, group, sym, scale_dtype, method)
+    return _quantize_torch(w, bits, group, sym, scale_dtype, method)
+
+
+def _quantize_native(native, w, bits, group, sym, scale_dtype, method) -> QuantizedWeight:
+    """One native pass over w: the bytes of _quantize_torch for "rtn"; for "mse", the same search
+    with its errors summed in another order (a near-tie may pick the other clipping)."""
+    n, k = w.shape
+    rows, cols = padded(n, TILE_ROWS), padded(k, group)
+    if w.dtype not in SCALE_DTYPES:
+        w = w.float()
+    if w.stride(-1) != 1:
+        w = w.contiguous()
+    packed = torch.empty(rows // TILE_ROWS, cols // UNIT_COLS, unit_bytes(bits), dtype=torch.uint8)
+    scales = torch.empty(rows // TILE_ROWS, cols // group, TILE_ROWS, dtype=scale_dtype)
+    zeros = None if sym else torch.empty_like(scales)
+    ratios = _CLIP_RATIOS if method == "mse" else _CLIP_RATIOS[:1]
+    zeros_capsule = None if zeros is None else to_dlpack(zeros)
+    native.quant_quantize(to_dlpack(w.detach()), bits, group, sym, ratios, to_dlpack(packed), to_dlpack(scales),
+                          zeros_capsule)  # fmt: skip
+    return QuantizedWeight(packed=packed, scales=scales, zeros=zeros, n=n, k=k, bits=bits, group_size=group)
+
+
+def _quantize_torch(w, bits, group, sym, scale_dtype, method) -> QuantizedWeight:
+    """The plain-torch quantiser: any device, both methods; the native path's reference."""
+    n, k = w.shape
     rows, cols = padded(n, TILE_ROWS), padded(k, group)
     groups = cols // group
     q = torch.zeros(rows, cols, dtype=torch.uint8, device=w.device)
