@@ -110,7 +110,10 @@ std::pair<float, float> range(const float* v, int64_t n) {
   float lows[kLanes] = {}, highs[kLanes] = {};
   int64_t c = 0;
   for (; c + kLanes <= n; c += kLanes)
-    for (int i = 0; i < kLanes; ++i) lows[i] = std::min(lows[i], v[c + i]), highs[i] = std::max(highs[i], v[c + i]);
+    for (int i = 0; i < kLanes; ++i) {
+      lows[i] = std::min(lows[i], v[c + i]);
+      highs[i] = std::max(highs[i], v[c + i]);
+    }
   for (; c < n; ++c) lows[0] = std::min(lows[0], v[c]), highs[0] = std::max(highs[0], v[c]);
   return {*std::min_element(lows, lows + kLanes), *std::max_element(highs, highs + kLanes)};
 }
@@ -126,11 +129,13 @@ void quantize_row(const Format& f, const float* v, int64_t k, int64_t cols, uint
     const auto [lo, hi] = range(v + begin, valid_end - begin);
     const float absmax = std::max(-lo, hi);
     Step best = step_at(f, absmax, lo, hi, f.clip_ratios[0]);
-    float best_error = INFINITY;
-    for (int i = 0; f.num_ratios > 1 && i < f.num_ratios; ++i) {
-      const Step s = step_at(f, absmax, lo, hi, f.clip_ratios[i]);
-      const float error = squared_error(v + begin, valid_end - begin, s, top);
-      if (error < best_error) best = s, best_error = error;
+    if (f.num_ratios > 1) {
+      float best_error = squared_error(v + begin, valid_end - begin, best, top);
+      for (int i = 1; i < f.num_ratios; ++i) {
+        const Step s = step_at(f, absmax, lo, hi, f.clip_ratios[i]);
+        const float error = squared_error(v + begin, valid_end - begin, s, top);
+        if (error < best_error) best = s, best_error = error;
+      }
     }
     for (int64_t c = begin; c < end; ++c) q[c] = uint8_t(code(v[c], best, top));
     scale[g] = best.scale;
@@ -179,11 +184,12 @@ void pack_tile(const uint8_t* q, int64_t cols, int bits, uint8_t* packed) {
 
 }  // namespace
 
-Status quant_quantize(DType w_dtype, const void* w, int64_t ldw, int64_t n, int64_t k, int bits, int group_size,
-                      bool sym, const float* clip_ratios, int num_ratios, DType scale_dtype, uint8_t* packed,
-                      void* scales, void* zeros) {
+Status quant_quantize(DType w_dtype, const void* w, int64_t ldw, int64_t n, int64_t k, int bits,
+                      int group_size, bool sym, const float* clip_ratios, int num_ratios, DType scale_dtype,
+                      uint8_t* packed, void* scales, void* zeros) {
   if (bits != 2 && bits != 3 && bits != 4 && bits != 8) return -EINVAL;
-  if (group_size <= 0 || group_size % kQuantUnitCols || n < 0 || k < 0 || (!sym && !zeros) || num_ratios < 1) return -EINVAL;
+  if (group_size <= 0 || group_size % kQuantUnitCols || n < 0 || k < 0) return -EINVAL;
+  if ((!sym && !zeros) || num_ratios < 1) return -EINVAL;
   if (w_dtype != DType::f32 && w_dtype != DType::f16 && w_dtype != DType::bf16) return -EINVAL;
   if (scale_dtype != DType::f32 && scale_dtype != DType::f16 && scale_dtype != DType::bf16) return -EINVAL;
   const Format f{bits, group_size, sym, scale_dtype, clip_ratios, num_ratios};
