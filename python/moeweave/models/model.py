@@ -80,6 +80,24 @@ class MoEModel:
             cache.mask = full_mask
             while len(cache.layers) < len(self.layers):
                 cache.layers.append(LayerCache(cache.capacity))
+        tok_adapter = None if adapters is None else adapters.to(torch.int32).repeat_interleave(seq)  # [B * S]
+        h = F.embedding(input_ids, self.embed)  # [B, S, H]
+        decoder = self.native_decoder() if seq == 1 and cache is not None else None
+        if decoder is not None:
+            decoder.step(
+                h.view(batch, -1), [(cache, batch)], torch.full((batch,), past), full_mask, tok_adapter
+            )
+        else:
+            h = self._python_layers(h, past, full_mask, cache, tok_adapter)
+        # fp32 logits: the LM head accumulates in fp32, and sampling wants that precision.
+        h = h[:, -logits_to_keep:] if logits_to_keep > 0 else h
+        logits = linear(rms_norm(h, self.norm, self.spec.rms_norm_eps).float(), self.lm_head)
+        return CausalLMOutput(logits=logits, cache=cache)
+
+    def _python_layers(self, h, past: int, full_mask, cache: KVCache | None, tok_adapter) -> torch.Tensor:
+        """Every layer on h [B, S, H] in Python (prompts, and decode steps the native step does
+        not cover); full_mask [B, T] of the cached and new tokens. Returns the new h."""
+        batch, seq = h.shape[:2]
         # Causal and padding mask [B, 1, S, T]; a query may always see itself, so rows of
         # padding never become all-masked (their outputs are ignored).
         positions = torch.arange(past, past + seq)
@@ -89,28 +107,18 @@ class MoEModel:
         )
         mask = mask[:, None]
         cos, sin = self.rope(past, seq)
-        tok_adapter = None if adapters is None else adapters.to(torch.int32).repeat_interleave(seq)  # [B * S]
-        h = F.embedding(input_ids, self.embed)  # [B, S, H]
         eps = self.spec.rms_norm_eps
-        decoder = self.native_decoder() if seq == 1 and cache is not None else None
-        if decoder is not None:
-            positions = torch.full((batch,), past)
-            decoder.step(h.view(batch, -1), [(cache, batch)], positions, full_mask, tok_adapter)
-        else:
-            for index, layer in enumerate(self.layers):
-                layer_cache = cache.layers[index] if cache is not None else None
-                attend = mla_attention if isinstance(layer.attention, MLAWeights) else attention
-                x = rms_norm(h, layer.input_norm, eps)
-                h = h + attend(self.spec, layer.attention, x, cos, sin, mask, layer_cache)
-                x = rms_norm(h, layer.post_attention_norm, eps)
-                if isinstance(layer.mlp, MoEBlock):
-                    h = h + layer.mlp(x.reshape(batch * seq, -1), tok_adapter).view(batch, seq, -1)
-                else:
-                    h = h + gated_mlp(layer.mlp, x)
-        # fp32 logits: the LM head accumulates in fp32, and sampling wants that precision.
-        h = h[:, -logits_to_keep:] if logits_to_keep > 0 else h
-        logits = linear(rms_norm(h, self.norm, eps).float(), self.lm_head)
-        return CausalLMOutput(logits=logits, cache=cache)
+        for index, layer in enumerate(self.layers):
+            layer_cache = cache.layers[index] if cache is not None else None
+            attend = mla_attention if isinstance(layer.attention, MLAWeights) else attention
+            x = rms_norm(h, layer.input_norm, eps)
+            h = h + attend(self.spec, layer.attention, x, cos, sin, mask, layer_cache)
+            x = rms_norm(h, layer.post_attention_norm, eps)
+            if isinstance(layer.mlp, MoEBlock):
+                h = h + layer.mlp(x.reshape(batch * seq, -1), tok_adapter).view(batch, seq, -1)
+            else:
+                h = h + gated_mlp(layer.mlp, x)
+        return h
 
     def native_decoder(self) -> NativeDecoder | None:
         """The native decode step for the model as it is now, or None where it cannot run."""
