@@ -9,11 +9,10 @@ bytes once at the STREAM triad measured in the same run.
     python bench/quantize_speed.py
 """
 
-import statistics
-import time
+from functools import partial
 
 import torch
-from common import Report, Row, stream_triad_gbps
+from common import Report, Row, median_seconds, stream_triad_gbps
 
 from moeweave.quant.policy import GROUP_SIZE, QUANTISED_BITS, SYMMETRIC_FROM, quantize_as
 from moeweave.quant.quantize import _quantize_torch
@@ -22,16 +21,6 @@ SHAPES = {
     "Mixtral-8x7B expert up": (14336, 4096),
     "Qwen3-30B-A3B expert up": (768, 2048),
 }
-REPEATS = 3
-
-
-def seconds(fn) -> float:
-    times = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -43,10 +32,11 @@ def main() -> None:
         w = torch.randn(n, k, generator=generator).to(torch.bfloat16)
         for name, bits in QUANTISED_BITS.items():
             method = "mse" if bits <= 3 else "rtn"
-            ours = seconds(lambda: quantize_as(w, name))  # noqa: B023
-            torch_path = seconds(
-                lambda: _quantize_torch(w, bits, GROUP_SIZE, bits >= SYMMETRIC_FROM, torch.bfloat16, method)  # noqa: B023
+            ours = median_seconds(partial(quantize_as, w, name), repeat=5, warmup=1)
+            reference = partial(
+                _quantize_torch, w, bits, GROUP_SIZE, bits >= SYMMETRIC_FROM, torch.bfloat16, method
             )
+            torch_path = median_seconds(reference, repeat=5, warmup=1)
             moved = w.numel() * w.element_size() + quantize_as(w, name).nbytes
             config = f"{label} [{n}x{k}] {name} {method}"
             limit = moved / (triad * 1e9) / ours

@@ -59,6 +59,20 @@ def test_causal_decode_step_with_custom_scale(isa):
     torch.testing.assert_close(out, oracle(q, k, v, mask, scale=0.3), **TOLERANCE[torch.float32])
 
 
+@pytest.mark.parametrize(("queries", "keys"), [(45, 45), (21, 5000)])
+def test_causal_prompt_in_query_blocks(isa, queries, keys):
+    """A prompt: a work item takes up to 16 queries (fewer over a long cache), converts each key
+    block once for all of them and skips the blocks past the last key they see; left padding
+    masks the first keys of the second sequence (its first query then sees nothing)."""
+    generator = torch.Generator().manual_seed(queries)
+    q = torch.randn(2, 8, queries, 32, generator=generator)
+    k, v = (cache_views(2, 2, keys, 32, torch.float32, generator) for _ in range(2))
+    mask = torch.ones(keys, keys, dtype=torch.bool).tril()[-queries:].expand(2, 1, queries, keys).clone()
+    mask[1, :, :, : keys - queries + 1] = False
+    out = attention(q, k, v, mask)
+    torch.testing.assert_close(out, oracle(q, k, v, mask), **TOLERANCE[torch.float32])
+
+
 def test_fully_masked_row_gives_zeros_and_large_scores_stay_finite(isa):
     q = torch.randn(1, 2, 2, 16) * 100
     k, v = torch.randn(1, 1, 7, 16) * 100, torch.randn(1, 1, 7, 16)

@@ -28,9 +28,21 @@ constexpr int64_t kKeyBlock = 16;
 // lines in turn and read its cache at ~0.2 of the triad; 16-128 rows ahead were alike.
 constexpr int64_t kPrefetchRows = 32;
 
+// Queries of one work item (per head). Its keys and values are converted once per block for all
+// of its rows, which a prompt needs (a decode step has one query). The scores of an item's rows
+// are held over every key, so long caches get fewer queries: ~1 MiB of scores per item (a
+// 4 MiB budget was faster at 2048 keys, slower at 4096).
+constexpr int64_t kQueryRows = 16;
+constexpr int64_t kScoreBytes = 1024 << 10;
+
+inline int64_t query_rows_per_item(const AttentionArgs& a) {
+  const int64_t row_bytes = kHeadsPerItem * std::max<int64_t>(a.keys, 1) * int64_t(sizeof(float));
+  return std::clamp<int64_t>(kScoreBytes / row_bytes, 1, std::min(kQueryRows, std::max<int64_t>(a.queries, 1)));
+}
+
 inline int64_t attention_items_count(const AttentionArgs& a) {
-  const int64_t group = a.heads / a.kv_heads;
-  return a.batch * a.kv_heads * a.queries * ((group + kHeadsPerItem - 1) / kHeadsPerItem);
+  const int64_t group = a.heads / a.kv_heads, rows = query_rows_per_item(a);
+  return a.batch * a.kv_heads * ((a.queries + rows - 1) / rows) * ((group + kHeadsPerItem - 1) / kHeadsPerItem);
 }
 
 inline float element_to_float(DType dtype, const char* base, int64_t i) {
@@ -66,65 +78,80 @@ void convert_block(DType dtype, const char* cache, int64_t row_bytes, const uint
   }
 }
 
-// Work item = (batch b, key/value head, query s, a chunk of up to kHeadsPerItem of the query
-// heads that share that key/value head). Keys and values are converted to fp32 once per block
-// of kKeyBlock and reused by every head of the chunk; per head: the block's scores, a
-// max-shifted softmax over the visible keys (masked probabilities are exactly 0), and the
-// probability-weighted sum of the value block. A masked key's rows are zeros in the block, never
-// read from the cache: masked slots may hold anything, NaN included.
+// Work item = (batch b, key/value head, a block of up to query_rows_per_item queries, a chunk of
+// up to kHeadsPerItem of the query heads that share that key/value head). Keys and values are
+// converted to fp32 once per block of kKeyBlock and reused by every (head, query) row of the
+// item; per row: the block's scores, a max-shifted softmax over the keys it sees (masked
+// probabilities are exactly 0), and the probability-weighted sum of the value block. Blocks past
+// the last key any row sees are skipped (half the keys of a causal prompt). A key no row of the
+// item sees is zeros in the block, never read from the cache: masked slots may hold anything,
+// NaN included. A key some rows see is read for all of them, and weighs 0 where it is masked;
+// the same sum as one row at a time, as long as the slots a sequence's queries see are finite.
 template <typename Ops>
 void attention_items(const AttentionArgs& a, int64_t item_begin, int64_t item_end) {
   const int64_t group = a.heads / a.kv_heads, chunks = (group + kHeadsPerItem - 1) / kHeadsPerItem;
-  const int64_t esize = static_cast<int64_t>(dtype_size(a.dtype));
+  const int64_t rows_per_item = query_rows_per_item(a);
+  const int64_t query_blocks = (a.queries + rows_per_item - 1) / rows_per_item;
+  const int64_t rows_max = kHeadsPerItem * rows_per_item, esize = static_cast<int64_t>(dtype_size(a.dtype));
   thread_local std::vector<float> scratch;
-  scratch.resize(kHeadsPerItem * (a.keys + a.dk + a.dv) + kKeyBlock * std::max(a.dk, a.dv));
-  float* scores = scratch.data();                     // [heads of the item, T]
-  float* query = scores + kHeadsPerItem * a.keys;     // [heads of the item, dk]
-  float* acc = query + kHeadsPerItem * a.dk;          // [heads of the item, dv]
-  float* block = acc + kHeadsPerItem * a.dv;          // [kKeyBlock, dk or dv]
+  thread_local std::vector<uint8_t> seen_by_any;
+  scratch.resize(rows_max * (a.keys + a.dk + a.dv) + kKeyBlock * std::max(a.dk, a.dv));
+  float* scores = scratch.data();               // [rows of the item, T]; row r = head r / nq, query r % nq
+  float* query = scores + rows_max * a.keys;    // [rows of the item, dk]
+  float* acc = query + rows_max * a.dk;         // [rows of the item, dv]
+  float* block = acc + rows_max * a.dv;         // [kKeyBlock, dk or dv]
   for (int64_t item = item_begin; item < item_end; ++item) {
-    const int64_t chunk = item % chunks, s = item / chunks % a.queries;
-    const int64_t kv = item / (chunks * a.queries) % a.kv_heads, b = item / (chunks * a.queries * a.kv_heads);
+    const int64_t chunk = item % chunks, qb = item / chunks % query_blocks;
+    const int64_t kv = item / (chunks * query_blocks) % a.kv_heads, b = item / (chunks * query_blocks * a.kv_heads);
     const int64_t first = kv * group + chunk * kHeadsPerItem;  // first query head of the item
     const int64_t count = std::min(kHeadsPerItem, (kv + 1) * group - first);
-    auto row = [&](int64_t g) { return (b * a.heads + first + g) * a.queries + s; };  // flat query row
-    for (int64_t g = 0; g < count; ++g) {
-      Ops::to_float(a.dtype, static_cast<const char*>(a.q) + row(g) * a.dk * esize, query + g * a.dk, a.dk);
-      for (int64_t i = 0; i < a.dk; ++i) query[g * a.dk + i] *= a.scale;
+    const int64_t s0 = qb * rows_per_item, nq = std::min(rows_per_item, a.queries - s0);
+    const int64_t rows = count * nq;
+    auto out_row = [&](int64_t r) { return (b * a.heads + first + r / nq) * a.queries + s0 + r % nq; };
+    auto visible = [&](int64_t r) { return a.mask + (b * a.queries + s0 + r % nq) * a.keys; };
+    for (int64_t r = 0; r < rows; ++r) {
+      Ops::to_float(a.dtype, static_cast<const char*>(a.q) + out_row(r) * a.dk * esize, query + r * a.dk, a.dk);
+      for (int64_t i = 0; i < a.dk; ++i) query[r * a.dk + i] *= a.scale;
     }
+    // The keys any row sees (the row's own mask when there is one query), and the end of them.
+    const uint8_t* any = visible(0);
+    if (nq > 1) {
+      seen_by_any.assign(any, any + a.keys);
+      for (int64_t s = 1; s < nq; ++s)
+        for (int64_t t = 0; t < a.keys; ++t) seen_by_any[t] |= visible(s)[t];
+      any = seen_by_any.data();
+    }
+    int64_t end = a.keys;
+    while (end > 0 && !any[end - 1]) --end;
+
     const char* k = static_cast<const char*>(a.k) + (b * a.k_strides[0] + kv * a.k_strides[1]) * esize;
     const char* v = static_cast<const char*>(a.v) + (b * a.v_strides[0] + kv * a.v_strides[1]) * esize;
-    const uint8_t* visible = a.mask + (b * a.queries + s) * a.keys;
-
-    for (int64_t t0 = 0; t0 < a.keys; t0 += kKeyBlock) {
-      const int64_t n = std::min(kKeyBlock, a.keys - t0);
-      convert_block<Ops>(a.dtype, k, a.k_strides[2] * esize, visible + t0, t0, n, a.dk, block);
-      for (int64_t g = 0; g < count; ++g) {
-        float* out = scores + g * a.keys + t0;
-        Ops::scores(query + g * a.dk, block, n, a.dk, out);
-      }
+    for (int64_t t0 = 0; t0 < end; t0 += kKeyBlock) {
+      const int64_t n = std::min(kKeyBlock, end - t0);
+      convert_block<Ops>(a.dtype, k, a.k_strides[2] * esize, any + t0, t0, n, a.dk, block);
+      for (int64_t r = 0; r < rows; ++r) Ops::scores(query + r * a.dk, block, n, a.dk, scores + r * a.keys + t0);
     }
-    float total[kHeadsPerItem];
-    for (int64_t g = 0; g < count; ++g) {
-      float* p = scores + g * a.keys;
-      const float best = Ops::max(p, visible, a.keys);
+    float total[kHeadsPerItem * kQueryRows];
+    for (int64_t r = 0; r < rows; ++r) {
+      float* p = scores + r * a.keys;
+      const float best = Ops::max(p, visible(r), end);
       if (best == -INFINITY) {  // sees no key: zero weights, zero output
-        std::fill(p, p + a.keys, 0.0f);
-        total[g] = 0.0f;
+        std::fill(p, p + end, 0.0f);
+        total[r] = 0.0f;
         continue;
       }
-      total[g] = Ops::exp_visible(p, visible, a.keys, best);
+      total[r] = Ops::exp_visible(p, visible(r), end, best);
     }
-    std::fill(acc, acc + count * a.dv, 0.0f);
-    for (int64_t t0 = 0; t0 < a.keys; t0 += kKeyBlock) {
-      const int64_t n = std::min(kKeyBlock, a.keys - t0);
-      convert_block<Ops>(a.dtype, v, a.v_strides[2] * esize, visible + t0, t0, n, a.dv, block);
-      for (int64_t g = 0; g < count; ++g) Ops::accumulate(scores + g * a.keys + t0, block, n, a.dv, acc + g * a.dv);
+    std::fill(acc, acc + rows * a.dv, 0.0f);
+    for (int64_t t0 = 0; t0 < end; t0 += kKeyBlock) {
+      const int64_t n = std::min(kKeyBlock, end - t0);
+      convert_block<Ops>(a.dtype, v, a.v_strides[2] * esize, any + t0, t0, n, a.dv, block);
+      for (int64_t r = 0; r < rows; ++r) Ops::accumulate(scores + r * a.keys + t0, block, n, a.dv, acc + r * a.dv);
     }
-    for (int64_t g = 0; g < count; ++g) {
-      const float norm = total[g] > 0.0f ? 1.0f / total[g] : 0.0f;
-      char* out = static_cast<char*>(a.out) + row(g) * a.dv * esize;
-      for (int64_t i = 0; i < a.dv; ++i) store_element(a.dtype, out, i, acc[g * a.dv + i] * norm);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float norm = total[r] > 0.0f ? 1.0f / total[r] : 0.0f;
+      char* out = static_cast<char*>(a.out) + out_row(r) * a.dv * esize;
+      for (int64_t i = 0; i < a.dv; ++i) store_element(a.dtype, out, i, acc[r * a.dv + i] * norm);
     }
   }
 }
