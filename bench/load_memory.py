@@ -4,13 +4,16 @@ checkpoint, against the checkpoint's bytes: moeweave with INT4 experts (default 
 and with bf16 experts, and transformers' from_pretrained in bf16 as the baseline. The floor is
 the steady size of what was loaded: a loader can peak no lower. Each load runs in a fresh
 process, which resets the peak (/proc/self/clear_refs) after its imports and times the load
-alone; the checkpoint's files are read once before, so every loader finds them in the page cache.
+alone. By default the checkpoint's files are read once before, so every loader finds them in the
+page cache; --cold drops the page cache before every load and before the timed read instead
+(it needs root: /proc/sys/vm/drop_caches).
 
-    python bench/load_memory.py [--layers 1] [--vocab 32000]
+    python bench/load_memory.py [--layers 1] [--vocab 32000] [--cold]
 """
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -48,9 +51,15 @@ def measure(loader: str, path) -> tuple[int, int, float]:
     return int(peak), int(steady), float(seconds)
 
 
+def drop_page_cache() -> None:
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as control:
+        control.write("1")
+
+
 def read_seconds(path) -> float:
-    """Seconds to read the checkpoint's files, which are then in the page cache: no load can
-    take less (the floor of the time column)."""
+    """Seconds to read the checkpoint's files: no load can take less (the floor of the time
+    column)."""
     start = time.perf_counter()
     buffer = bytearray(64 << 20)
     for file in path.glob("*.safetensors"):
@@ -64,19 +73,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--layers", type=int, default=1)
     parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--cold", action="store_true", help="drop the page cache before each load (root)")
     args = parser.parse_args()
     path = bench_checkpoint(args.layers, args.vocab)
     checkpoint = sum(f.stat().st_size for f in path.glob("*.safetensors"))
-    read_seconds(path)  # into the page cache
+    prepare = drop_page_cache if args.cold else lambda: None
+    if args.cold:
+        drop_page_cache()
+    else:
+        read_seconds(path)  # into the page cache
     floor = read_seconds(path)
+    where = "the disk (cold)" if args.cold else "the page cache"
     print(
         f"# {machine()['cpu']}: qwen3-30b-a3b shapes, {args.layers} layers, checkpoint {checkpoint >> 20} MiB bf16;"
-        f" reading it from the page cache: {floor:.2f} s"
+        f" reading it from {where}: {floor:.2f} s"
     )
     print(f"{'loader':<24} {'peak MiB':>9} {'steady MiB':>10} {'peak/checkpoint':>15} {'peak/steady':>11}"
           f" {'load s':>7} {'load/read':>9}")  # fmt: skip
     rows = []
     for name, loader in LOADERS.items():
+        prepare()
         peak, steady, seconds = measure(loader, path)
         rows.append({"loader": name, "peak": peak, "steady": steady, "checkpoint": checkpoint, "seconds": seconds,
                      "read_seconds": floor})  # fmt: skip
@@ -84,7 +100,9 @@ def main() -> None:
               f" {seconds:>7.2f} {seconds / floor:>9.2f}", flush=True)  # fmt: skip
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     with open(RESULTS_DIR / "load_memory.jsonl", "a") as out:
-        out.write(json.dumps({"machine": machine(), "layers": args.layers, "rows": rows}) + "\n")
+        out.write(
+            json.dumps({"machine": machine(), "layers": args.layers, "cold": args.cold, "rows": rows}) + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -54,12 +54,13 @@ def test_every_tensor_equals_safetensors_own_reader(sharded):
 
 
 def test_reads_into_a_reused_buffer(sharded):
-    """With a buffer, each tensor is read into the buffer's front, equal to safetensors' own, and
-    a buffer too small for a tensor is refused."""
+    """With a buffer, each tensor is read into the buffer's front (after asking the kernel for it
+    ahead), equal to safetensors' own, and a buffer too small for a tensor is refused."""
     expected = {**load_file(sharded / "a.safetensors"), **load_file(sharded / "b.safetensors")}
     buffer = torch.empty(1024, dtype=torch.uint8)
     with Checkpoint(sharded) as ck:
         for name, tensor in expected.items():
+            ck.will_need(name)
             got = ck.tensor(name, buffer)
             assert got.numel() == 0 or got.data_ptr() == buffer.data_ptr(), name
             assert torch.equal(got.reshape(-1).view(torch.uint8), tensor.reshape(-1).view(torch.uint8)), name

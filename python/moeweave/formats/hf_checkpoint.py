@@ -159,6 +159,12 @@ class Checkpoint:
     def nbytes(self, name: str) -> int:
         return self._entries[name].nbytes
 
+    def will_need(self, name: str) -> None:
+        """Asks the kernel to start reading tensor `name` into the page cache (it returns at once),
+        so that a later tensor() finds it there."""
+        entry = self._entries[name]
+        os.posix_fadvise(entry.fd, entry.offset, entry.nbytes, os.POSIX_FADV_WILLNEED)
+
     def tensor(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
         """The tensor `name`, checked for NaN/inf. With a uint8 `buffer` of at least its bytes,
         read into the buffer's front (the result is a view of it): a loader that converts one

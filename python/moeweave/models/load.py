@@ -35,10 +35,30 @@ EXPERT_FORMATS = ("fp32", *FUSED_FORMATS)
 PROJECTION_FORMATS = ("float", "int8", "int4")
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 _MLP_NAMES = ("gate_proj", "up_proj", "down_proj")
+# Expert bytes requested from the disk ahead of the one being converted (_read_ahead).
+_READ_AHEAD_BYTES = 64 << 20
 
 
 def _expert_format(experts: str, w: torch.Tensor):
     return w.float() if experts == "fp32" else fused_projection(w, experts)
+
+
+def _read_ahead(ck: Checkpoint, names: list[tuple[str, tuple]], window: int = _READ_AHEAD_BYTES):
+    """Yields `names` ((name, shape) pairs) in order, having asked the kernel to read the one
+    yielded and the tensors up to `window` bytes after it: a cold load's disk reads then run while
+    the tensors before are converted."""
+    advised, beyond = 0, 0  # tensors asked for so far; bytes of those after the one yielded
+    for i, item in enumerate(names):
+        if advised == i:
+            ck.will_need(item[0])
+            advised += 1
+        else:
+            beyond -= ck.nbytes(item[0])
+        while advised < len(names) and beyond < window:
+            ck.will_need(names[advised][0])
+            beyond += ck.nbytes(names[advised][0])
+            advised += 1
+        yield item
 
 
 class _ReadBuffer:
@@ -220,17 +240,17 @@ def _load(
         prefix = f"model.layers.{index}"
         if spec.moe_layers[index]:
             moe = f"{prefix}.{naming.moe_module}"
-            expert_weights[index] = (
+            names = (
                 []
                 if provided
                 else [
-                    tuple(
-                        _expert_format(experts, read_expert(naming.tensor(index, e, p), shape))
-                        for p, shape in enumerate(expert_shapes)
-                    )
-                    for e in held
+                    (naming.tensor(index, e, p), shape) for e in held for p, shape in enumerate(expert_shapes)
                 ]
             )
+            converted = [
+                _expert_format(experts, read_expert(name, shape)) for name, shape in _read_ahead(ck, names)
+            ]
+            expert_weights[index] = [tuple(converted[i : i + 3]) for i in range(0, len(converted), 3)]
             for e in range(spec.num_experts):  # other ranks' experts, under expert parallelism
                 for p, shape in enumerate(expert_shapes) if e not in held else ():
                     ck.skip(naming.tensor(index, e, p), shape)
