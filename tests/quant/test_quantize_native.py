@@ -1,4 +1,5 @@
-"""The native quantiser against the plain-torch one: round-to-nearest writes the same bytes
+"""The native quantiser, at every ISA level, against the plain-torch one: round-to-nearest
+writes the same bytes
 (packed values, scales, zeros) for every bit width, both symmetries, every scale and input
 dtype, padded shapes, strided rows and the edge cases of the scale (all-zero groups, a scale
 that overflows float16); the clip search finds clippings at least as good, group by group."""
@@ -6,6 +7,7 @@ that overflows float16); the clip search finds clippings at least as good, group
 import pytest
 import torch
 
+import moeweave.cpu
 from moeweave import _native
 from moeweave.quant import dequantize, quantize
 from moeweave.quant.format import padded
@@ -29,7 +31,7 @@ def assert_same_bytes(got, expected):
 @pytest.mark.parametrize("scale_dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("w_dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize(("n", "k", "group"), [(1, 32, 32), (19, 111, 64), (40, 256, 128), (5, 70, None)])
-def test_native_rtn_matches_torch(bits, sym, scale_dtype, w_dtype, n, k, group):
+def test_native_rtn_matches_torch(isa, bits, sym, scale_dtype, w_dtype, n, k, group):
     w = torch.randn(n, k, generator=torch.Generator().manual_seed(n * k + bits)).to(w_dtype)
     args = dict(bits=bits, sym=sym, scale_dtype=scale_dtype)
     got = quantize(w, group_size=group, method="rtn", **args)
@@ -38,7 +40,7 @@ def test_native_rtn_matches_torch(bits, sym, scale_dtype, w_dtype, n, k, group):
 
 
 @pytest.mark.parametrize("sym", [True, False])
-def test_scale_edge_cases(sym):
+def test_scale_edge_cases(isa, sym):
     """Rows of zeros (scale 1), of one sign only, and values whose scale overflows float16 (an
     infinite scale quantises every value to the zero point)."""
     w = torch.randn(48, 128, generator=torch.Generator().manual_seed(1))
@@ -53,7 +55,7 @@ def test_scale_edge_cases(sym):
         assert_same_bytes(quantize(w, method="rtn", **args), expected)
 
 
-def test_strided_rows_and_gradients():
+def test_strided_rows_and_gradients(isa):
     """A view whose rows are spaced out in a wider tensor, and a weight that requires grad."""
     wide = torch.randn(33, 200, generator=torch.Generator().manual_seed(2), requires_grad=True)
     w = wide[:, 8:136]
@@ -62,6 +64,18 @@ def test_strided_rows_and_gradients():
     expected = _quantize_torch(w.detach().contiguous(), bits=4, group=64, sym=True,
                                scale_dtype=torch.bfloat16, method="rtn")  # fmt: skip
     assert_same_bytes(got, expected)
+
+
+def test_clip_search_writes_the_same_bytes_at_every_isa_level():
+    """The levels differ only in vector width: no fused multiply-adds, no reassociation."""
+    w = torch.randn(48, 300, generator=torch.Generator().manual_seed(5))
+    results = []
+    for level in moeweave.cpu.supported_isas():
+        with moeweave.cpu.use_isa(level):
+            results.append(quantize(w, bits=3, method="mse"))
+    assert len(results) > 1 or moeweave.cpu.supported_isas() == ["scalar"]
+    for got in results[1:]:
+        assert_same_bytes(got, results[0])
 
 
 def test_empty_weights():
@@ -76,7 +90,7 @@ def test_empty_weights():
 @pytest.mark.parametrize("bits", [2, 3])
 @pytest.mark.parametrize("sym", [False, True])
 @pytest.mark.parametrize("w_dtype", [torch.float32, torch.bfloat16])
-def test_native_clip_search_matches_torch(bits, sym, w_dtype):
+def test_native_clip_search_matches_torch(isa, bits, sym, w_dtype):
     """The same search over the same clippings: every group's squared error at most torch's
     (the native sums are in double, torch's in fp32, so a near-tie may go either way), and
     almost every group the same bytes."""

@@ -75,6 +75,23 @@ void quantize_rows_scalar(DType dtype, const void* x, int64_t rows, int64_t k, i
                           int8_t* q, float* scale, int32_t* sum);
 void dequantize_scalar(const QuantMatrix& w, int64_t tile_begin, int64_t tile_end, uint16_t* out, int64_t ldo);
 
+// kernels_cpu.h: quant_quantize's arguments, checked; an entry quantises the weight's 16-row tiles
+// [tile_begin, tile_end).
+struct QuantizeArgs {
+  DType w_dtype;
+  const void* w;
+  int64_t ldw, n, k;
+  int bits, group;
+  bool sym;
+  const float* clip_ratios;  // fractions of the range, in order; a later one must be strictly better
+  int num_ratios;
+  DType scale_dtype;
+  uint8_t* packed;
+  void* scales;
+  void* zeros;
+};
+using QuantizeKernel = void (*)(const QuantizeArgs& args, int64_t tile_begin, int64_t tile_end);
+
 // Flat query rows [row_begin, row_end) of attention (row = (b * heads + h) * S + s).
 using AttentionKernel = void (*)(const AttentionArgs& args, int64_t row_begin, int64_t row_end);
 
@@ -83,6 +100,7 @@ extern const QuantMatmulKernels kQuantMatmulScalar, kQuantMatmulAvx2, kQuantMatm
 extern const SiluMulKernels kSiluMulScalar, kSiluMulAvx2, kSiluMulAvx512;
 extern const RerouteKernel kRerouteScalar, kRerouteAvx2, kRerouteAvx512;
 extern const BoneKernelsByType kBoneScalar, kBoneAvx2, kBoneAvx512;
+extern const QuantizeKernel kQuantizeScalar, kQuantizeAvx2, kQuantizeAvx512;
 
 template <typename T>
 const T& for_isa(Isa isa, const T& scalar, const T& avx2, const T& avx512) {
