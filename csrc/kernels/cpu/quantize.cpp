@@ -19,11 +19,12 @@ Status quant_quantize(DType w_dtype, const void* w, int64_t ldw, int64_t n, int6
   if ((!sym && !zeros) || num_ratios < 1) return -EINVAL;
   if (w_dtype != DType::f32 && w_dtype != DType::f16 && w_dtype != DType::bf16) return -EINVAL;
   if (scale_dtype != DType::f32 && scale_dtype != DType::f16 && scale_dtype != DType::bf16) return -EINVAL;
-  const cpu::QuantizeArgs args{w_dtype, w,          ldw,         n,      k,      bits,  group_size,
-                               sym,     clip_ratios, num_ratios, scale_dtype, packed, scales, zeros};
+  const cpu::QuantizeArgs args{w_dtype, w, ldw, n, k, bits, group_size, sym, clip_ratios, num_ratios,
+                               scale_dtype, packed, scales, zeros};
   const cpu::QuantizeKernel run =
       cpu::for_isa(current_isa(), cpu::kQuantizeScalar, cpu::kQuantizeAvx2, cpu::kQuantizeAvx512);
-  parallel_for(quant_padded(n, kQuantTileRows) / kQuantTileRows, 1, [&](int64_t b, int64_t e) { run(args, b, e); });
+  const int64_t tiles = quant_padded(n, kQuantTileRows) / kQuantTileRows;
+  parallel_for(tiles, 1, [&](int64_t b, int64_t e) { run(args, b, e); });
   return kOk;
 }
 

@@ -1,4 +1,4 @@
-// The quantiser at the Avx512 level: quantize_tiles.h compiled with its flags.
+// The quantiser at the AVX-512 level: quantize_tiles.h compiled with its flags.
 #include "quantize_tiles.h"
 
 namespace moeweave::cpu {
