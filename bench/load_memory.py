@@ -78,10 +78,9 @@ def main() -> None:
     path = bench_checkpoint(args.layers, args.vocab)
     checkpoint = sum(f.stat().st_size for f in path.glob("*.safetensors"))
     prepare = drop_page_cache if args.cold else lambda: None
-    if args.cold:
-        drop_page_cache()
-    else:
+    if not args.cold:
         read_seconds(path)  # into the page cache
+    prepare()
     floor = read_seconds(path)
     where = "the disk (cold)" if args.cold else "the page cache"
     print(

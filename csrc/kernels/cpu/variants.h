@@ -92,8 +92,8 @@ struct QuantizeArgs {
 };
 using QuantizeKernel = void (*)(const QuantizeArgs& args, int64_t tile_begin, int64_t tile_end);
 
-// Flat query rows [row_begin, row_end) of attention (row = (b * heads + h) * S + s).
-using AttentionKernel = void (*)(const AttentionArgs& args, int64_t row_begin, int64_t row_end);
+// Work items [item_begin, item_end) of attention (attention_rows.h: attention_items).
+using AttentionKernel = void (*)(const AttentionArgs& args, int64_t item_begin, int64_t item_end);
 
 extern const AttentionKernel kAttentionScalar, kAttentionAvx2, kAttentionAvx512;
 extern const QuantMatmulKernels kQuantMatmulScalar, kQuantMatmulAvx2, kQuantMatmulAvx512;

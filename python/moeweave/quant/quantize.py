@@ -1,6 +1,6 @@
 """Weight-only quantisers: round-to-nearest, and an MSE-optimal clipping search that INT2/INT3
 experts need (plain RTN wastes most of a 2-bit range on a few outliers). CPU tensors go through
-the native quantiser (csrc/kernels/cpu/quantize.cpp, 10-25x faster on a checkpoint's projections:
+the native quantiser (csrc/kernels/cpu/quantize.cpp, 6-50x faster on a checkpoint's projections:
 docs/benchmarks.md); the plain-torch one here is its reference and serves CUDA tensors.
 
 Dimension legend: N rows, K columns of W [N, K]; Np, Kp padded; G groups per row, g group size.
@@ -69,7 +69,7 @@ def _quantize_native(native, w, bits, group, sym, scale_dtype, method) -> Quanti
     with its errors summed in another order (a near-tie may pick the other clipping)."""
     n, k = w.shape
     rows, cols = padded(n, TILE_ROWS), padded(k, group)
-    if w.dtype not in SCALE_DTYPES:
+    if w.dtype not in SCALE_DTYPES:  # the native reader takes the same three float types
         w = w.float()
     if w.stride(-1) != 1:
         w = w.contiguous()
