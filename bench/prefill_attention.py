@@ -1,8 +1,9 @@
 """How fast is a prompt's causal attention on moeweave's attention op (what the models run on CPU)
 against torch's scaled_dot_product_attention (what transformers runs), and against the compute
 limit? Random bf16 q, k, v of real head layouts, a causal mask, one sequence. Limit: the
-multiply-adds a causal attention needs (2 products of S^2 / 2 x d per head, fp32 as the op
-computes them) over the rate of a large fp32 matmul measured in the same run.
+multiply-adds a causal attention needs (2 products of S^2 / 2 x d per head) over the rate of a
+large matmul measured in the same run: bf16 where the op multiplies bf16 pairs (AVX512-BF16 at
+the avx512 level), else fp32 as the op then computes.
 
     python bench/prefill_attention.py [--lengths 512 2048 4096]
 """
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from common import Report, Row, median_seconds
 
+import moeweave.cpu
 from moeweave.ops import attention
 
 # name: (query heads, key/value heads, dk, dv)
@@ -24,9 +26,9 @@ LAYOUTS = {
 }
 
 
-def matmul_flops() -> float:
-    """FLOP/s of a 2048^3 fp32 matmul on torch's threads."""
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+def matmul_flops(dtype: torch.dtype) -> float:
+    """FLOP/s of a 2048^3 matmul in `dtype` on torch's threads."""
+    a, b = torch.randn(2048, 2048).to(dtype), torch.randn(2048, 2048).to(dtype)
     return 2 * 2048**3 / median_seconds(lambda: a @ b)
 
 
@@ -34,8 +36,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[512, 2048, 4096])
     args = parser.parse_args()
-    peak = matmul_flops()
-    report = Report(__file__, {"fp32 matmul GFLOP/s": peak / 1e9})
+    pairs = moeweave.cpu.current_isa() == "avx512" and moeweave.cpu.has_avx512_bf16()
+    peak = matmul_flops(torch.bfloat16 if pairs else torch.float32)
+    report = Report(__file__, {f"{'bf16' if pairs else 'fp32'} matmul GFLOP/s": peak / 1e9})
     report.header()
     generator = torch.Generator().manual_seed(0)
     with torch.inference_mode():

@@ -26,6 +26,11 @@ def test_info_json_matches_this_machine():
     report = json.loads(_cli("info", "--json"))
     assert report["cpu_module"]["supported_isas"] == moeweave.cpu.supported_isas()
     assert report["cpu_module"]["threads"] == (len(os.sched_getaffinity(0)))
+    # CPUID as the kernel reads it: /proc/cpuinfo's flags (avx512_bf16 implies the avx512 level's
+    # flags on every CPU that has it)
+    assert report["cpu_module"]["avx512_bf16"] == (
+        "avx512_bf16" in moeweave.cpu.cpuinfo_field("flags").split()
+    )
     # The probe must agree with the kernel: try the syscall directly (425 = io_uring_setup on
     # x86-64 and arm64) with a zeroed params struct.
     import ctypes

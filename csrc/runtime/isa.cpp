@@ -49,6 +49,14 @@ Isa best_supported_isa() {
 
 bool isa_supported(Isa isa) { return static_cast<int>(isa) <= static_cast<int>(best_supported_isa()); }
 
+bool avx512_bf16_supported() {
+  static const bool supported = [] {
+    __builtin_cpu_init();
+    return cpu_has(Isa::avx512) && __builtin_cpu_supports("avx512bf16");
+  }();
+  return supported;
+}
+
 Isa current_isa() { return static_cast<Isa>(level().load(std::memory_order_relaxed)); }
 
 Status set_isa(Isa isa) {

@@ -53,6 +53,12 @@ def has_amx_bf16() -> bool:
     return "amx_bf16" in cpuinfo_field("flags").split()
 
 
+def has_avx512_bf16() -> bool:
+    """Whether the CPU has AVX512-BF16: at the avx512 level, prompt attention over a bf16 cache
+    then multiplies bf16 pairs (twice the fp32 rate) instead of converting to fp32."""
+    return bool(require_cpu_module().avx512_bf16_supported())
+
+
 def supported_isas() -> list[str]:
     """ISA levels this CPU runs, lowest first (a subset of scalar, avx2, avx512)."""
     return list(require_cpu_module().supported_isas())

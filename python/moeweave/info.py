@@ -36,6 +36,7 @@ def gather() -> dict:
             "path": cpu.__file__,
             "isa": cpu.current_isa(),
             "supported_isas": list(cpu.supported_isas()),
+            "avx512_bf16": bool(cpu.avx512_bf16_supported()),
             "threads": cpu.num_threads(),
         }
         report["io_uring"] = {
@@ -68,6 +69,8 @@ def format_report(report: dict) -> str:
     if cpu["loaded"]:
         lines.append(f"native CPU module: loaded from {cpu['path']}")
         lines.append(f"  ISA in use: {cpu['isa']}  (supported: {', '.join(cpu['supported_isas'])})")
+        pairs = "yes (prompt attention over bf16 caches)" if cpu["avx512_bf16"] else "no"
+        lines.append(f"  AVX512-BF16: {pairs}")
         lines.append(f"  threads: {cpu['threads']} (moeweave pool), {report['torch_threads']} (torch)")
         uring = report["io_uring"]
         lines.append(f"io_uring: {'available' if uring['available'] else 'unavailable: ' + uring['error']}")

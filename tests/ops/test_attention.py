@@ -1,5 +1,6 @@
 """moeweave::attention against torch's scaled_dot_product_attention (fp32), under every ISA
-level: grouped heads, cache views into larger buffers, masks, Dk != Dv."""
+level: grouped heads, cache views into larger buffers, masks, Dk != Dv. At the avx512 level on a
+CPU with AVX512-BF16, bf16 prompts (more than one query) take the bf16 pair products."""
 
 import pytest
 import torch
@@ -59,18 +60,19 @@ def test_causal_decode_step_with_custom_scale(isa):
     torch.testing.assert_close(out, oracle(q, k, v, mask, scale=0.3), **TOLERANCE[torch.float32])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("queries", "keys"), [(45, 45), (21, 5000)])
-def test_causal_prompt_in_query_blocks(isa, queries, keys):
+def test_causal_prompt_in_query_blocks(isa, queries, keys, dtype):
     """A prompt: a work item takes up to 16 queries (fewer over a long cache), converts each key
     block once for all of them and skips the blocks past the last key they see; left padding
     masks the first keys of the second sequence (its first query then sees nothing)."""
     generator = torch.Generator().manual_seed(queries)
-    q = torch.randn(2, 8, queries, 32, generator=generator)
-    k, v = (cache_views(2, 2, keys, 32, torch.float32, generator) for _ in range(2))
+    q = torch.randn(2, 8, queries, 32, generator=generator).to(dtype)
+    k, v = (cache_views(2, 2, keys, 32, dtype, generator) for _ in range(2))
     mask = torch.ones(keys, keys, dtype=torch.bool).tril()[-queries:].expand(2, 1, queries, keys).clone()
     mask[1, :, :, : keys - queries + 1] = False
     out = attention(q, k, v, mask)
-    torch.testing.assert_close(out, oracle(q, k, v, mask), **TOLERANCE[torch.float32])
+    torch.testing.assert_close(out.float(), oracle(q, k, v, mask), **TOLERANCE[dtype])
 
 
 def test_fully_masked_row_gives_zeros_and_large_scores_stay_finite(isa):
@@ -141,18 +143,21 @@ def test_native_binding_names_a_bad_cache_view():
         _native.module_for("cpu").attention(*capsules(q, k, k, mask, out), 1.0)
 
 
-def test_masked_cache_slots_are_never_read(isa):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_masked_cache_slots_are_never_read(isa, dtype):
     """Masked keys may hold anything (a preallocated, partly written cache): NaN there must not
-    reach the output."""
+    reach the output, past the last key a query sees (slots 6-8) nor among them (slot 2)."""
     generator = torch.Generator().manual_seed(4)
-    q = torch.randn(1, 4, 2, 16, generator=generator)
-    k, v = torch.randn(1, 2, 9, 16, generator=generator), torch.randn(1, 2, 9, 16, generator=generator)
+    q = torch.randn(1, 4, 2, 16, generator=generator).to(dtype)
+    k, v = (torch.randn(1, 2, 9, 16, generator=generator).to(dtype) for _ in range(2))
     mask = torch.ones(1, 1, 2, 9, dtype=torch.bool)
     mask[..., 6:] = False
+    mask[..., 2] = False
     poisoned_k, poisoned_v = k.clone(), v.clone()
     poisoned_k[:, :, 6:], poisoned_v[:, :, 6:] = float("nan"), float("inf")
+    poisoned_k[:, :, 2], poisoned_v[:, :, 2] = float("nan"), float("inf")
     out = attention(q, poisoned_k, poisoned_v, mask)
-    torch.testing.assert_close(out, oracle(q, k, v, mask), **TOLERANCE[torch.float32])
+    torch.testing.assert_close(out.float(), oracle(q, k, v, mask), **TOLERANCE[dtype])
 
 
 def test_batch_of_problems_of_their_own_shapes_matches_sdpa_per_problem(isa):

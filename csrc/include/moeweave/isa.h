@@ -21,6 +21,10 @@ bool isa_supported(Isa isa);
 // Level the kernels dispatch to now.
 Isa current_isa();
 
+// AVX512-BF16 (bf16 pair dot products), which the avx512 level does not require; kernels that use
+// it check this beside current_isa() == Isa::avx512.
+bool avx512_bf16_supported();
+
 // -ENOTSUP when this CPU lacks the level; the current level is then unchanged.
 Status set_isa(Isa isa);
 

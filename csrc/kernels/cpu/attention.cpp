@@ -20,7 +20,11 @@ bool valid(const AttentionArgs& a) {
          a.heads % a.kv_heads == 0;
 }
 
-cpu::AttentionKernel kernel() {
+// A prompt over a bf16 cache multiplies bf16 pairs where the CPU can (twice the fp32 rate); a
+// decode step (one query) is bound by reading the cache and keeps the fp32 products.
+cpu::AttentionKernel kernel_for(const AttentionArgs& a) {
+  if (a.dtype == DType::bf16 && a.queries > 1 && current_isa() == Isa::avx512 && avx512_bf16_supported())
+    return cpu::kAttentionAvx512Bf16;
   return cpu::for_isa(current_isa(), cpu::kAttentionScalar, cpu::kAttentionAvx2, cpu::kAttentionAvx512);
 }
 
@@ -32,7 +36,7 @@ int64_t grain_for(int64_t keys, int64_t d) { return std::max<int64_t>(1, 8192 / 
 
 Status attention(const AttentionArgs& a) {
   if (!valid(a)) return -EINVAL;
-  const cpu::AttentionKernel run = kernel();
+  const cpu::AttentionKernel run = kernel_for(a);
   parallel_for(cpu::attention_items_count(a), grain_for(a.keys, a.dk + a.dv), [&](int64_t b, int64_t e) { run(a, b, e); });
   return kOk;
 }
@@ -45,12 +49,11 @@ Status attention_batch(const AttentionArgs* problems, int64_t count) {
     first_item[p + 1] = first_item[p] + cpu::attention_items_count(problems[p]);
     longest = std::max(longest, problems[p].keys * (problems[p].dk + problems[p].dv));
   }
-  const cpu::AttentionKernel run = kernel();
   parallel_for(first_item[count], grain_for(longest, 1), [&](int64_t b, int64_t e) {
     int64_t p = std::upper_bound(first_item.begin(), first_item.end(), b) - first_item.begin() - 1;
     for (; b < e; ++p) {
       const int64_t end = std::min(e, first_item[p + 1]);
-      if (end > b) run(problems[p], b - first_item[p], end - first_item[p]);
+      if (end > b) kernel_for(problems[p])(problems[p], b - first_item[p], end - first_item[p]);
       b = end;
     }
   });

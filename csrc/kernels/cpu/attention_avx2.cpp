@@ -29,6 +29,7 @@ inline __m256 sum_each(const __m256 (&x)[8]) {
 }
 
 struct Avx2Ops {
+  static constexpr bool kPairs = false;
   static void to_float(DType dtype, const char* row, float* out, int64_t d) {
     int64_t i = 0;
     for (; i + 8 <= d; i += 8) {

@@ -6,11 +6,21 @@
 //   Ops::max(x, visible, n)                 the largest x[i] with visible[i]; -inf if none
 //   Ops::exp_visible(x, visible, n, shift)  x[i] = visible[i] ? exp(x[i] - shift) : 0; returns their sum
 // (keys and values are fp32 rows of a converted block: [kKeyBlock, d], zeros past row n.)
+// Ops::kPairs (bf16 caches on CPUs with AVX512-BF16) multiplies bf16 pairs instead, with fp32 sums:
+//   Ops::pair_keys(keys, row_bytes, n, d, block)   a key block (the cache's rows, row_bytes
+//       apart) in the layout pair_scores reads
+//   Ops::pair_scores(q, rows, d, block, n, scale, out, ld)   out[r * ld + j] = scale q[r] . k[j]
+//       for every query row r (bf16 pairs, rows of (d + 1) / 2 words, the last padded with 0)
+//   Ops::pair_block(cache, row_bytes, visible, t0, n, d, block)   values as pairs of rows:
+//       block[i, c] = v[2i, c] | v[2i + 1, c] << 16 ([kKeyBlock / 2, d] words, zeros as above)
+//   Ops::accumulate_pairs(p, ldp, rows, block, n, d, acc)   acc[r, i] += sum_j bf16(p[r, j]) values[j, i]
+//       for every row r (p: rows ldp apart; acc: rows of d)
 // Everything here has internal linkage, so each ISA file keeps its own copy.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "moeweave/half.h"
@@ -63,14 +73,18 @@ inline void store_element(DType dtype, char* base, int64_t i, float value) {
 
 // Rows t0 .. t0 + n - 1 of a key or value cache (row stride in bytes) as fp32 [kKeyBlock, d];
 // zeros for the keys the query may not see and for the rows past n.
+// Rows t0 .. t0 + n - 1 of a cache, kPrefetchRows ahead of their use (past the end: a no-op).
+inline void prefetch_ahead(const char* cache, int64_t row_bytes, int64_t t0, int64_t n, int64_t row_used) {
+  for (int64_t t = t0 + kPrefetchRows; t < t0 + kPrefetchRows + n; ++t)
+    for (int64_t line = 0; line < row_used; line += 64) __builtin_prefetch(cache + t * row_bytes + line);
+}
+
 template <typename Ops>
 void convert_block(DType dtype, const char* cache, int64_t row_bytes, const uint8_t* visible, int64_t t0, int64_t n,
                    int64_t d, float* block) {
   std::fill(block + n * d, block + kKeyBlock * d, 0.0f);
-  const int64_t row_used = d * static_cast<int64_t>(dtype_size(dtype));
+  prefetch_ahead(cache, row_bytes, t0, n, d * static_cast<int64_t>(dtype_size(dtype)));
   for (int64_t t = 0; t < n; ++t) {
-    const char* ahead = cache + (t0 + t + kPrefetchRows) * row_bytes;  // past the end: a no-op
-    for (int64_t line = 0; line < row_used; line += 64) __builtin_prefetch(ahead + line);
     if (visible[t])
       Ops::to_float(dtype, cache + (t0 + t) * row_bytes, block + t * d, d);
     else
@@ -83,10 +97,12 @@ void convert_block(DType dtype, const char* cache, int64_t row_bytes, const uint
 // converted to fp32 once per block of kKeyBlock and reused by every (head, query) row of the
 // item; per row: the block's scores, a max-shifted softmax over the keys it sees (masked
 // probabilities are exactly 0), and the probability-weighted sum of the value block. Blocks past
-// the last key any row sees are skipped (half the keys of a causal prompt). A key no row of the
+// the last key any row sees are skipped (half the keys of a causal prompt). A value no row of the
 // item sees is zeros in the block, never read from the cache: masked slots may hold anything,
-// NaN included. A key some rows see is read for all of them, and weighs 0 where it is masked;
-// the same sum as one row at a time, as long as the slots a sequence's queries see are finite.
+// NaN included (the fp32 path never reads such a key either; the pair path reads its keys in
+// place, and the softmax drops the scores of keys a row does not see, whatever they are). A key
+// some rows see is read for all of them, and weighs 0 where it is masked; the same sum as one
+// row at a time, as long as the slots a sequence's queries see are finite.
 template <typename Ops>
 void attention_items(const AttentionArgs& a, int64_t item_begin, int64_t item_end) {
   const int64_t group = a.heads / a.kv_heads, chunks = (group + kHeadsPerItem - 1) / kHeadsPerItem;
@@ -95,11 +111,13 @@ void attention_items(const AttentionArgs& a, int64_t item_begin, int64_t item_en
   const int64_t rows_max = kHeadsPerItem * rows_per_item, esize = static_cast<int64_t>(dtype_size(a.dtype));
   thread_local std::vector<float> scratch;
   thread_local std::vector<uint8_t> seen_by_any;
-  scratch.resize(rows_max * (a.keys + a.dk + a.dv) + kKeyBlock * std::max(a.dk, a.dv));
+  // The block takes kKeyBlock rows of fp32 or pair words, 32 columns at a time.
+  const int64_t block_columns = (std::max(a.dk, a.dv) + 31) / 32 * 32;
+  scratch.resize(rows_max * (a.keys + a.dk + a.dv) + kKeyBlock * block_columns);
   float* scores = scratch.data();               // [rows of the item, T]; row r = head r / nq, query r % nq
   float* query = scores + rows_max * a.keys;    // [rows of the item, dk]
   float* acc = query + rows_max * a.dk;         // [rows of the item, dv]
-  float* block = acc + rows_max * a.dv;         // [kKeyBlock, dk or dv]
+  float* block = acc + rows_max * a.dv;         // [kKeyBlock, block_columns]
   for (int64_t item = item_begin; item < item_end; ++item) {
     const int64_t chunk = item % chunks, qb = item / chunks % query_blocks;
     const int64_t kv = item / (chunks * query_blocks) % a.kv_heads, b = item / (chunks * query_blocks * a.kv_heads);
@@ -110,8 +128,15 @@ void attention_items(const AttentionArgs& a, int64_t item_begin, int64_t item_en
     auto out_row = [&](int64_t r) { return (b * a.heads + first + r / nq) * a.queries + s0 + r % nq; };
     auto visible = [&](int64_t r) { return a.mask + (b * a.queries + s0 + r % nq) * a.keys; };
     for (int64_t r = 0; r < rows; ++r) {
-      Ops::to_float(a.dtype, static_cast<const char*>(a.q) + out_row(r) * a.dk * esize, query + r * a.dk, a.dk);
-      for (int64_t i = 0; i < a.dk; ++i) query[r * a.dk + i] *= a.scale;
+      const char* row = static_cast<const char*>(a.q) + out_row(r) * a.dk * esize;
+      if constexpr (Ops::kPairs) {  // bf16 as stored; the scale goes on the scores
+        uint16_t* words = reinterpret_cast<uint16_t*>(query) + r * ((a.dk + 1) / 2) * 2;
+        std::memcpy(words, row, a.dk * esize);
+        if (a.dk % 2) words[a.dk] = 0;
+      } else {
+        Ops::to_float(a.dtype, row, query + r * a.dk, a.dk);
+        for (int64_t i = 0; i < a.dk; ++i) query[r * a.dk + i] *= a.scale;
+      }
     }
     // The keys any row sees (the row's own mask when there is one query), and the end of them.
     const uint8_t* any = visible(0);
@@ -126,10 +151,18 @@ void attention_items(const AttentionArgs& a, int64_t item_begin, int64_t item_en
 
     const char* k = static_cast<const char*>(a.k) + (b * a.k_strides[0] + kv * a.k_strides[1]) * esize;
     const char* v = static_cast<const char*>(a.v) + (b * a.v_strides[0] + kv * a.v_strides[1]) * esize;
+    const int64_t k_row_bytes = a.k_strides[2] * esize, v_row_bytes = a.v_strides[2] * esize;
     for (int64_t t0 = 0; t0 < end; t0 += kKeyBlock) {
       const int64_t n = std::min(kKeyBlock, end - t0);
-      convert_block<Ops>(a.dtype, k, a.k_strides[2] * esize, any + t0, t0, n, a.dk, block);
-      for (int64_t r = 0; r < rows; ++r) Ops::scores(query + r * a.dk, block, n, a.dk, scores + r * a.keys + t0);
+      if constexpr (Ops::kPairs) {
+        uint32_t* pairs = reinterpret_cast<uint32_t*>(block);
+        prefetch_ahead(k, k_row_bytes, t0, n, a.dk * esize);
+        Ops::pair_keys(k + t0 * k_row_bytes, k_row_bytes, n, a.dk, pairs);
+        Ops::pair_scores(reinterpret_cast<const uint32_t*>(query), rows, a.dk, pairs, n, a.scale, scores + t0, a.keys);
+      } else {
+        convert_block<Ops>(a.dtype, k, k_row_bytes, any + t0, t0, n, a.dk, block);
+        for (int64_t r = 0; r < rows; ++r) Ops::scores(query + r * a.dk, block, n, a.dk, scores + r * a.keys + t0);
+      }
     }
     float total[kHeadsPerItem * kQueryRows];
     for (int64_t r = 0; r < rows; ++r) {
@@ -145,8 +178,14 @@ void attention_items(const AttentionArgs& a, int64_t item_begin, int64_t item_en
     std::fill(acc, acc + rows * a.dv, 0.0f);
     for (int64_t t0 = 0; t0 < end; t0 += kKeyBlock) {
       const int64_t n = std::min(kKeyBlock, end - t0);
-      convert_block<Ops>(a.dtype, v, a.v_strides[2] * esize, any + t0, t0, n, a.dv, block);
-      for (int64_t r = 0; r < rows; ++r) Ops::accumulate(scores + r * a.keys + t0, block, n, a.dv, acc + r * a.dv);
+      if constexpr (Ops::kPairs) {
+        uint32_t* pairs = reinterpret_cast<uint32_t*>(block);
+        Ops::pair_block(v, v_row_bytes, any + t0, t0, n, a.dv, pairs);
+        Ops::accumulate_pairs(scores + t0, a.keys, rows, pairs, n, a.dv, acc);
+      } else {
+        convert_block<Ops>(a.dtype, v, v_row_bytes, any + t0, t0, n, a.dv, block);
+        for (int64_t r = 0; r < rows; ++r) Ops::accumulate(scores + r * a.keys + t0, block, n, a.dv, acc + r * a.dv);
+      }
     }
     for (int64_t r = 0; r < rows; ++r) {
       const float norm = total[r] > 0.0f ? 1.0f / total[r] : 0.0f;

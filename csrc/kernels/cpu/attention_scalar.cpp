@@ -6,6 +6,7 @@ namespace moeweave::cpu {
 namespace {
 
 struct ScalarOps {
+  static constexpr bool kPairs = false;
   static void to_float(DType dtype, const char* row, float* out, int64_t d) {
     for (int64_t i = 0; i < d; ++i) out[i] = element_to_float(dtype, row, i);
   }

@@ -96,6 +96,8 @@ using QuantizeKernel = void (*)(const QuantizeArgs& args, int64_t tile_begin, in
 using AttentionKernel = void (*)(const AttentionArgs& args, int64_t item_begin, int64_t item_end);
 
 extern const AttentionKernel kAttentionScalar, kAttentionAvx2, kAttentionAvx512;
+// Prompts over bf16 caches where the CPU has AVX512-BF16 (attention_avx512.cpp).
+extern const AttentionKernel kAttentionAvx512Bf16;
 extern const QuantMatmulKernels kQuantMatmulScalar, kQuantMatmulAvx2, kQuantMatmulAvx512;
 extern const SiluMulKernels kSiluMulScalar, kSiluMulAvx2, kSiluMulAvx512;
 extern const RerouteKernel kRerouteScalar, kRerouteAvx2, kRerouteAvx512;

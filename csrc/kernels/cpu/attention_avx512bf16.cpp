@@ -1,0 +1,182 @@
+// AVX-512 attention with AVX512-BF16 pair products for prompts over a bf16 cache. Compiled with
+// the AVX-512 flags and -mavx512bf16; attention.cpp calls it only where the CPU has the extension.
+#include "attention_avx512_ops.h"
+#include "variants.h"
+
+namespace moeweave::cpu {
+namespace {
+
+// The 16 x 16 32-bit words of r transposed in place (r[i] lane j = r[j] lane i before): unpacks of
+// words and of word pairs within 128-bit lanes, then two rounds of 128-bit lane shuffles.
+inline void transpose16(__m512i (&r)[16]) {
+  __m512i t[16], x[16];
+  for (int a = 0; a < 8; ++a) {
+    t[2 * a] = _mm512_unpacklo_epi32(r[2 * a], r[2 * a + 1]);
+    t[2 * a + 1] = _mm512_unpackhi_epi32(r[2 * a], r[2 * a + 1]);
+  }
+  // x[4e + b] lane L: rows 4b .. 4b + 3 of column 4L + e
+  for (int b = 0; b < 4; ++b) {
+    x[b] = _mm512_unpacklo_epi64(t[4 * b], t[4 * b + 2]);
+    x[4 + b] = _mm512_unpackhi_epi64(t[4 * b], t[4 * b + 2]);
+    x[8 + b] = _mm512_unpacklo_epi64(t[4 * b + 1], t[4 * b + 3]);
+    x[12 + b] = _mm512_unpackhi_epi64(t[4 * b + 1], t[4 * b + 3]);
+  }
+  for (int e = 0; e < 4; ++e) {
+    const __m512i* X = x + 4 * e;
+    const __m512i y0 = _mm512_shuffle_i32x4(X[0], X[1], 0x44), y1 = _mm512_shuffle_i32x4(X[0], X[1], 0xee);
+    const __m512i y2 = _mm512_shuffle_i32x4(X[2], X[3], 0x44), y3 = _mm512_shuffle_i32x4(X[2], X[3], 0xee);
+    r[e] = _mm512_shuffle_i32x4(y0, y2, 0x88);
+    r[4 + e] = _mm512_shuffle_i32x4(y0, y2, 0xdd);
+    r[8 + e] = _mm512_shuffle_i32x4(y1, y3, 0x88);
+    r[12 + e] = _mm512_shuffle_i32x4(y1, y3, 0xdd);
+  }
+}
+
+// Prompts over a bf16 cache on CPUs with AVX512-BF16: one vdpbf16ps multiplies 32 bf16 pairs
+// and adds them to 16 fp32 sums, twice the multiply-adds of an fp32 FMA. A key block is
+// transposed once into pairs by key (lane j = key j), and each query row then takes one pair
+// product per pair of its elements, with no reduction across lanes. The query and the cache are
+// bf16 already, so the scores are the same products summed in another order; the probabilities
+// are rounded to bf16 for the value sums (the output is rounded to bf16 anyway). Decode steps
+// keep Avx512Ops: they are bound by reading the cache.
+struct Avx512Bf16Ops : Avx512Ops {
+  static constexpr bool kPairs = true;
+
+  // The first min(count, 32) bf16 lanes of a register.
+  static __mmask32 bf16_lanes(int64_t count) { return count >= 32 ? ~__mmask32(0) : _cvtu32_mask32((1u << count) - 1); }
+
+  // Keys 0 .. n - 1 of a block (rows row_bytes apart) as pairs by key: out[16 i + j] =
+  // (k[j, 2i], k[j, 2i + 1]), zeros for keys j >= n and past column d.
+  static void pair_keys(const char* keys, int64_t row_bytes, int64_t n, int64_t d, uint32_t* out) {
+    for (int64_t c = 0; c < d; c += 32) {
+      const __mmask32 m = bf16_lanes(d - c);
+      __m512i r[16];
+      for (int j = 0; j < 16; ++j)
+        r[j] = j < n ? _mm512_maskz_loadu_epi16(m, reinterpret_cast<const uint16_t*>(keys + j * row_bytes) + c)
+                     : _mm512_setzero_si512();
+      transpose16(r);
+      for (int i = 0; i < 16; ++i) _mm512_storeu_si512(out + (c / 2 + i) * 16, r[i]);
+    }
+  }
+
+  // R query rows (q: `pairs` words each) over a block from pair_keys: out[r * ld + j] for j < n.
+  // Even and odd pairs go to separate sums, 2R independent chains of vdpbf16ps.
+  template <int R>
+  static void score_rows(const uint32_t* q, int64_t pairs, const uint32_t* keys, int64_t n, float scale, float* out,
+                         int64_t ld) {
+    __m512 even[R], odd[R];
+    for (int r = 0; r < R; ++r) even[r] = odd[r] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 2 <= pairs; i += 2) {
+      const __m512bh k0 = (__m512bh)_mm512_loadu_si512(keys + 16 * i);
+      const __m512bh k1 = (__m512bh)_mm512_loadu_si512(keys + 16 * (i + 1));
+      for (int r = 0; r < R; ++r) {
+        even[r] = _mm512_dpbf16_ps(even[r], (__m512bh)_mm512_set1_epi32(int(q[r * pairs + i])), k0);
+        odd[r] = _mm512_dpbf16_ps(odd[r], (__m512bh)_mm512_set1_epi32(int(q[r * pairs + i + 1])), k1);
+      }
+    }
+    if (i < pairs) {
+      const __m512bh k0 = (__m512bh)_mm512_loadu_si512(keys + 16 * i);
+      for (int r = 0; r < R; ++r)
+        even[r] = _mm512_dpbf16_ps(even[r], (__m512bh)_mm512_set1_epi32(int(q[r * pairs + i])), k0);
+    }
+    for (int r = 0; r < R; ++r)
+      store_f32(out + r * ld, _mm512_mul_ps(_mm512_add_ps(even[r], odd[r]), _mm512_set1_ps(scale)), lanes(n));
+  }
+
+  // Every query row of an item (rows of (d + 1) / 2 words, the last padded with 0) over a block:
+  // out[r * ld + j] = scale sum_i q[r, i] k[j, i] for j < n.
+  static void pair_scores(const uint32_t* q, int64_t rows, int64_t d, const uint32_t* keys, int64_t n, float scale,
+                          float* out, int64_t ld) {
+    const int64_t pairs = (d + 1) / 2;
+    int64_t r = 0;
+    for (; r + 8 <= rows; r += 8) score_rows<8>(q + r * pairs, pairs, keys, n, scale, out + r * ld, ld);
+    const uint32_t* rest = q + r * pairs;
+    float* rest_out = out + r * ld;
+    switch (rows - r) {
+      case 7: return score_rows<7>(rest, pairs, keys, n, scale, rest_out, ld);
+      case 6: return score_rows<6>(rest, pairs, keys, n, scale, rest_out, ld);
+      case 5: return score_rows<5>(rest, pairs, keys, n, scale, rest_out, ld);
+      case 4: return score_rows<4>(rest, pairs, keys, n, scale, rest_out, ld);
+      case 3: return score_rows<3>(rest, pairs, keys, n, scale, rest_out, ld);
+      case 2: return score_rows<2>(rest, pairs, keys, n, scale, rest_out, ld);
+      case 1: return score_rows<1>(rest, pairs, keys, n, scale, rest_out, ld);
+    }
+  }
+
+  // Value rows 2i and 2i + 1 interleaved word by word, 32 columns at a time.
+  static void pair_block(const char* cache, int64_t row_bytes, const uint8_t* visible, int64_t t0, int64_t n,
+                         int64_t d, uint32_t* block) {
+    prefetch_ahead(cache, row_bytes, t0, n, d * 2);
+    const __m512i low = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6,
+                                         37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+    const __m512i high = _mm512_add_epi16(low, _mm512_set1_epi16(16));
+    auto row = [&](int64_t t) {
+      return t < n && visible[t] ? reinterpret_cast<const uint16_t*>(cache + (t0 + t) * row_bytes) : nullptr;
+    };
+    for (int64_t i = 0; i < kKeyBlock / 2; ++i) {
+      const uint16_t *even = row(2 * i), *odd = row(2 * i + 1);
+      for (int64_t c = 0; c < d; c += 32) {
+        const __mmask32 m = bf16_lanes(d - c);
+        const __m512i a = even ? _mm512_maskz_loadu_epi16(m, even + c) : _mm512_setzero_si512();
+        const __m512i b = odd ? _mm512_maskz_loadu_epi16(m, odd + c) : _mm512_setzero_si512();
+        uint32_t* out = block + i * d + c;
+        _mm512_mask_storeu_epi32(out, lanes(d - c), _mm512_permutex2var_epi16(a, low, b));
+        if (d - c > 16) _mm512_mask_storeu_epi32(out + 16, lanes(d - c - 16), _mm512_permutex2var_epi16(a, high, b));
+      }
+    }
+  }
+
+  // R rows' acc[0, d) += their bf16 probabilities (p, rows ldp apart) times the block's value
+  // pairs; each value load feeds R products, 128 columns of every row in registers at a time.
+  template <int R>
+  static void accumulate_rows(const float* p, int64_t ldp, const uint32_t* block, int64_t n, int64_t d, float* acc) {
+    alignas(32) uint32_t weights[R][kKeyBlock / 2];  // (p[2i], p[2i + 1]) as bf16
+    for (int r = 0; r < R; ++r)
+      _mm256_store_si256(reinterpret_cast<__m256i*>(weights[r]),
+                         (__m256i)_mm512_cvtneps_pbh(load_f32(p + r * ldp, lanes(n))));
+    const int64_t pairs = (n + 1) / 2;
+    auto weight = [&](int r, int64_t i) { return (__m512bh)_mm512_set1_epi32(int(weights[r][i])); };
+    int64_t c = 0;
+    for (; c + 128 <= d; c += 128) {
+      __m512 sum[R][8];
+      for (int r = 0; r < R; ++r)
+        for (int v = 0; v < 8; ++v) sum[r][v] = _mm512_loadu_ps(acc + r * d + c + 16 * v);
+      for (int64_t i = 0; i < pairs; ++i) {
+        __m512bh w[R];
+        for (int r = 0; r < R; ++r) w[r] = weight(r, i);
+        for (int v = 0; v < 8; ++v) {
+          const __m512bh values = (__m512bh)_mm512_loadu_si512(block + i * d + c + 16 * v);
+          for (int r = 0; r < R; ++r) sum[r][v] = _mm512_dpbf16_ps(sum[r][v], w[r], values);
+        }
+      }
+      for (int r = 0; r < R; ++r)
+        for (int v = 0; v < 8; ++v) _mm512_storeu_ps(acc + r * d + c + 16 * v, sum[r][v]);
+    }
+    for (; c < d; c += 16) {
+      const __mmask16 m = lanes(d - c);
+      __m512 sum[R];
+      for (int r = 0; r < R; ++r) sum[r] = load_f32(acc + r * d + c, m);
+      for (int64_t i = 0; i < pairs; ++i) {
+        const __m512bh values = (__m512bh)_mm512_maskz_loadu_epi32(m, block + i * d + c);
+        for (int r = 0; r < R; ++r) sum[r] = _mm512_dpbf16_ps(sum[r], weight(r, i), values);
+      }
+      for (int r = 0; r < R; ++r) store_f32(acc + r * d + c, sum[r], m);
+    }
+  }
+
+  // Every row's acc (rows of d) += its probabilities over the block (p: rows ldp apart) times
+  // the values in pair_block's layout, two rows at a time.
+  static void accumulate_pairs(const float* p, int64_t ldp, int64_t rows, const uint32_t* block, int64_t n, int64_t d,
+                               float* acc) {
+    int64_t r = 0;
+    for (; r + 2 <= rows; r += 2) accumulate_rows<2>(p + r * ldp, ldp, block, n, d, acc + r * d);
+    if (r < rows) accumulate_rows<1>(p + r * ldp, ldp, block, n, d, acc + r * d);
+  }
+};
+
+}  // namespace
+
+const AttentionKernel kAttentionAvx512Bf16 = attention_items<Avx512Bf16Ops>;
+
+}  // namespace moeweave::cpu
