@@ -220,7 +220,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("current_isa", [] { return std::string(moeweave::isa_name(moeweave::current_isa())); });
   m.def("set_isa", &set_isa, py::arg("name"), "Dispatch CPU kernels to this ISA level");
   m.def("avx512_bf16_supported", &moeweave::avx512_bf16_supported,
-        "Whether the CPU has AVX512-BF16, which prompt attention over bf16 caches uses at the avx512 level");
+        "Whether the CPU has AVX512-BF16, which attention over bf16 caches uses at the avx512 level");
   m.def("num_threads", &moeweave::num_threads, "Threads of moeweave's native pool");
   m.def("set_num_threads", &moeweave::set_num_threads, py::arg("n"));
   m.def("io_uring_status", &io_uring_status, "(available, errno) from an io_uring_setup probe");

@@ -54,8 +54,8 @@ def has_amx_bf16() -> bool:
 
 
 def has_avx512_bf16() -> bool:
-    """Whether the CPU has AVX512-BF16: at the avx512 level, prompt attention over a bf16 cache
-    then multiplies bf16 pairs (twice the fp32 rate) instead of converting to fp32."""
+    """Whether the CPU has AVX512-BF16: at the avx512 level, attention over a bf16 cache then
+    multiplies bf16 pairs (twice the fp32 rate) instead of converting the cache to fp32."""
     return bool(require_cpu_module().avx512_bf16_supported())
 
 

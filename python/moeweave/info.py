@@ -69,7 +69,7 @@ def format_report(report: dict) -> str:
     if cpu["loaded"]:
         lines.append(f"native CPU module: loaded from {cpu['path']}")
         lines.append(f"  ISA in use: {cpu['isa']}  (supported: {', '.join(cpu['supported_isas'])})")
-        pairs = "yes (prompt attention over bf16 caches)" if cpu["avx512_bf16"] else "no"
+        pairs = "yes (attention over bf16 caches)" if cpu["avx512_bf16"] else "no"
         lines.append(f"  AVX512-BF16: {pairs}")
         lines.append(f"  threads: {cpu['threads']} (moeweave pool), {report['torch_threads']} (torch)")
         uring = report["io_uring"]

@@ -1,6 +1,6 @@
 """moeweave::attention against torch's scaled_dot_product_attention (fp32), under every ISA
 level: grouped heads, cache views into larger buffers, masks, Dk != Dv. At the avx512 level on a
-CPU with AVX512-BF16, bf16 prompts (more than one query) take the bf16 pair products."""
+CPU with AVX512-BF16, bf16 attention takes the bf16 pair products."""
 
 import pytest
 import torch

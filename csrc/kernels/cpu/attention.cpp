@@ -20,10 +20,10 @@ bool valid(const AttentionArgs& a) {
          a.heads % a.kv_heads == 0;
 }
 
-// A prompt over a bf16 cache multiplies bf16 pairs where the CPU can (twice the fp32 rate); a
-// decode step (one query) is bound by reading the cache and keeps the fp32 products.
+// Attention over a bf16 cache multiplies bf16 pairs where the CPU can: twice the fp32 rate, and
+// no conversion of the cache (prompts and decode steps alike, one query row per item included).
 cpu::AttentionKernel kernel_for(const AttentionArgs& a) {
-  if (a.dtype == DType::bf16 && a.queries > 1 && current_isa() == Isa::avx512 && avx512_bf16_supported())
+  if (a.dtype == DType::bf16 && current_isa() == Isa::avx512 && avx512_bf16_supported())
     return cpu::kAttentionAvx512Bf16;
   return cpu::for_isa(current_isa(), cpu::kAttentionScalar, cpu::kAttentionAvx2, cpu::kAttentionAvx512);
 }

@@ -1,4 +1,4 @@
-// AVX-512 attention with AVX512-BF16 pair products for prompts over a bf16 cache. Compiled with
+// AVX-512 attention with AVX512-BF16 pair products over a bf16 cache. Compiled with
 // the AVX-512 flags and -mavx512bf16; attention.cpp calls it only where the CPU has the extension.
 #include "attention_avx512_ops.h"
 #include "variants.h"
@@ -32,13 +32,13 @@ inline void transpose16(__m512i (&r)[16]) {
   }
 }
 
-// Prompts over a bf16 cache on CPUs with AVX512-BF16: one vdpbf16ps multiplies 32 bf16 pairs
+// Attention over a bf16 cache on CPUs with AVX512-BF16: one vdpbf16ps multiplies 32 bf16 pairs
 // and adds them to 16 fp32 sums, twice the multiply-adds of an fp32 FMA. A key block is
 // transposed once into pairs by key (lane j = key j), and each query row then takes one pair
 // product per pair of its elements, with no reduction across lanes. The query and the cache are
 // bf16 already, so the scores are the same products summed in another order; the probabilities
-// are rounded to bf16 for the value sums (the output is rounded to bf16 anyway). Decode steps
-// keep Avx512Ops: they are bound by reading the cache.
+// are rounded to bf16 for the value sums (the output is rounded to bf16 anyway). A decode step
+// gains too: the cache is read as stored, never converted (one query row per item included).
 struct Avx512Bf16Ops : Avx512Ops {
   static constexpr bool kPairs = true;
 

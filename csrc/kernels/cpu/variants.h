@@ -96,7 +96,7 @@ using QuantizeKernel = void (*)(const QuantizeArgs& args, int64_t tile_begin, in
 using AttentionKernel = void (*)(const AttentionArgs& args, int64_t item_begin, int64_t item_end);
 
 extern const AttentionKernel kAttentionScalar, kAttentionAvx2, kAttentionAvx512;
-// Prompts over bf16 caches where the CPU has AVX512-BF16 (attention_avx512.cpp).
+// Attention over bf16 caches where the CPU has AVX512-BF16 (attention_avx512bf16.cpp).
 extern const AttentionKernel kAttentionAvx512Bf16;
 extern const QuantMatmulKernels kQuantMatmulScalar, kQuantMatmulAvx2, kQuantMatmulAvx512;
 extern const SiluMulKernels kSiluMulScalar, kSiluMulAvx2, kSiluMulAvx512;
