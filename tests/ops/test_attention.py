@@ -21,6 +21,7 @@ SHAPES = [
     (2, 8, 2, 3, 37, 40, 24),  # odd sizes, Dk != Dv (MLA's 192 / 128 in small)
     (3, 4, 4, 8, 5, 19, 19),  # multi-head, more queries than some rows can see
     (1, 6, 1, 2, 1, 16, 8),  # multi-query, a single cached key
+    (1, 16, 1, 3, 70, 576, 512),  # MLA's absorbed attention over latents: one key head, wide rows
 ]
 
 
