@@ -41,6 +41,17 @@ struct Avx2Ops {
     }
     for (; i < d; ++i) out[i] = element_to_float(dtype, row, i);
   }
+  static void from_float(DType dtype, const float* in, char* row, int64_t d) {
+    int64_t i = 0;
+    for (; i + 8 <= d; i += 8) {
+      switch (dtype) {
+        case DType::bf16: store_bf16(reinterpret_cast<uint16_t*>(row) + i, _mm256_loadu_ps(in + i)); break;
+        case DType::f16: store_f16(reinterpret_cast<uint16_t*>(row) + i, _mm256_loadu_ps(in + i)); break;
+        default: store_f32(reinterpret_cast<float*>(row) + i, _mm256_loadu_ps(in + i));
+      }
+    }
+    for (; i < d; ++i) store_element(dtype, row, i, in[i]);
+  }
   // 8 keys at a time: one accumulator per key over d, then the 8 accumulators are reduced
   // together (lane j of the result = key j's sum) instead of one horizontal sum per key.
   static void scores(const float* q, const float* keys, int64_t n, int64_t d, float* out) {

@@ -43,6 +43,17 @@ struct Avx512Ops {
       default: return convert(reinterpret_cast<const float*>(row), out, d, load_f32);
     }
   }
+  static void from_float(DType dtype, const float* in, char* row, int64_t d) {
+    for (int64_t i = 0; i < d; i += 16) {
+      const __mmask16 m = lanes(d - i);
+      const __m512 x = load_f32(in + i, m);
+      switch (dtype) {
+        case DType::bf16: store_bf16(reinterpret_cast<uint16_t*>(row) + i, x, m); break;
+        case DType::f16: store_f16(reinterpret_cast<uint16_t*>(row) + i, x, m); break;
+        default: store_f32(reinterpret_cast<float*>(row) + i, x, m);
+      }
+    }
+  }
   template <typename T, typename Load>
   static void convert(const T* row, float* out, int64_t d, Load load) {
     for (int64_t i = 0; i < d; i += 16) {

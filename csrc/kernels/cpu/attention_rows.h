@@ -1,6 +1,7 @@
 // The ISA-independent body of the attention kernels. attention_{scalar,avx2,avx512}.cpp each
 // instantiate attention_items<Ops> with their own vector primitives:
 //   Ops::to_float(dtype, row, out, d)       out[i] = row[i] as fp32   (row in `dtype`)
+//   Ops::from_float(dtype, in, row, d)      row[i] = in[i] in `dtype` (rounded to nearest even)
 //   Ops::scores(q, keys, n, d, out)         out[j] = sum_i q[i] keys[j, i] for j < n <= kKeyBlock
 //   Ops::accumulate(p, values, n, d, acc)   acc[i] += sum_j p[j] values[j, i]
 //   Ops::max(x, visible, n)                 the largest x[i] with visible[i]; -inf if none
@@ -142,9 +143,12 @@ void attention_items(const AttentionArgs& a, int64_t item_begin, int64_t item_en
     const uint8_t* any = visible(0);
     if (nq > 1) {
       seen_by_any.assign(any, any + a.keys);
-      for (int64_t s = 1; s < nq; ++s)
-        for (int64_t t = 0; t < a.keys; ++t) seen_by_any[t] |= visible(s)[t];
-      any = seen_by_any.data();
+      uint8_t* seen = seen_by_any.data();
+      for (int64_t s = 1; s < nq; ++s) {
+        const uint8_t* row = visible(s);  // one pass per query, which the compiler vectorises
+        for (int64_t t = 0, keys = a.keys; t < keys; ++t) seen[t] |= row[t];
+      }
+      any = seen;
     }
     int64_t end = a.keys;
     while (end > 0 && !any[end - 1]) --end;
@@ -189,8 +193,9 @@ void attention_items(const AttentionArgs& a, int64_t item_begin, int64_t item_en
     }
     for (int64_t r = 0; r < rows; ++r) {
       const float norm = total[r] > 0.0f ? 1.0f / total[r] : 0.0f;
-      char* out = static_cast<char*>(a.out) + out_row(r) * a.dv * esize;
-      for (int64_t i = 0; i < a.dv; ++i) store_element(a.dtype, out, i, acc[r * a.dv + i] * norm);
+      float* row = acc + r * a.dv;
+      for (int64_t i = 0; i < a.dv; ++i) row[i] *= norm;
+      Ops::from_float(a.dtype, row, static_cast<char*>(a.out) + out_row(r) * a.dv * esize, a.dv);
     }
   }
 }

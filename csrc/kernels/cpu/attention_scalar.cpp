@@ -10,6 +10,9 @@ struct ScalarOps {
   static void to_float(DType dtype, const char* row, float* out, int64_t d) {
     for (int64_t i = 0; i < d; ++i) out[i] = element_to_float(dtype, row, i);
   }
+  static void from_float(DType dtype, const float* in, char* row, int64_t d) {
+    for (int64_t i = 0; i < d; ++i) store_element(dtype, row, i, in[i]);
+  }
   static void scores(const float* q, const float* keys, int64_t n, int64_t d, float* out) {
     for (int64_t j = 0; j < n; ++j) {
       float sum = 0.0f;
