@@ -72,14 +72,14 @@ inline void store_element(DType dtype, char* base, int64_t i, float value) {
   }
 }
 
-// Rows t0 .. t0 + n - 1 of a key or value cache (row stride in bytes) as fp32 [kKeyBlock, d];
-// zeros for the keys the query may not see and for the rows past n.
 // Rows t0 .. t0 + n - 1 of a cache, kPrefetchRows ahead of their use (past the end: a no-op).
 inline void prefetch_ahead(const char* cache, int64_t row_bytes, int64_t t0, int64_t n, int64_t row_used) {
   for (int64_t t = t0 + kPrefetchRows; t < t0 + kPrefetchRows + n; ++t)
     for (int64_t line = 0; line < row_used; line += 64) __builtin_prefetch(cache + t * row_bytes + line);
 }
 
+// Rows t0 .. t0 + n - 1 of a key or value cache (row stride in bytes) as fp32 [kKeyBlock, d];
+// zeros for the keys the query may not see and for the rows past n.
 template <typename Ops>
 void convert_block(DType dtype, const char* cache, int64_t row_bytes, const uint8_t* visible, int64_t t0, int64_t n,
                    int64_t d, float* block) {
