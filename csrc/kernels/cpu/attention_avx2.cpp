@@ -28,7 +28,7 @@ inline __m256 sum_each(const __m256 (&x)[8]) {
   return _mm256_add_ps(_mm256_permute2f128_ps(low, high, 0x20), _mm256_permute2f128_ps(low, high, 0x31));
 }
 
-struct Avx2Ops {
+struct Avx2Ops : RowByRow<Avx2Ops> {
   static constexpr bool kPairs = false;
   static void to_float(DType dtype, const char* row, float* out, int64_t d) {
     int64_t i = 0;
@@ -54,7 +54,7 @@ struct Avx2Ops {
   }
   // 8 keys at a time: one accumulator per key over d, then the 8 accumulators are reduced
   // together (lane j of the result = key j's sum) instead of one horizontal sum per key.
-  static void scores(const float* q, const float* keys, int64_t n, int64_t d, float* out) {
+  static void row_scores(const float* q, const float* keys, int64_t n, int64_t d, float* out) {
     for (int64_t j0 = 0; j0 < n; j0 += 8) {
       const int64_t count = std::min<int64_t>(8, n - j0);
       if (d % 8) {  // odd head sizes: per key, with a scalar tail
@@ -74,7 +74,7 @@ struct Avx2Ops {
     }
   }
   // acc[0, d) += sum_j p[j] values[j], in registers 64 columns at a time.
-  static void accumulate(const float* p, const float* values, int64_t n, int64_t d, float* acc) {
+  static void row_accumulate(const float* p, const float* values, int64_t n, int64_t d, float* acc) {
     int64_t c = 0;
     for (; c + 64 <= d; c += 64) {
       __m256 sum[8];

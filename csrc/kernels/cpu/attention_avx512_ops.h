@@ -34,6 +34,32 @@ inline __m512 sum_each(const __m512 (&x)[16]) {
 }
 #pragma GCC diagnostic pop
 
+// The 16 x 16 32-bit words of r transposed in place (r[i] lane j = r[j] lane i before): unpacks of
+// words and of word pairs within 128-bit lanes, then two rounds of 128-bit lane shuffles.
+inline void transpose16(__m512i (&r)[16]) {
+  __m512i t[16], x[16];
+  for (int a = 0; a < 8; ++a) {
+    t[2 * a] = _mm512_unpacklo_epi32(r[2 * a], r[2 * a + 1]);
+    t[2 * a + 1] = _mm512_unpackhi_epi32(r[2 * a], r[2 * a + 1]);
+  }
+  // x[4e + b] lane L: rows 4b .. 4b + 3 of column 4L + e
+  for (int b = 0; b < 4; ++b) {
+    x[b] = _mm512_unpacklo_epi64(t[4 * b], t[4 * b + 2]);
+    x[4 + b] = _mm512_unpackhi_epi64(t[4 * b], t[4 * b + 2]);
+    x[8 + b] = _mm512_unpacklo_epi64(t[4 * b + 1], t[4 * b + 3]);
+    x[12 + b] = _mm512_unpackhi_epi64(t[4 * b + 1], t[4 * b + 3]);
+  }
+  for (int e = 0; e < 4; ++e) {
+    const __m512i* X = x + 4 * e;
+    const __m512i y0 = _mm512_shuffle_i32x4(X[0], X[1], 0x44), y1 = _mm512_shuffle_i32x4(X[0], X[1], 0xee);
+    const __m512i y2 = _mm512_shuffle_i32x4(X[2], X[3], 0x44), y3 = _mm512_shuffle_i32x4(X[2], X[3], 0xee);
+    r[e] = _mm512_shuffle_i32x4(y0, y2, 0x88);
+    r[4 + e] = _mm512_shuffle_i32x4(y0, y2, 0xdd);
+    r[8 + e] = _mm512_shuffle_i32x4(y1, y3, 0x88);
+    r[12 + e] = _mm512_shuffle_i32x4(y1, y3, 0xdd);
+  }
+}
+
 struct Avx512Ops {
   static constexpr bool kPairs = false;
   static void to_float(DType dtype, const char* row, float* out, int64_t d) {
@@ -61,14 +87,48 @@ struct Avx512Ops {
       store_f32(out + i, load(row + i, m), m);
     }
   }
+  // Every query row of an item (q: rows of d floats) over a converted key block [16, d]. From 8
+  // rows on, the block is transposed once into `keys_by_column` [d, 16] (lane j = key j), so a
+  // row's 16 scores are one register and take one FMA per element, 8 rows at a time with even
+  // and odd columns in separate sums (16 chains), no reduction across lanes. Fewer rows (a
+  // decode step with fewer than 8 query heads per key head) do not repay the transpose: there
+  // each row reduces its own 16 sums (row_scores). out[r * ld + j] for j < n.
+  static void scores(const float* q, int64_t rows, int64_t d, const float* block, int64_t n, float* out, int64_t ld,
+                     float* keys_by_column) {
+    static_assert(kKeyBlock == 16, "one lane per key");
+    if (rows < 8) {
+      for (int64_t r = 0; r < rows; ++r) row_scores(q + r * d, block, n, d, out + r * ld);
+      return;
+    }
+    for (int64_t c = 0; c < d; c += 16) {
+      const __mmask16 m = lanes(d - c);
+      __m512i r[16];
+      for (int j = 0; j < 16; ++j) r[j] = _mm512_castps_si512(load_f32(block + j * d + c, m));
+      transpose16(r);
+      for (int i = 0; i < 16; ++i) _mm512_storeu_si512(keys_by_column + (c + i) * 16, r[i]);
+    }
+    int64_t r = 0;
+    for (; r + 8 <= rows; r += 8) score_rows<8>(q + r * d, d, keys_by_column, n, out + r * ld, ld);
+    const float* rest = q + r * d;
+    float* rest_out = out + r * ld;
+    switch (rows - r) {
+      case 7: return score_rows<7>(rest, d, keys_by_column, n, rest_out, ld);
+      case 6: return score_rows<6>(rest, d, keys_by_column, n, rest_out, ld);
+      case 5: return score_rows<5>(rest, d, keys_by_column, n, rest_out, ld);
+      case 4: return score_rows<4>(rest, d, keys_by_column, n, rest_out, ld);
+      case 3: return score_rows<3>(rest, d, keys_by_column, n, rest_out, ld);
+      case 2: return score_rows<2>(rest, d, keys_by_column, n, rest_out, ld);
+      case 1: return score_rows<1>(rest, d, keys_by_column, n, rest_out, ld);
+    }
+  }
   // 16 keys at once: one accumulator per key over d, then the 16 accumulators are reduced
   // together (lane j of the result = key j's sum) instead of one horizontal sum per key. The
   // block always has 16 rows (zeros past n), so every loop bound is a constant and the 16
   // accumulators stay in registers (with a bound of n they lived on the stack).
   // Kept out of line: inlined into attention_items, a decode step's attention ran 5-15 % slower
   // (bench_attention kv:8, alternating runs with the out-of-line build).
-  __attribute__((noinline)) static void scores(const float* q, const float* keys, int64_t n, int64_t d,
-                                               float* out) {
+  __attribute__((noinline)) static void row_scores(const float* q, const float* keys, int64_t n, int64_t d,
+                                                   float* out) {
     static_assert(kKeyBlock == 16, "one accumulator lane per key");
     __m512 acc[16];
     for (int j = 0; j < 16; ++j) acc[j] = _mm512_setzero_ps();
@@ -84,23 +144,57 @@ struct Avx512Ops {
     }
     store_f32(out, sum_each(acc), lanes(n));
   }
-  // acc[0, d) += sum_j p[j] values[j] for n <= 16 rows, in registers 128 columns at a time.
-  static void accumulate(const float* p, const float* values, int64_t n, int64_t d, float* acc) {
+  template <int R>
+  static void score_rows(const float* q, int64_t d, const float* keys, int64_t n, float* out, int64_t ld) {
+    __m512 even[R], odd[R];
+    for (int r = 0; r < R; ++r) even[r] = odd[r] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 2 <= d; i += 2) {
+      const __m512 k0 = _mm512_loadu_ps(keys + 16 * i), k1 = _mm512_loadu_ps(keys + 16 * (i + 1));
+      for (int r = 0; r < R; ++r) {
+        even[r] = _mm512_fmadd_ps(_mm512_set1_ps(q[r * d + i]), k0, even[r]);
+        odd[r] = _mm512_fmadd_ps(_mm512_set1_ps(q[r * d + i + 1]), k1, odd[r]);
+      }
+    }
+    if (i < d)
+      for (int r = 0; r < R; ++r) even[r] = _mm512_fmadd_ps(_mm512_set1_ps(q[r * d + i]), _mm512_loadu_ps(keys + 16 * i), even[r]);
+    for (int r = 0; r < R; ++r) store_f32(out + r * ld, _mm512_add_ps(even[r], odd[r]), lanes(n));
+  }
+  // Every row's acc (rows of d) += its probabilities over the block (p: rows ldp apart) times the
+  // converted value block [16, d], two rows per value load, 128 columns in registers at a time.
+  static void accumulate(const float* p, int64_t ldp, int64_t rows, const float* values, int64_t n, int64_t d,
+                         float* acc) {
+    int64_t r = 0;
+    for (; r + 2 <= rows; r += 2) accumulate_rows<2>(p + r * ldp, ldp, values, n, d, acc + r * d);
+    if (r < rows) accumulate_rows<1>(p + r * ldp, ldp, values, n, d, acc + r * d);
+  }
+  template <int R>
+  static void accumulate_rows(const float* p, int64_t ldp, const float* values, int64_t n, int64_t d, float* acc) {
     int64_t c = 0;
     for (; c + 128 <= d; c += 128) {
-      __m512 sum[8];
-      for (int v = 0; v < 8; ++v) sum[v] = _mm512_loadu_ps(acc + c + 16 * v);
+      __m512 sum[R][8];
+      for (int r = 0; r < R; ++r)
+        for (int v = 0; v < 8; ++v) sum[r][v] = _mm512_loadu_ps(acc + r * d + c + 16 * v);
       for (int64_t j = 0; j < n; ++j) {
-        const __m512 pj = _mm512_set1_ps(p[j]);
-        for (int v = 0; v < 8; ++v) sum[v] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(values + j * d + c + 16 * v), sum[v]);
+        __m512 weight[R];
+        for (int r = 0; r < R; ++r) weight[r] = _mm512_set1_ps(p[r * ldp + j]);
+        for (int v = 0; v < 8; ++v) {
+          const __m512 value = _mm512_loadu_ps(values + j * d + c + 16 * v);
+          for (int r = 0; r < R; ++r) sum[r][v] = _mm512_fmadd_ps(weight[r], value, sum[r][v]);
+        }
       }
-      for (int v = 0; v < 8; ++v) _mm512_storeu_ps(acc + c + 16 * v, sum[v]);
+      for (int r = 0; r < R; ++r)
+        for (int v = 0; v < 8; ++v) _mm512_storeu_ps(acc + r * d + c + 16 * v, sum[r][v]);
     }
     for (; c < d; c += 16) {
       const __mmask16 m = lanes(d - c);
-      __m512 sum = load_f32(acc + c, m);
-      for (int64_t j = 0; j < n; ++j) sum = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), load_f32(values + j * d + c, m), sum);
-      store_f32(acc + c, sum, m);
+      __m512 sum[R];
+      for (int r = 0; r < R; ++r) sum[r] = load_f32(acc + r * d + c, m);
+      for (int64_t j = 0; j < n; ++j) {
+        const __m512 value = load_f32(values + j * d + c, m);
+        for (int r = 0; r < R; ++r) sum[r] = _mm512_fmadd_ps(_mm512_set1_ps(p[r * ldp + j]), value, sum[r]);
+      }
+      for (int r = 0; r < R; ++r) store_f32(acc + r * d + c, sum[r], m);
     }
   }
   // Lanes i .. i + 15 (of n) whose key is visible.

@@ -6,32 +6,6 @@
 namespace moeweave::cpu {
 namespace {
 
-// The 16 x 16 32-bit words of r transposed in place (r[i] lane j = r[j] lane i before): unpacks of
-// words and of word pairs within 128-bit lanes, then two rounds of 128-bit lane shuffles.
-inline void transpose16(__m512i (&r)[16]) {
-  __m512i t[16], x[16];
-  for (int a = 0; a < 8; ++a) {
-    t[2 * a] = _mm512_unpacklo_epi32(r[2 * a], r[2 * a + 1]);
-    t[2 * a + 1] = _mm512_unpackhi_epi32(r[2 * a], r[2 * a + 1]);
-  }
-  // x[4e + b] lane L: rows 4b .. 4b + 3 of column 4L + e
-  for (int b = 0; b < 4; ++b) {
-    x[b] = _mm512_unpacklo_epi64(t[4 * b], t[4 * b + 2]);
-    x[4 + b] = _mm512_unpackhi_epi64(t[4 * b], t[4 * b + 2]);
-    x[8 + b] = _mm512_unpacklo_epi64(t[4 * b + 1], t[4 * b + 3]);
-    x[12 + b] = _mm512_unpackhi_epi64(t[4 * b + 1], t[4 * b + 3]);
-  }
-  for (int e = 0; e < 4; ++e) {
-    const __m512i* X = x + 4 * e;
-    const __m512i y0 = _mm512_shuffle_i32x4(X[0], X[1], 0x44), y1 = _mm512_shuffle_i32x4(X[0], X[1], 0xee);
-    const __m512i y2 = _mm512_shuffle_i32x4(X[2], X[3], 0x44), y3 = _mm512_shuffle_i32x4(X[2], X[3], 0xee);
-    r[e] = _mm512_shuffle_i32x4(y0, y2, 0x88);
-    r[4 + e] = _mm512_shuffle_i32x4(y0, y2, 0xdd);
-    r[8 + e] = _mm512_shuffle_i32x4(y1, y3, 0x88);
-    r[12 + e] = _mm512_shuffle_i32x4(y1, y3, 0xdd);
-  }
-}
-
 // Attention over a bf16 cache on CPUs with AVX512-BF16: one vdpbf16ps multiplies 32 bf16 pairs
 // and adds them to 16 fp32 sums, twice the multiply-adds of an fp32 FMA. A key block is
 // transposed once into pairs by key (lane j = key j), and each query row then takes one pair

@@ -2,8 +2,10 @@
 // instantiate attention_items<Ops> with their own vector primitives:
 //   Ops::to_float(dtype, row, out, d)       out[i] = row[i] as fp32   (row in `dtype`)
 //   Ops::from_float(dtype, in, row, d)      row[i] = in[i] in `dtype` (rounded to nearest even)
-//   Ops::scores(q, keys, n, d, out)         out[j] = sum_i q[i] keys[j, i] for j < n <= kKeyBlock
-//   Ops::accumulate(p, values, n, d, acc)   acc[i] += sum_j p[j] values[j, i]
+//   Ops::scores(q, rows, d, keys, n, out, ld, work)   out[r * ld + j] = sum_i q[r, i] keys[j, i]
+//       for every query row r (q: rows of d) and key j < n <= kKeyBlock; work: kKeyBlock x d floats
+//   Ops::accumulate(p, ldp, rows, values, n, d, acc)   acc[r, i] += sum_j p[r, j] values[j, i]
+//       for every row r (p: rows ldp apart; acc: rows of d)
 //   Ops::max(x, visible, n)                 the largest x[i] with visible[i]; -inf if none
 //   Ops::exp_visible(x, visible, n, shift)  x[i] = visible[i] ? exp(x[i] - shift) : 0; returns their sum
 // (keys and values are fp32 rows of a converted block: [kKeyBlock, d], zeros past row n.)
@@ -72,6 +74,20 @@ inline void store_element(DType dtype, char* base, int64_t i, float value) {
   }
 }
 
+// The item-level products for Ops whose own take one query row at a time (the portable and AVX2
+// levels): Ops::row_scores(q, keys, n, d, out) and Ops::row_accumulate(p, values, n, d, acc).
+template <typename Ops>
+struct RowByRow {
+  static void scores(const float* q, int64_t rows, int64_t d, const float* keys, int64_t n, float* out, int64_t ld,
+                     float*) {
+    for (int64_t r = 0; r < rows; ++r) Ops::row_scores(q + r * d, keys, n, d, out + r * ld);
+  }
+  static void accumulate(const float* p, int64_t ldp, int64_t rows, const float* values, int64_t n, int64_t d,
+                         float* acc) {
+    for (int64_t r = 0; r < rows; ++r) Ops::row_accumulate(p + r * ldp, values, n, d, acc + r * d);
+  }
+};
+
 // Rows t0 .. t0 + n - 1 of a cache, kPrefetchRows ahead of their use (past the end: a no-op).
 inline void prefetch_ahead(const char* cache, int64_t row_bytes, int64_t t0, int64_t n, int64_t row_used) {
   for (int64_t t = t0 + kPrefetchRows; t < t0 + kPrefetchRows + n; ++t)
@@ -114,11 +130,12 @@ void attention_items(const AttentionArgs& a, int64_t item_begin, int64_t item_en
   thread_local std::vector<uint8_t> seen_by_any;
   // The block takes kKeyBlock rows of fp32 or pair words, 32 columns at a time.
   const int64_t block_columns = (std::max(a.dk, a.dv) + 31) / 32 * 32;
-  scratch.resize(rows_max * (a.keys + a.dk + a.dv) + kKeyBlock * block_columns);
+  scratch.resize(rows_max * (a.keys + a.dk + a.dv) + 2 * kKeyBlock * block_columns);
   float* scores = scratch.data();               // [rows of the item, T]; row r = head r / nq, query r % nq
   float* query = scores + rows_max * a.keys;    // [rows of the item, dk]
   float* acc = query + rows_max * a.dk;         // [rows of the item, dv]
   float* block = acc + rows_max * a.dv;         // [kKeyBlock, block_columns]
+  float* work = block + kKeyBlock * block_columns;  // [kKeyBlock, block_columns]
   for (int64_t item = item_begin; item < item_end; ++item) {
     const int64_t chunk = item % chunks, qb = item / chunks % query_blocks;
     const int64_t kv = item / (chunks * query_blocks) % a.kv_heads, b = item / (chunks * query_blocks * a.kv_heads);
@@ -165,7 +182,7 @@ void attention_items(const AttentionArgs& a, int64_t item_begin, int64_t item_en
         Ops::pair_scores(reinterpret_cast<const uint32_t*>(query), rows, a.dk, pairs, n, a.scale, scores + t0, a.keys);
       } else {
         convert_block<Ops>(a.dtype, k, k_row_bytes, any + t0, t0, n, a.dk, block);
-        for (int64_t r = 0; r < rows; ++r) Ops::scores(query + r * a.dk, block, n, a.dk, scores + r * a.keys + t0);
+        Ops::scores(query, rows, a.dk, block, n, scores + t0, a.keys, work);
       }
     }
     float total[kHeadsPerItem * kQueryRows];
@@ -188,7 +205,7 @@ void attention_items(const AttentionArgs& a, int64_t item_begin, int64_t item_en
         Ops::accumulate_pairs(scores + t0, a.keys, rows, pairs, n, a.dv, acc);
       } else {
         convert_block<Ops>(a.dtype, v, v_row_bytes, any + t0, t0, n, a.dv, block);
-        for (int64_t r = 0; r < rows; ++r) Ops::accumulate(scores + r * a.keys + t0, block, n, a.dv, acc + r * a.dv);
+        Ops::accumulate(scores + t0, a.keys, rows, block, n, a.dv, acc);
       }
     }
     for (int64_t r = 0; r < rows; ++r) {

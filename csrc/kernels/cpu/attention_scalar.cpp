@@ -5,7 +5,7 @@
 namespace moeweave::cpu {
 namespace {
 
-struct ScalarOps {
+struct ScalarOps : RowByRow<ScalarOps> {
   static constexpr bool kPairs = false;
   static void to_float(DType dtype, const char* row, float* out, int64_t d) {
     for (int64_t i = 0; i < d; ++i) out[i] = element_to_float(dtype, row, i);
@@ -13,14 +13,14 @@ struct ScalarOps {
   static void from_float(DType dtype, const float* in, char* row, int64_t d) {
     for (int64_t i = 0; i < d; ++i) store_element(dtype, row, i, in[i]);
   }
-  static void scores(const float* q, const float* keys, int64_t n, int64_t d, float* out) {
+  static void row_scores(const float* q, const float* keys, int64_t n, int64_t d, float* out) {
     for (int64_t j = 0; j < n; ++j) {
       float sum = 0.0f;
       for (int64_t i = 0; i < d; ++i) sum += q[i] * keys[j * d + i];
       out[j] = sum;
     }
   }
-  static void accumulate(const float* p, const float* values, int64_t n, int64_t d, float* acc) {
+  static void row_accumulate(const float* p, const float* values, int64_t n, int64_t d, float* acc) {
     for (int64_t j = 0; j < n; ++j)
       for (int64_t i = 0; i < d; ++i) acc[i] += p[j] * values[j * d + i];
   }
