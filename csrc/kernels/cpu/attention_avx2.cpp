@@ -28,8 +28,67 @@ inline __m256 sum_each(const __m256 (&x)[8]) {
   return _mm256_add_ps(_mm256_permute2f128_ps(low, high, 0x20), _mm256_permute2f128_ps(low, high, 0x31));
 }
 
+// The 8 x 8 floats of r transposed in place (r[i] lane j = r[j] lane i before): unpacks and
+// shuffles within 128-bit lanes, then the halves exchanged.
+inline void transpose8(__m256 (&r)[8]) {
+  __m256 t[8], u[8];
+  for (int k = 0; k < 4; ++k) {
+    t[2 * k] = _mm256_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+    t[2 * k + 1] = _mm256_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+  }
+  // u[4h + e] 128-bit lane L: rows 4h .. 4h + 3 of column 4L + e
+  for (int h = 0; h < 2; ++h) {
+    u[4 * h] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], 0x44);
+    u[4 * h + 1] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], 0xee);
+    u[4 * h + 2] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0x44);
+    u[4 * h + 3] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0xee);
+  }
+  for (int e = 0; e < 4; ++e) {
+    r[e] = _mm256_permute2f128_ps(u[e], u[4 + e], 0x20);
+    r[4 + e] = _mm256_permute2f128_ps(u[e], u[4 + e], 0x31);
+  }
+}
+
 struct Avx2Ops : RowByRow<Avx2Ops> {
   static constexpr bool kPairs = false;
+  // Every query row of an item over a converted key block [16, d], as Avx512Ops::scores: from 6
+  // rows on (and d a multiple of 8) the block is transposed once into `keys_by_column` [d, 16], so
+  // a row's 16 scores are two registers and take two FMAs per element, 6 rows at a time (12
+  // chains); fewer rows, or odd head sizes, take row_scores.
+  static void scores(const float* q, int64_t rows, int64_t d, const float* block, int64_t n, float* out, int64_t ld,
+                     float* keys_by_column) {
+    static_assert(kKeyBlock == 16, "two registers of keys");
+    if (rows < 6 || d % 8) return RowByRow<Avx2Ops>::scores(q, rows, d, block, n, out, ld, keys_by_column);
+    for (int64_t c = 0; c < d; c += 8)
+      for (int half = 0; half < 2; ++half) {
+        __m256 r[8];
+        for (int j = 0; j < 8; ++j) r[j] = _mm256_loadu_ps(block + (8 * half + j) * d + c);
+        transpose8(r);
+        for (int i = 0; i < 8; ++i) _mm256_storeu_ps(keys_by_column + (c + i) * 16 + 8 * half, r[i]);
+      }
+    in_row_blocks<6>(rows, [&](auto block, int64_t r) {
+      score_rows<decltype(block)::value>(q + r * d, d, keys_by_column, n, out + r * ld, ld);
+    });
+  }
+  template <int R>
+  static void score_rows(const float* q, int64_t d, const float* keys, int64_t n, float* out, int64_t ld) {
+    __m256 low[R], high[R];
+    for (int r = 0; r < R; ++r) low[r] = high[r] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < d; ++i) {
+      const __m256 k0 = _mm256_loadu_ps(keys + 16 * i), k1 = _mm256_loadu_ps(keys + 16 * i + 8);
+      for (int r = 0; r < R; ++r) {
+        const __m256 x = _mm256_set1_ps(q[r * d + i]);
+        low[r] = _mm256_fmadd_ps(x, k0, low[r]);
+        high[r] = _mm256_fmadd_ps(x, k1, high[r]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      alignas(32) float row[16];
+      _mm256_store_ps(row, low[r]);
+      _mm256_store_ps(row + 8, high[r]);
+      std::copy_n(row, n, out + r * ld);
+    }
+  }
   static void to_float(DType dtype, const char* row, float* out, int64_t d) {
     int64_t i = 0;
     for (; i + 8 <= d; i += 8) {

@@ -107,19 +107,9 @@ struct Avx512Ops {
       transpose16(r);
       for (int i = 0; i < 16; ++i) _mm512_storeu_si512(keys_by_column + (c + i) * 16, r[i]);
     }
-    int64_t r = 0;
-    for (; r + 8 <= rows; r += 8) score_rows<8>(q + r * d, d, keys_by_column, n, out + r * ld, ld);
-    const float* rest = q + r * d;
-    float* rest_out = out + r * ld;
-    switch (rows - r) {
-      case 7: return score_rows<7>(rest, d, keys_by_column, n, rest_out, ld);
-      case 6: return score_rows<6>(rest, d, keys_by_column, n, rest_out, ld);
-      case 5: return score_rows<5>(rest, d, keys_by_column, n, rest_out, ld);
-      case 4: return score_rows<4>(rest, d, keys_by_column, n, rest_out, ld);
-      case 3: return score_rows<3>(rest, d, keys_by_column, n, rest_out, ld);
-      case 2: return score_rows<2>(rest, d, keys_by_column, n, rest_out, ld);
-      case 1: return score_rows<1>(rest, d, keys_by_column, n, rest_out, ld);
-    }
+    in_row_blocks<8>(rows, [&](auto block, int64_t r) {
+      score_rows<decltype(block)::value>(q + r * d, d, keys_by_column, n, out + r * ld, ld);
+    });
   }
   // 16 keys at once: one accumulator per key over d, then the 16 accumulators are reduced
   // together (lane j of the result = key j's sum) instead of one horizontal sum per key. The
@@ -164,9 +154,9 @@ struct Avx512Ops {
   // converted value block [16, d], two rows per value load, 128 columns in registers at a time.
   static void accumulate(const float* p, int64_t ldp, int64_t rows, const float* values, int64_t n, int64_t d,
                          float* acc) {
-    int64_t r = 0;
-    for (; r + 2 <= rows; r += 2) accumulate_rows<2>(p + r * ldp, ldp, values, n, d, acc + r * d);
-    if (r < rows) accumulate_rows<1>(p + r * ldp, ldp, values, n, d, acc + r * d);
+    in_row_blocks<2>(rows, [&](auto block, int64_t r) {
+      accumulate_rows<decltype(block)::value>(p + r * ldp, ldp, values, n, d, acc + r * d);
+    });
   }
   template <int R>
   static void accumulate_rows(const float* p, int64_t ldp, const float* values, int64_t n, int64_t d, float* acc) {

@@ -63,19 +63,9 @@ struct Avx512Bf16Ops : Avx512Ops {
   static void pair_scores(const uint32_t* q, int64_t rows, int64_t d, const uint32_t* keys, int64_t n, float scale,
                           float* out, int64_t ld) {
     const int64_t pairs = (d + 1) / 2;
-    int64_t r = 0;
-    for (; r + 8 <= rows; r += 8) score_rows<8>(q + r * pairs, pairs, keys, n, scale, out + r * ld, ld);
-    const uint32_t* rest = q + r * pairs;
-    float* rest_out = out + r * ld;
-    switch (rows - r) {
-      case 7: return score_rows<7>(rest, pairs, keys, n, scale, rest_out, ld);
-      case 6: return score_rows<6>(rest, pairs, keys, n, scale, rest_out, ld);
-      case 5: return score_rows<5>(rest, pairs, keys, n, scale, rest_out, ld);
-      case 4: return score_rows<4>(rest, pairs, keys, n, scale, rest_out, ld);
-      case 3: return score_rows<3>(rest, pairs, keys, n, scale, rest_out, ld);
-      case 2: return score_rows<2>(rest, pairs, keys, n, scale, rest_out, ld);
-      case 1: return score_rows<1>(rest, pairs, keys, n, scale, rest_out, ld);
-    }
+    in_row_blocks<8>(rows, [&](auto block, int64_t r) {
+      score_rows<decltype(block)::value>(q + r * pairs, pairs, keys, n, scale, out + r * ld, ld);
+    });
   }
 
   // Value rows 2i and 2i + 1 interleaved word by word, 32 columns at a time.
@@ -143,9 +133,9 @@ struct Avx512Bf16Ops : Avx512Ops {
   // the values in pair_block's layout, two rows at a time.
   static void accumulate_pairs(const float* p, int64_t ldp, int64_t rows, const uint32_t* block, int64_t n, int64_t d,
                                float* acc) {
-    int64_t r = 0;
-    for (; r + 2 <= rows; r += 2) accumulate_rows<2>(p + r * ldp, ldp, block, n, d, acc + r * d);
-    if (r < rows) accumulate_rows<1>(p + r * ldp, ldp, block, n, d, acc + r * d);
+    in_row_blocks<2>(rows, [&](auto rows_block, int64_t r) {
+      accumulate_rows<decltype(rows_block)::value>(p + r * ldp, ldp, block, n, d, acc + r * d);
+    });
   }
 };
 

@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "moeweave/half.h"
@@ -72,6 +73,23 @@ inline void store_element(DType dtype, char* base, int64_t i, float value) {
     case DType::f16: reinterpret_cast<uint16_t*>(base)[i] = float_to_f16(value); break;
     default: reinterpret_cast<float*>(base)[i] = value;
   }
+}
+
+// body(std::integral_constant<int, R>, r) over rows [r, r + R) of `rows`: blocks of Block rows,
+// then one block of the rows left, so that kernels keep a block's accumulators in registers.
+template <int K, typename Body>
+void rows_left(int64_t left, int64_t r, Body& body) {
+  if constexpr (K > 0) {
+    if (left == K) return body(std::integral_constant<int, K>{}, r);
+    rows_left<K - 1>(left, r, body);
+  }
+}
+
+template <int Block, typename Body>
+void in_row_blocks(int64_t rows, Body&& body) {
+  int64_t r = 0;
+  for (; r + Block <= rows; r += Block) body(std::integral_constant<int, Block>{}, r);
+  rows_left<Block - 1>(rows - r, r, body);
 }
 
 // The item-level products for Ops whose own take one query row at a time (the portable and AVX2
