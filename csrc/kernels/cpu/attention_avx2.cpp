@@ -66,8 +66,8 @@ struct Avx2Ops : RowByRow<Avx2Ops> {
         transpose8(r);
         for (int i = 0; i < 8; ++i) _mm256_storeu_ps(keys_by_column + (c + i) * 16 + 8 * half, r[i]);
       }
-    in_row_blocks<6>(rows, [&](auto block, int64_t r) {
-      score_rows<decltype(block)::value>(q + r * d, d, keys_by_column, n, out + r * ld, ld);
+    in_row_blocks<6>(rows, [&](auto size, int64_t r) {
+      score_rows<decltype(size)::value>(q + r * d, d, keys_by_column, n, out + r * ld, ld);
     });
   }
   template <int R>

@@ -107,8 +107,8 @@ struct Avx512Ops {
       transpose16(r);
       for (int i = 0; i < 16; ++i) _mm512_storeu_si512(keys_by_column + (c + i) * 16, r[i]);
     }
-    in_row_blocks<8>(rows, [&](auto block, int64_t r) {
-      score_rows<decltype(block)::value>(q + r * d, d, keys_by_column, n, out + r * ld, ld);
+    in_row_blocks<8>(rows, [&](auto size, int64_t r) {
+      score_rows<decltype(size)::value>(q + r * d, d, keys_by_column, n, out + r * ld, ld);
     });
   }
   // 16 keys at once: one accumulator per key over d, then the 16 accumulators are reduced
@@ -154,8 +154,8 @@ struct Avx512Ops {
   // converted value block [16, d], two rows per value load, 128 columns in registers at a time.
   static void accumulate(const float* p, int64_t ldp, int64_t rows, const float* values, int64_t n, int64_t d,
                          float* acc) {
-    in_row_blocks<2>(rows, [&](auto block, int64_t r) {
-      accumulate_rows<decltype(block)::value>(p + r * ldp, ldp, values, n, d, acc + r * d);
+    in_row_blocks<2>(rows, [&](auto size, int64_t r) {
+      accumulate_rows<decltype(size)::value>(p + r * ldp, ldp, values, n, d, acc + r * d);
     });
   }
   template <int R>

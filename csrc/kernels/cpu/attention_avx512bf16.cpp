@@ -63,8 +63,8 @@ struct Avx512Bf16Ops : Avx512Ops {
   static void pair_scores(const uint32_t* q, int64_t rows, int64_t d, const uint32_t* keys, int64_t n, float scale,
                           float* out, int64_t ld) {
     const int64_t pairs = (d + 1) / 2;
-    in_row_blocks<8>(rows, [&](auto block, int64_t r) {
-      score_rows<decltype(block)::value>(q + r * pairs, pairs, keys, n, scale, out + r * ld, ld);
+    in_row_blocks<8>(rows, [&](auto size, int64_t r) {
+      score_rows<decltype(size)::value>(q + r * pairs, pairs, keys, n, scale, out + r * ld, ld);
     });
   }
 
@@ -133,8 +133,8 @@ struct Avx512Bf16Ops : Avx512Ops {
   // the values in pair_block's layout, two rows at a time.
   static void accumulate_pairs(const float* p, int64_t ldp, int64_t rows, const uint32_t* block, int64_t n, int64_t d,
                                float* acc) {
-    in_row_blocks<2>(rows, [&](auto rows_block, int64_t r) {
-      accumulate_rows<decltype(rows_block)::value>(p + r * ldp, ldp, block, n, d, acc + r * d);
+    in_row_blocks<2>(rows, [&](auto size, int64_t r) {
+      accumulate_rows<decltype(size)::value>(p + r * ldp, ldp, block, n, d, acc + r * d);
     });
   }
 };
