@@ -99,34 +99,14 @@ struct Avx512Bf16Ops : Avx512Ops {
     for (int r = 0; r < R; ++r)
       _mm256_store_si256(reinterpret_cast<__m256i*>(weights[r]),
                          (__m256i)_mm512_cvtneps_pbh(load_f32(p + r * ldp, lanes(n))));
-    const int64_t pairs = (n + 1) / 2;
-    auto weight = [&](int r, int64_t i) { return (__m512bh)_mm512_set1_epi32(int(weights[r][i])); };
-    int64_t c = 0;
-    for (; c + 128 <= d; c += 128) {
-      __m512 sum[R][8];
-      for (int r = 0; r < R; ++r)
-        for (int v = 0; v < 8; ++v) sum[r][v] = _mm512_loadu_ps(acc + r * d + c + 16 * v);
-      for (int64_t i = 0; i < pairs; ++i) {
-        __m512bh w[R];
-        for (int r = 0; r < R; ++r) w[r] = weight(r, i);
-        for (int v = 0; v < 8; ++v) {
-          const __m512bh values = (__m512bh)_mm512_loadu_si512(block + i * d + c + 16 * v);
-          for (int r = 0; r < R; ++r) sum[r][v] = _mm512_dpbf16_ps(sum[r][v], w[r], values);
-        }
+    accumulate_in_registers<R>(acc, d, (n + 1) / 2, [&](int64_t i, int64_t c, __mmask16 m, auto& sum) {
+      __m512bh weight[R];
+      for (int r = 0; r < R; ++r) weight[r] = (__m512bh)_mm512_set1_epi32(int(weights[r][i]));
+      for (int v = 0; v < columns_of(sum); ++v) {
+        const __m512bh values = (__m512bh)load_lanes(block + i * d + c + 16 * v, m);
+        for (int r = 0; r < R; ++r) sum[r][v] = _mm512_dpbf16_ps(sum[r][v], weight[r], values);
       }
-      for (int r = 0; r < R; ++r)
-        for (int v = 0; v < 8; ++v) _mm512_storeu_ps(acc + r * d + c + 16 * v, sum[r][v]);
-    }
-    for (; c < d; c += 16) {
-      const __mmask16 m = lanes(d - c);
-      __m512 sum[R];
-      for (int r = 0; r < R; ++r) sum[r] = load_f32(acc + r * d + c, m);
-      for (int64_t i = 0; i < pairs; ++i) {
-        const __m512bh values = (__m512bh)_mm512_maskz_loadu_epi32(m, block + i * d + c);
-        for (int r = 0; r < R; ++r) sum[r] = _mm512_dpbf16_ps(sum[r], weight(r, i), values);
-      }
-      for (int r = 0; r < R; ++r) store_f32(acc + r * d + c, sum[r], m);
-    }
+    });
   }
 
   // Every row's acc (rows of d) += its probabilities over the block (p: rows ldp apart) times

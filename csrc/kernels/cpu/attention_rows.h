@@ -154,6 +154,7 @@ void attention_items(const AttentionArgs& a, int64_t item_begin, int64_t item_en
   float* acc = query + rows_max * a.dk;         // [rows of the item, dv]
   float* block = acc + rows_max * a.dv;         // [kKeyBlock, block_columns]
   float* work = block + kKeyBlock * block_columns;  // [kKeyBlock, block_columns]
+  uint32_t* const pairs = reinterpret_cast<uint32_t*>(block);  // the block as the pair path lays it out
   for (int64_t item = item_begin; item < item_end; ++item) {
     const int64_t chunk = item % chunks, qb = item / chunks % query_blocks;
     const int64_t kv = item / (chunks * query_blocks) % a.kv_heads, b = item / (chunks * query_blocks * a.kv_heads);
@@ -194,7 +195,6 @@ void attention_items(const AttentionArgs& a, int64_t item_begin, int64_t item_en
     for (int64_t t0 = 0; t0 < end; t0 += kKeyBlock) {
       const int64_t n = std::min(kKeyBlock, end - t0);
       if constexpr (Ops::kPairs) {
-        uint32_t* pairs = reinterpret_cast<uint32_t*>(block);
         prefetch_ahead(k, k_row_bytes, t0, n, a.dk * esize);
         Ops::pair_keys(k + t0 * k_row_bytes, k_row_bytes, n, a.dk, pairs);
         Ops::pair_scores(reinterpret_cast<const uint32_t*>(query), rows, a.dk, pairs, n, a.scale, scores + t0, a.keys);
@@ -218,7 +218,6 @@ void attention_items(const AttentionArgs& a, int64_t item_begin, int64_t item_en
     for (int64_t t0 = 0; t0 < end; t0 += kKeyBlock) {
       const int64_t n = std::min(kKeyBlock, end - t0);
       if constexpr (Ops::kPairs) {
-        uint32_t* pairs = reinterpret_cast<uint32_t*>(block);
         Ops::pair_block(v, v_row_bytes, any + t0, t0, n, a.dv, pairs);
         Ops::accumulate_pairs(scores + t0, a.keys, rows, pairs, n, a.dv, acc);
       } else {

@@ -56,10 +56,11 @@ def scaled_attention(
     v [B, nKV, T, Dv], mask [B, 1, S, T] bool -> [B, nH, S, Dv].
 
     On CPU moeweave's attention op runs it over the cache views as they lie in memory: for a
-    prompt, 1.1-3.2x torch's SDPA (its causal blocks skipped, docs/benchmarks.md); at a decode step
-    torch's kernels cost milliseconds per call, on strided views and while their OpenMP threads
-    compete with moeweave's pool for the cores. A prompt that autograd records stays on SDPA: the
-    op's backward is plain torch over the whole [S, T] score matrix."""
+    prompt, 1.1-11x torch's SDPA (its causal blocks skipped; bf16 pair products where the CPU has
+    AVX512-BF16: docs/benchmarks.md); at a decode step torch's kernels cost milliseconds per
+    call, on strided views and while their OpenMP threads compete with moeweave's pool for the
+    cores. A prompt that autograd records stays on SDPA: the op's backward is plain torch over
+    the whole [S, T] score matrix."""
     recorded = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     if q.is_cpu and (q.shape[2] <= 8 or not recorded):
         return attention_op(q, k, v, mask, scale)

@@ -70,10 +70,9 @@ class _ReadBuffer:
         self.ck, self.buffer = ck, torch.empty(0, dtype=torch.uint8)
 
     def take(self, name: str, shape) -> torch.Tensor:
-        self.ck.skip(name, shape)
         if self.buffer.numel() < self.ck.nbytes(name):
             self.buffer = torch.empty(self.ck.nbytes(name), dtype=torch.uint8)
-        return self.ck.tensor(name, self.buffer)
+        return self.ck.take(name, shape, self.buffer)
 
 
 class _Reader:
