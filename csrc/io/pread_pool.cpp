@@ -1,6 +1,7 @@
 // The fallback backend: queue_depth threads, each taking the most urgent queued read and doing it
 // with blocking pread. It is what runs where io_uring is refused (containers), so it keeps the
 // same priorities, cancellation and counters, all of which live in the shared IoQueue.
+#include <system_error>
 #include <unistd.h>
 
 #include <cerrno>

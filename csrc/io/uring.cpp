@@ -9,6 +9,7 @@
 // reaper later meet an error it cannot recover from, the backend is dead: reads in the kernel are
 // still collected from the completion ring (their buffers must not be released while the kernel
 // may write them) and fail with that error, as does every read queued then or later.
+#include <system_error>
 #include <linux/io_uring.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>

@@ -26,6 +26,31 @@ def test_quant_matmul(bits, sym, m, n, k, group):
     assert _relative(y, reference.quant_matmul(x.cuda(), qw)) < 1e-4
 
 
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("m", [1, 2, 5, 8, 21])
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("scale_dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_quant_matmul_packed_path(bits, m, x_dtype, scale_dtype):
+    """k a whole number of groups and aligned operands: the 16-byte-load path, for every block
+    of activation rows (1, 2, 4, 8 and a ragged last block) and an odd number of units per tile."""
+    n, k = 200, 1056
+    for sym in (True, False):
+        qw = quantize(torch.randn(n, k), bits=bits, group_size=32, sym=sym, scale_dtype=scale_dtype).to(
+            "cuda"
+        )
+        x = torch.randn(m, k, device="cuda").to(x_dtype)
+        # bf16 activations give bf16 outputs: sums a rounding apart may land one bf16 step apart.
+        tolerance = 1e-4 if x_dtype == torch.float32 else 4e-3
+        assert _relative(quant_matmul(x, qw), reference.quant_matmul(x, qw)) < tolerance
+
+
+def test_quant_matmul_misaligned_activations():
+    """A view that starts 4 bytes into its storage takes the per-element path, with the same result."""
+    qw = quantize(torch.randn(64, 256), bits=4, group_size=64).to("cuda")
+    x = torch.randn(3 * 256 + 1, device="cuda")[1:].view(3, 256)
+    assert _relative(quant_matmul(x, qw), reference.quant_matmul(x, qw)) < 1e-4
+
+
 def test_bf16_matrix_and_activations():
     w, x = torch.randn(40, 96).bfloat16().cuda(), torch.randn(5, 96).bfloat16().cuda()
     table = ExpertTable([(w, w, torch.randn(96, 40).bfloat16().cuda())])

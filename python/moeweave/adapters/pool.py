@@ -118,9 +118,9 @@ class DeviceExpertPool(_SlotPool):
         module = _native.cuda_module()
         if module is None:
             raise RuntimeError("DeviceExpertPool: moeweave._C_cuda is not available (built without CUDA)")
-        self.device = torch.device(device)
-        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
-        self._pool = module.DeviceExpertPool(index, slot_bytes, capacity)
+        index = torch.device(device).index
+        self.device = torch.device("cuda", torch.cuda.current_device() if index is None else index)
+        self._pool = module.DeviceExpertPool(self.device.index, slot_bytes, capacity)
         self.stride = self._pool.stride
         self._init_slots(capacity)
 

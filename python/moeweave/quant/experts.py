@@ -74,7 +74,8 @@ class ExpertTable:
         if num_slots < 1:
             raise ValueError(f"ExpertTable.empty: needs at least one slot, got {num_slots}")
         table = cls.__new__(cls)
-        table._init(num_slots, hidden_size, intermediate_size, torch.device(device))
+        # "cuda" names the current GPU, which tensors on it report as "cuda:0" (or its index).
+        table._init(num_slots, hidden_size, intermediate_size, torch.empty(0, device=device).device)
         return table
 
     def _init(self, num_slots: int, hidden: int, inter: int, device: torch.device) -> None:
