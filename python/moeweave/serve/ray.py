@@ -70,12 +70,16 @@ def application(base: Path, adapters: dict[str, Path], experts: str = "int4", ma
             from moeweave.serve.server import build
 
             # An adapter Ray evicts stays until its requests here have finished, so the pool has
-            # room for twice the adapters Ray keeps.
-            self.app, self.scheduler = build(base, [], None, None, experts, 2 * max_adapters, max_batch,
+            # room for twice the adapters Ray keeps; a load that finds every place taken (by
+            # evicted adapters still answering) waits for an unload to finish.
+            self.places = 2 * max_adapters
+            self.app, self.scheduler = build(base, [], None, None, experts, self.places, max_batch,
                                              max_queue, memory_budget)  # fmt: skip
             self.kept: set[str] = set()  # adapters Ray's multiplexing keeps here
             self.loaded: set[str] = set()  # adapters in this replica's scheduler
+            self.loading = 0  # places taken by loads under way
             self.unloading: dict[str, Future] = {}
+            self.place_freed = asyncio.Condition()
             # Requests per adapter here, from the adapter's load to the request's end.
             self.requests: collections.Counter = collections.Counter()
 
@@ -87,10 +91,25 @@ def application(base: Path, adapters: dict[str, Path], experts: str = "int4", ma
                 if name in self.unloading:  # evicted before: its unload must finish first
                     await asyncio.wrap_future(self.unloading.pop(name))
                 adapter = await asyncio.to_thread(load_esft, adapters[name], self.scheduler.model.spec, name)
-                await asyncio.wrap_future(self.scheduler.load_adapter(adapter))
-                self.loaded.add(name)
+                async with self.place_freed:
+                    await self.place_freed.wait_for(lambda: self._places_taken() < self.places)
+                    self.loading += 1
+                try:
+                    await asyncio.wrap_future(self.scheduler.load_adapter(adapter))
+                    self.loaded.add(name)
+                finally:
+                    self.loading -= 1
+                    await self._notify_place_freed()
             self.kept.add(name)
             return _Kept(functools.partial(self._evicted, name))
+
+        def _places_taken(self) -> int:
+            unloads = sum(not future.done() for future in self.unloading.values())
+            return len(self.loaded) + self.loading + unloads
+
+        async def _notify_place_freed(self) -> None:
+            async with self.place_freed:
+                self.place_freed.notify_all()
 
         async def _evicted(self, name: str) -> None:
             self.kept.discard(name)
@@ -99,7 +118,11 @@ def application(base: Path, adapters: dict[str, Path], experts: str = "int4", ma
         def _unload_unused(self, name: str) -> None:
             if name in self.loaded and name not in self.kept and not self.requests[name]:
                 self.loaded.discard(name)
-                self.unloading[name] = self.scheduler.unload_adapter(name)
+                self.unloading[name] = unload = self.scheduler.unload_adapter(name)
+                loop = asyncio.get_running_loop()
+                unload.add_done_callback(
+                    lambda _: asyncio.run_coroutine_threadsafe(self._notify_place_freed(), loop)
+                )
 
         async def forward(self, path: str, headers: list[tuple[str, str]], body: bytes):
             """Yields (status, headers), then the response body's chunks. The headers name this
