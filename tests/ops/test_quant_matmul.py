@@ -47,6 +47,20 @@ def test_simd_equals_scalar(bits, scale_dtype):
                 torch.testing.assert_close(quant_matmul(x, qw), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_wide_products_walk_rows_in_blocks():
+    """Rows x columns enough for the AVX-512 kernel to walk the rows in several cache-sized blocks
+    (32 rows of 8192 columns each, then a ragged 6): every level equals the scalar kernel."""
+    generator = torch.Generator().manual_seed(3)
+    w, x = torch.randn(48, 8192, generator=generator), torch.randn(70, 8192, generator=generator)
+    qw = quantize(w, bits=4, group_size=64)
+    with moeweave.cpu.use_isa("scalar"):
+        expected = quant_matmul(x, qw)
+    for level in moeweave.cpu.supported_isas():
+        with moeweave.cpu.use_isa(level):
+            # The same integer sums; only the fp32 additions of 256 units differ in order.
+            torch.testing.assert_close(quant_matmul(x, qw), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_bf16_activations_and_large_prefill(isa):
     generator = torch.Generator().manual_seed(7)
     w, x = torch.randn(300, 512, generator=generator), torch.randn(130, 512, generator=generator).bfloat16()

@@ -23,7 +23,8 @@ from moeweave.quant.format import QuantizedWeight
 # the AMX machine it was measured on (bench/prefill_gemm.py; docs/benchmarks.md): per product
 # 1.07-1.82x the integer kernels at 1024 rows and 1.57-1.89x at 2048, but 0.75-1.26x at 256 and
 # 1.00-1.50x at 512, where a whole Qwen3-shaped prefill did not gain (0.80-0.99x at 512 tokens;
-# 1.04-1.14x at 2048). Smaller weights were not measured.
+# 1.04-1.14x at 2048). Smaller weights were not measured. Without AMX (Zen 5, oneDNN on
+# AVX512-BF16) the path lost up to 1024 rows (median 0.54-0.80x) and tied at 2048 (0.91x).
 GEMM_ROWS = 1024
 GEMM_MIN_VALUES = 1 << 20
 PANEL_BYTES = 8 << 20
