@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import moeweave.cpu
-from moeweave import cli
 
 MOEWEAVE = Path(sys.executable).with_name("moeweave")
 
@@ -67,10 +66,10 @@ def test_cli_quiets_openmp_spinning_before_torch_loads():
         assert done.stderr.endswith(expected)
 
 
-def test_cli_asks_glibc_to_keep_freed_heap_memory(monkeypatch):
-    """The command sets glibc's M_TRIM_THRESHOLD (mallopt parameter -1) so that freed heap
-    memory is reused rather than returned and faulted in again, unless MALLOC_TRIM_THRESHOLD_
-    chose otherwise."""
+def test_keep_freed_memory_sets_glibcs_trim_threshold(monkeypatch):
+    """keep_freed_memory (which the command calls) sets glibc's M_TRIM_THRESHOLD (mallopt
+    parameter -1) so that freed heap memory is reused rather than returned and faulted in again,
+    unless MALLOC_TRIM_THRESHOLD_ chose otherwise."""
     calls = []
 
     class Libc:
@@ -78,10 +77,10 @@ def test_cli_asks_glibc_to_keep_freed_heap_memory(monkeypatch):
             calls.append((parameter, value))
             return 1
 
-    monkeypatch.setattr(cli.ctypes, "CDLL", lambda name: Libc())
+    monkeypatch.setattr(moeweave.cpu.ctypes, "CDLL", lambda name: Libc())
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
-    cli._keep_freed_memory()
+    moeweave.cpu.keep_freed_memory()
     assert calls == [(-1, 1 << 30)]
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
-    cli._keep_freed_memory()
+    moeweave.cpu.keep_freed_memory()
     assert calls == [(-1, 1 << 30)]

@@ -4,7 +4,6 @@ one line on stderr and a non-zero exit status, all in `main`; any other exceptio
 keeps its traceback."""
 
 import argparse
-import ctypes
 import json
 import os
 import signal
@@ -121,32 +120,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-# glibc's mallopt parameter, and the free bytes its heap may keep at the top before it returns
-# them to the kernel.
-M_TRIM_THRESHOLD = -1
-KEEP_FREED_BYTES = 1 << 30
-
-
-def _keep_freed_memory() -> None:
-    """By default glibc hands the top of its heap back to the kernel as soon as 128 KiB there are
-    free, so a forward's intermediates, freed and allocated again each step, come back as fresh
-    pages: ~35 thousand page faults per 512-token prefill of the Qwen3-shaped benchmark
-    checkpoint, ~100-150 thousand at 2048 tokens (docs/benchmarks.md, "Page faults"). The heap
-    keeps them instead. An explicit MALLOC_TRIM_THRESHOLD_ wins; other C libraries are left alone."""
-    if "MALLOC_TRIM_THRESHOLD_" in os.environ:
-        return
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    if mallopt is not None:
-        mallopt(M_TRIM_THRESHOLD, KEEP_FREED_BYTES)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Runs the command in `argv` (default: sys.argv); returns the exit status."""
     # Before torch is imported: torch's OpenMP workers otherwise spin after each parallel region
     # on the cores moeweave's pool is about to use (a 128-token prefill of the benchmark
     # checkpoint: 97 ms with spinning workers, 77-80 ms without). An explicit setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    _keep_freed_memory()
+    from moeweave.cpu import keep_freed_memory
+
+    keep_freed_memory()
     command = "moeweave"  # until the arguments are parsed: Ctrl-C can come during the imports
     try:
         args = _parser().parse_args(argv)

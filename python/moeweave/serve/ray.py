@@ -67,8 +67,10 @@ def application(base: Path, adapters: dict[str, Path], experts: str = "int4", ma
                       max_queued_requests=max_queue, **scaling)  # fmt: skip
     class Replica:
         def __init__(self):
+            from moeweave.cpu import keep_freed_memory
             from moeweave.serve.server import build
 
+            keep_freed_memory()  # as the moeweave command does in its own process
             # An adapter Ray evicts stays until its requests here have finished, so the pool has
             # room for twice the adapters Ray keeps; a load that finds every place taken (by
             # evicted adapters still answering) waits for an unload to finish.
