@@ -3,6 +3,7 @@
 // every 64-byte quad. Without VNNI the dot product is maddubs (u8 x s8 -> s16 pairs) + madd
 // (-> s32); 2/3/4-bit values are small enough that the s16 pairs never saturate. 8-bit values
 // could, so they are re-centred to signed (q - 128) and multiplied as |w| * sign(x, w).
+#include <algorithm>
 #include <cstring>
 
 #include "moeweave/half.h"
@@ -129,14 +130,17 @@ void half_tile(const QuantMatrix& w, const QuantActs& a, int64_t t, int half, in
 template <int BITS>
 void tiles(const QuantMatrix& w, const QuantActs& a, int64_t tile_begin, int64_t tile_end, float* y,
            int64_t ldy) {
-  for (int64_t t = tile_begin; t < tile_end; ++t)
-    for (int half = 0; half < 2 && w.n - t * kQuantTileRows - 8 * half > 0; ++half)
-      for (int64_t i0 = 0; i0 < a.m; i0 += 4) switch (a.m - i0) {
-          case 1: half_tile<BITS, 1>(w, a, t, half, i0, y, ldy); break;
-          case 2: half_tile<BITS, 2>(w, a, t, half, i0, y, ldy); break;
-          case 3: half_tile<BITS, 3>(w, a, t, half, i0, y, ldy); break;
-          default: half_tile<BITS, 4>(w, a, t, half, i0, y, ldy); break;
-        }
+  for (int64_t first = 0; first < a.m; first += a.row_block()) {
+    const int64_t last = std::min(a.m, first + a.row_block());
+    for (int64_t t = tile_begin; t < tile_end; ++t)
+      for (int half = 0; half < 2 && w.n - t * kQuantTileRows - 8 * half > 0; ++half)
+        for (int64_t i0 = first; i0 < last; i0 += 4) switch (last - i0) {
+            case 1: half_tile<BITS, 1>(w, a, t, half, i0, y, ldy); break;
+            case 2: half_tile<BITS, 2>(w, a, t, half, i0, y, ldy); break;
+            case 3: half_tile<BITS, 3>(w, a, t, half, i0, y, ldy); break;
+            default: half_tile<BITS, 4>(w, a, t, half, i0, y, ldy); break;
+          }
+  }
 }
 
 void quant_avx2(const QuantMatrix& w, const QuantActs& a, int64_t tile_begin, int64_t tile_end, float* y,

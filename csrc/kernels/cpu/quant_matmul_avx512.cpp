@@ -139,17 +139,11 @@ void tile_rows(int64_t rows, const QuantMatrix& w, const QuantActs& a, const int
   }
 }
 
-// Activation rows a wide product walks per tile pair before the next pair: a block this large
-// stays in L2 beside the pair's weights. Walking every row per pair streamed all activations
-// from L3 once per pair: 2048 rows x 4096 ran 12-14 % slower that way (alternating builds;
-// 128 and 512 KiB blocks were in between).
-constexpr int64_t kRowBlockBytes = 256 << 10;
-
 // Up to 4 activation rows (decode; an expert's few tokens) pair tile i of the range with tile
 // i + half: two streams far apart. Adjacent tiles (one tile row, 16-32 KiB, apart) streamed
 // 15-20 % slower from DRAM at 2-4 rows of INT4 (2816 x 2048, 2 threads, alternating runs).
 // More rows pair adjacent tiles and walk them in blocks of 4 rows (each broadcast activation
-// word used twice), kRowBlockBytes of rows at a time.
+// word used twice), a.row_block() rows at a time.
 template <int BITS>
 void tiles(const QuantMatrix& w, const QuantActs& a, int64_t tile_begin, int64_t tile_end, float* y,
            int64_t ldy) {
@@ -163,9 +157,8 @@ void tiles(const QuantMatrix& w, const QuantActs& a, int64_t tile_begin, int64_t
     if (count % 2) tile_rows<BITS, 1>(a.m, w, a, &middle, 0, y, ldy);
     return;
   }
-  const int64_t block = std::max<int64_t>(4, kRowBlockBytes / a.stride / 4 * 4);
-  for (int64_t first = 0; first < a.m; first += block) {
-    const int64_t last = std::min(a.m, first + block);
+  for (int64_t first = 0; first < a.m; first += a.row_block()) {
+    const int64_t last = std::min(a.m, first + a.row_block());
     for (int64_t t = tile_begin; t < tile_end; t += 2) {
       const int64_t pair[2] = {t, t + 1};
       for (int64_t i0 = first; i0 < last; i0 += 4) {
