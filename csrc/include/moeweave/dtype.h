@@ -5,11 +5,18 @@
 #include <cstddef>
 #include <cstdint>
 
+// Helpers of these headers are callable from CUDA device code too.
+#ifdef __CUDACC__
+#define MOEWEAVE_HOST_DEVICE __host__ __device__
+#else
+#define MOEWEAVE_HOST_DEVICE
+#endif
+
 namespace moeweave {
 
 enum class DType : uint8_t { f32, f16, bf16, i32, i64, u8, i8 };
 
-constexpr size_t dtype_size(DType t) {
+MOEWEAVE_HOST_DEVICE constexpr size_t dtype_size(DType t) {
   switch (t) {
     case DType::f32: return 4;
     case DType::f16: return 2;

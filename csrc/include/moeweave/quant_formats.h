@@ -24,13 +24,6 @@
 
 #include "moeweave/dtype.h"
 
-// Format helpers are callable from CUDA device code too.
-#ifdef __CUDACC__
-#define MOEWEAVE_HOST_DEVICE __host__ __device__
-#else
-#define MOEWEAVE_HOST_DEVICE
-#endif
-
 namespace moeweave {
 
 constexpr int kQuantTileRows = 16;

@@ -130,8 +130,9 @@ void half_tile(const QuantMatrix& w, const QuantActs& a, int64_t t, int half, in
 template <int BITS>
 void tiles(const QuantMatrix& w, const QuantActs& a, int64_t tile_begin, int64_t tile_end, float* y,
            int64_t ldy) {
-  for (int64_t first = 0; first < a.m; first += a.row_block()) {
-    const int64_t last = std::min(a.m, first + a.row_block());
+  const int64_t block = a.row_block();
+  for (int64_t first = 0; first < a.m; first += block) {
+    const int64_t last = std::min(a.m, first + block);
     for (int64_t t = tile_begin; t < tile_end; ++t)
       for (int half = 0; half < 2 && w.n - t * kQuantTileRows - 8 * half > 0; ++half)
         for (int64_t i0 = first; i0 < last; i0 += 4) switch (last - i0) {

@@ -157,8 +157,9 @@ void tiles(const QuantMatrix& w, const QuantActs& a, int64_t tile_begin, int64_t
     if (count % 2) tile_rows<BITS, 1>(a.m, w, a, &middle, 0, y, ldy);
     return;
   }
-  for (int64_t first = 0; first < a.m; first += a.row_block()) {
-    const int64_t last = std::min(a.m, first + a.row_block());
+  const int64_t block = a.row_block();
+  for (int64_t first = 0; first < a.m; first += block) {
+    const int64_t last = std::min(a.m, first + block);
     for (int64_t t = tile_begin; t < tile_end; t += 2) {
       const int64_t pair[2] = {t, t + 1};
       for (int64_t i0 = first; i0 < last; i0 += 4) {

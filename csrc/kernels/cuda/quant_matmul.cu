@@ -40,8 +40,6 @@ __device__ __forceinline__ float load_x(const void* x, DType dtype, int64_t i) {
                               : static_cast<const float*>(x)[i];
 }
 
-__device__ __forceinline__ int x_bytes(DType dtype) { return dtype == DType::bf16 ? 2 : 4; }
-
 __device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 // Columns [col, col + N) of activation row x (N a multiple of 4, col a multiple of N, the row
@@ -123,7 +121,7 @@ __device__ void packed_partial(const QuantMatrix& w, int64_t t, const void* x, D
       for (int m = 0; m < MB; ++m) {
         if (m >= rows) continue;
         float xv[kCols];
-        load_columns<kCols>(static_cast<const char*>(x) + m * ldx * x_bytes(x_dtype), x_dtype, col, xv);
+        load_columns<kCols>(static_cast<const char*>(x) + m * ldx * int64_t(dtype_size(x_dtype)), x_dtype, col, xv);
         float x_sum = 0.0f;
         if (!sym)
 #pragma unroll
@@ -162,7 +160,7 @@ __device__ void generic_partial(const QuantMatrix& w, int64_t t, const void* x, 
 #pragma unroll
       for (int m = 0; m < MB; ++m) {
         if (m >= rows) continue;
-        const char* xm = static_cast<const char*>(x) + m * ldx * x_bytes(x_dtype);
+        const char* xm = static_cast<const char*>(x) + m * ldx * int64_t(dtype_size(x_dtype));
         float dot = 0.0f;
         for (int c = 0; c < kQuantUnitCols; ++c) {
           const int64_t col = u * kQuantUnitCols + c;
@@ -186,7 +184,7 @@ __device__ void tile_partial(const QuantMatrix& w, int64_t t, const void* x, DTy
 #pragma unroll
     for (int i = 0; i < 4; ++i) acc[m][i] = 0.0f;
   const bool packed = w.bits != 16 && w.k % w.group_size == 0 && aligned16(w.packed) && aligned16(x) &&
-                      ldx * x_bytes(x_dtype) % 16 == 0;
+                      ldx * int64_t(dtype_size(x_dtype)) % 16 == 0;
   if (packed && w.bits == 4) return packed_partial<4, MB>(w, t, x, x_dtype, ldx, rows, acc);
   if (packed && w.bits == 8) return packed_partial<8, MB>(w, t, x, x_dtype, ldx, rows, acc);
   if (packed && w.bits == 2) return packed_partial<2, MB>(w, t, x, x_dtype, ldx, rows, acc);
@@ -222,7 +220,8 @@ __global__ void __launch_bounds__(kThreads, MB == 1 ? kBlocksPerSm : 1)
   const int64_t t = blockIdx.x, first = int64_t(blockIdx.y) * MB;
   const int rows = int(m - first < MB ? m - first : MB);
   float acc[MB][4];
-  tile_partial<MB>(w, t, static_cast<const char*>(x) + first * w.k * x_bytes(x_dtype), x_dtype, w.k, rows, acc);
+  const char* rows_x = static_cast<const char*>(x) + first * w.k * int64_t(dtype_size(x_dtype));
+  tile_partial<MB>(w, t, rows_x, x_dtype, w.k, rows, acc);
   const float total = block_sum<MB>(acc, scratch);
   const int row = threadIdx.x % kQuantTileRows, i = threadIdx.x / kQuantTileRows;
   if (threadIdx.x < MB * kQuantTileRows && i < rows && t * kQuantTileRows + row < w.n)
@@ -238,7 +237,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) moe_gate_up_kernel(con
   const int64_t t = blockIdx.x, p = blockIdx.y;
   const int32_t e = ids[p];
   if (e < 0 || e >= num_slots) return;
-  const void* xt = static_cast<const char*>(x) + (p / K) * H * x_bytes(x_dtype);
+  const void* xt = static_cast<const char*>(x) + (p / K) * H * int64_t(dtype_size(x_dtype));
   float acc[1][4];
   tile_partial<1>(slots[e].gate, t, xt, x_dtype, H, 1, acc);
   const float gate = block_sum<1>(acc, scratch);

@@ -118,8 +118,7 @@ class DeviceExpertPool(_SlotPool):
         module = _native.cuda_module()
         if module is None:
             raise RuntimeError("DeviceExpertPool: moeweave._C_cuda is not available (built without CUDA)")
-        index = torch.device(device).index
-        self.device = torch.device("cuda", torch.cuda.current_device() if index is None else index)
+        self.device = torch.empty(0, device=device).device  # "cuda" becomes the current GPU's index
         self._pool = module.DeviceExpertPool(self.device.index, slot_bytes, capacity)
         self.stride = self._pool.stride
         self._init_slots(capacity)
