@@ -2,9 +2,14 @@
 with torch's own CUDA kernels on the same shapes?
 
 Decode reads every weight once per token, so a GEMV's limit is its weight bytes over the device's
-copy bandwidth (measured here: a device-to-device copy, bytes read plus written). Each timed call
-reads a different copy of the weights, cycling over >= 8x the L2 cache, so every figure is an HBM
-figure; the calls are captured in one CUDA graph, so Python's launch cost stays out.
+read bandwidth (measured here: torch's sum over a 2 GiB buffer; a device-to-device copy, bytes
+read plus written, is reported beside it). Each timed call reads a different copy of the weights,
+cycling over >= 8x the L2 cache, so every figure is an HBM figure; the calls are captured in one
+CUDA graph, so Python's launch cost stays out.
+
+Several activation rows are timed on both paths of quant_matmul, the CUDA kernel and the
+dequantise + cuBLAS GEMM (moeweave.ops.prefill_gemm), whichever its thresholds pick by default:
+where they cross is where those thresholds lie.
 
     python bench/cuda_kernels.py        (needs a CUDA GPU; bench/gpu_check.sh runs it on a lent one)
 """
@@ -16,11 +21,13 @@ import torch
 import torch.nn.functional as F
 from common import Report, Row
 
-from moeweave.ops import moe_experts, quant_matmul
+from moeweave.ops import moe_experts, prefill_gemm, quant_matmul
 from moeweave.quant import ExpertTable, quantize
 
 GEMV_SHAPES = {"mixtral w1": (14336, 4096), "mixtral w2": (4096, 14336), "qwen3 expert": (768, 2048)}
-ROWS = (1, 4, 16)
+ROWS = (1, 4, 8, 16, 64, 512)
+KERNEL_MAX_ROWS, GEMM_MIN_ROWS = 64, 4  # the row counts each path is timed at
+DEFAULT_GEMM_ROWS = prefill_gemm.CUDA_GEMM_ROWS, prefill_gemm.CUDA_GEMM_ROWS_INT8
 # Qwen3-30B-A3B's MoE layer: 128 experts of 768 x 2048, top-8.
 MOE_EXPERTS, MOE_HIDDEN, MOE_INTER, MOE_TOP_K = 128, 2048, 768, 8
 
@@ -67,6 +74,12 @@ def copy_gbps() -> float:
     return 2 * source.numel() / seconds / 1e9
 
 
+def read_gbps() -> float:
+    source = torch.rand(1 << 29, device="cuda")
+    seconds = graph_seconds([lambda: source.sum()])
+    return 4 * source.numel() / seconds / 1e9
+
+
 def copies(nbytes: int) -> int:
     return max(2, math.ceil(8 * torch.cuda.get_device_properties(0).L2_cache_size / nbytes))
 
@@ -96,17 +109,25 @@ def bench_gemv(report: Report, limit: float) -> None:
             ours = [qw.to("cuda") for _ in range(copies(qw.nbytes))]
             for m in ROWS:
                 x = torch.randn(m, k, device="cuda").to(torch.bfloat16)
-                seconds = graph_seconds([lambda q=q, x=x: quant_matmul(x, q) for q in ours])
-                bf16 = graph_seconds([lambda d=d, x=x: F.linear(x, d) for d in dense_copies])
-                gbps = qw.nbytes / seconds / 1e9
                 config = f"{name} {n}x{k} M={m} int{bits} g64"
-                report.add(Row("quant_matmul", config, gbps, "GB/s", "torch bf16 F.linear", bf16 / seconds,
-                               gbps / limit))  # fmt: skip
+                bf16 = graph_seconds([lambda d=d, x=x: F.linear(x, d) for d in dense_copies])
                 int4 = tinygemm_int4(n, k, 64, x) if bits == 4 else None
-                if int4 is not None:
-                    theirs = graph_seconds(int4)
-                    report.add(Row("quant_matmul", config, gbps, "GB/s", "torch int4 tinygemm", theirs / seconds,
-                                   gbps / limit))  # fmt: skip
+                theirs = None if int4 is None else graph_seconds(int4)
+                for path, rows in (("kernel", m <= KERNEL_MAX_ROWS), ("dequant+cuBLAS", m >= GEMM_MIN_ROWS)):
+                    if not rows:
+                        continue
+                    threshold = 1 << 30 if path == "kernel" else 1
+                    prefill_gemm.CUDA_GEMM_ROWS = prefill_gemm.CUDA_GEMM_ROWS_INT8 = threshold
+                    seconds = graph_seconds([lambda q=q, x=x: quant_matmul(x, q) for q in ours])
+                    gbps = qw.nbytes / seconds / 1e9
+                    op = f"quant_matmul {path}"
+                    report.add(
+                        Row(op, config, gbps, "GB/s", "torch bf16 F.linear", bf16 / seconds, gbps / limit)
+                    )
+                    if theirs is not None:
+                        report.add(Row(op, config, gbps, "GB/s", "torch int4 tinygemm", theirs / seconds,
+                                       gbps / limit))  # fmt: skip
+    prefill_gemm.CUDA_GEMM_ROWS, prefill_gemm.CUDA_GEMM_ROWS_INT8 = DEFAULT_GEMM_ROWS
 
 
 def expert_loop(x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, dense: list) -> torch.Tensor:
@@ -137,9 +158,8 @@ def bench_moe(report: Report, limit: float) -> None:
                 torch.rand(tokens, MOE_EXPERTS, generator=generator).softmax(-1).topk(MOE_TOP_K, -1)
             )
             routes.append((ids.to(torch.int32).cuda(), weights.cuda()))
-        # The op copies the slot table from the host per call, so it is timed as Python calls it.
-        seconds = eager_seconds([lambda i=i, w=w, x=x: moe_experts(x, i, w, table) for i, w in routes])
-
+        calls = [lambda i=i, w=w, x=x: moe_experts(x, i, w, table) for i, w in routes]
+        seconds, eager = graph_seconds(calls), eager_seconds(calls)
         cpu_routes = [(i.cpu(), w.cuda()) for i, w in routes]
         loop = eager_seconds([lambda i=i, w=w, x=x: expert_loop(x, i, w, dense) for i, w in cpu_routes])
         touched = statistics.mean(len(set(i.flatten().tolist())) for i, _ in cpu_routes)
@@ -148,11 +168,13 @@ def bench_moe(report: Report, limit: float) -> None:
         report.add(
             Row("moe_experts", config, gbps, "GB/s", "torch bf16 expert loop", loop / seconds, gbps / limit)
         )
+        report.add(Row("moe_experts", config, gbps, "GB/s", "the op launched from Python", eager / seconds,
+                       gbps / limit))  # fmt: skip
 
 
 def main() -> None:
-    limit = copy_gbps()
-    report = Report(__file__, {"device_copy_GBps": limit})
+    limit = read_gbps()
+    report = Report(__file__, {"device_read_GBps": limit, "device_copy_GBps": copy_gbps()})
     print(f"# {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
     report.header()
     bench_gemv(report, limit)

@@ -36,7 +36,7 @@ PYTEST=("$PY" -m pytest -q -p no:cacheprovider -o filterwarnings= -o addopts=-ra
 timeout 240 "${PYTEST[@]}" tests/cuda 2>&1 | tee "$OUT/tests.log" | tail -25
 (cd bench && timeout 180 "$PY" cuda_kernels.py) 2>&1 | tee "$OUT/bench.log"
 cp bench/results/cuda_kernels.jsonl "$OUT/" 2>/dev/null
-timeout 150 compute-sanitizer --tool memcheck --print-limit 20 "${PYTEST[@]}" -x \
+timeout 120 compute-sanitizer --tool memcheck --print-limit 20 "${PYTEST[@]}" -x \
   tests/cuda/test_cuda_quant.py tests/cuda/test_expert_pool.py > "$OUT/memcheck.log" 2>&1
 echo "memcheck: exit $?"
 tail -8 "$OUT/memcheck.log"

@@ -87,11 +87,23 @@ void quant_matmul_t(const py::capsule& packed_c, const std::optional<py::capsule
                                                                 dx.data<float>(), as_stream(stream)));
 }
 
-// slots_buffer: a CUDA uint8 tensor of E * expert_slot_bytes into which the table is copied;
-// workspace: a CUDA fp32 tensor of T * K * (I + H) elements.
+void quant_dequantize_bf16(const py::capsule& packed_c, const std::optional<py::capsule>& scales_c,
+                           const std::optional<py::capsule>& zeros_c, int64_t n, int64_t k, int bits, int group_size,
+                           int64_t row_begin, const py::capsule& out_c, uintptr_t stream) {
+  const char* op = "quant_dequantize_bf16";
+  const moeweave::bindings::QuantMatrixArg w(op, kDLCUDA, packed_c, scales_c, zeros_c, n, k, bits, group_size);
+  const TensorArg out(op, "out", out_c);
+  const int64_t row_end = moeweave::bindings::dequantize_row_end(op, out, kDLCUDA, n, k, bits, row_begin);
+  check_launch(op, moeweave::cuda::quant_dequantize_bf16(w.matrix, row_begin, row_end, out.data<uint16_t>(),
+                                                         as_stream(stream)));
+}
+
+// slots_buffer: a CUDA uint8 tensor of E * expert_slot_bytes into which the table is copied when
+// upload_slots (a host-to-device copy, which CUDA graphs cannot capture), else holding that copy
+// from an earlier call; workspace: a CUDA fp32 tensor of T * K * (I + H) elements.
 void moe_experts(const py::capsule& table_c, const py::capsule& x_c, const py::capsule& ids_c, const py::capsule& weights_c,
-                 const py::capsule& y_c, const py::capsule& slots_c, const py::capsule& workspace_c, int64_t inter,
-                 uintptr_t stream) {
+                 const py::capsule& y_c, const py::capsule& slots_c, bool upload_slots, const py::capsule& workspace_c,
+                 int64_t inter, uintptr_t stream) {
   TensorArg table("moe_experts", "expert_table", table_c), x("moe_experts", "x", x_c),
       ids("moe_experts", "topk_ids", ids_c), weights("moe_experts", "topk_weights", weights_c), y("moe_experts", "y", y_c),
       slots_buffer("moe_experts", "slots_buffer", slots_c), workspace("moe_experts", "workspace", workspace_c);
@@ -101,7 +113,9 @@ void moe_experts(const py::capsule& table_c, const py::capsule& x_c, const py::c
   const int64_t T = x.size(0), H = x.size(1), K = ids.size(1), bytes = int64_t(slots.size() * sizeof(moeweave::ExpertSlot));
   if (slots_buffer.numel() != bytes) slots_buffer.fail("must hold " + std::to_string(bytes) + " bytes");
   if (workspace.numel() < T * K * (inter + H)) workspace.fail("is too small");
-  check_launch("moe_experts", moeweave::cuda::copy_to_device(slots_buffer.data<void>(), slots.data(), bytes, as_stream(stream)));
+  if (upload_slots)
+    check_launch("moe_experts",
+                 moeweave::cuda::copy_to_device(slots_buffer.data<void>(), slots.data(), bytes, as_stream(stream)));
   check_launch("moe_experts", moeweave::cuda::moe_experts(slots_buffer.data<moeweave::ExpertSlot>(), int64_t(slots.size()),
                                                           x.dtype(), x.data<void>(), T, H, inter, ids.data<int32_t>(),
                                                           weights.data<float>(), K, y.data<float>(),
@@ -151,8 +165,11 @@ PYBIND11_MODULE(_C_cuda, m) {
         py::arg("bits"), py::arg("group_size"), py::arg("x"), py::arg("y"), py::arg("stream"));
   m.def("quant_matmul_t", &quant_matmul_t, py::arg("packed"), py::arg("scales"), py::arg("zeros"), py::arg("n"),
         py::arg("k"), py::arg("bits"), py::arg("group_size"), py::arg("dy"), py::arg("dx"), py::arg("stream"));
+  m.def("quant_dequantize_bf16", &quant_dequantize_bf16, py::arg("packed"), py::arg("scales"), py::arg("zeros"),
+        py::arg("n"), py::arg("k"), py::arg("bits"), py::arg("group_size"), py::arg("row_begin"), py::arg("out"),
+        py::arg("stream"), "out [rows, k] bf16 = rows [row_begin, row_begin + rows) of the packed W, dequantised");
   m.def("moe_experts", &moe_experts, py::arg("expert_table"), py::arg("x"), py::arg("topk_ids"), py::arg("topk_weights"),
-        py::arg("y"), py::arg("slots_buffer"), py::arg("workspace"), py::arg("intermediate_size"), py::arg("stream"));
+        py::arg("y"), py::arg("slots_buffer"), py::arg("upload_slots"), py::arg("workspace"), py::arg("intermediate_size"), py::arg("stream"));
   m.attr("expert_slot_bytes") = sizeof(moeweave::ExpertSlot);
   py::class_<DeviceExpertPool>(m, "DeviceExpertPool",
                                "Device virtual memory in slots of whole granules, mapped only while in use")

@@ -65,6 +65,20 @@ inline void check_matmul_io(const TensorArg& x, const TensorArg& y, int device, 
     y.fail("must be [" + std::to_string(x.size(0)) + ", " + std::to_string(n) + "], got " + y.shape_text());
 }
 
+// The output of quant_dequantize_bf16 (bf16 [rows, k] on `device`) checked against the weight;
+// returns the end of its row range.
+inline int64_t dequantize_row_end(const char* op, const TensorArg& out, int device, int64_t n, int64_t k, int bits,
+                                  int64_t row_begin) {
+  out.expect(device, 2, {DType::bf16});
+  if (out.size(1) != k) out.fail("must have " + std::to_string(k) + " columns, got " + out.shape_text());
+  const int64_t row_end = row_begin + out.size(0);
+  if (bits == 16) throw py::value_error(std::string(op) + ": the weight is not packed (bits 16)");
+  if (row_begin < 0 || row_begin % kQuantTileRows || row_end > n)
+    out.fail("must cover rows [row_begin, row_begin + " + std::to_string(out.size(0)) + ") inside the weight's " +
+             std::to_string(n) + ", row_begin a multiple of 16 (got " + std::to_string(row_begin) + ")");
+  return row_end;
+}
+
 // The routing arguments of moe_experts, checked against x; the table is always a CPU tensor.
 inline std::vector<ExpertSlot> expert_slots(const TensorArg& table, const TensorArg& x, const TensorArg& ids,
                                             const TensorArg& weights, const TensorArg& y, int device) {

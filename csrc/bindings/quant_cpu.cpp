@@ -49,15 +49,8 @@ void bind_quant_dequantize_bf16(const py::capsule& packed_c, const std::optional
                                 int group_size, int64_t row_begin, const py::capsule& out_c) {
   const char* op = "quant_dequantize_bf16";
   const QuantMatrixArg w(op, kDLCPU, packed_c, scales_c, zeros_c, n, k, bits, group_size);
-  TensorArg out(op, "out", out_c);
-  out.expect(kDLCPU, 2, {DType::bf16});
-  if (out.size(1) != k) out.fail("must have " + std::to_string(k) + " columns, got " + out.shape_text());
-  const int64_t row_end = row_begin + out.size(0);
-  if (bits == 16) throw py::value_error(std::string(op) + ": the weight is not packed (bits 16)");
-  if (row_begin < 0 || row_begin % moeweave::kQuantTileRows || row_end > n)
-    out.fail("must cover rows [row_begin, row_begin + " + std::to_string(out.size(0)) +
-             ") inside the weight's " + std::to_string(n) + ", row_begin a multiple of 16 (got " +
-             std::to_string(row_begin) + ")");
+  const TensorArg out(op, "out", out_c);
+  const int64_t row_end = moeweave::bindings::dequantize_row_end(op, out, kDLCPU, n, k, bits, row_begin);
   moeweave::Status status;
   {
     py::gil_scoped_release release;

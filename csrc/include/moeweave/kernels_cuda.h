@@ -33,6 +33,11 @@ Status quant_matmul(const QuantMatrix& w, DType x_dtype, const void* x, int64_t 
 // dx [m, w.k] fp32 = dy [m, w.n] fp32 w (see moeweave::quant_matmul_t), dequantising in registers.
 Status quant_matmul_t(const QuantMatrix& w, const float* dy, int64_t m, float* dx, void* stream);
 
+// out [row_end - row_begin, w.k] bf16 = those rows of w dequantised (see
+// moeweave::quant_dequantize_bf16; w packed, row_begin a multiple of 16): the weight of a wide
+// product on cuBLAS.
+Status quant_dequantize_bf16(const QuantMatrix& w, int64_t row_begin, int64_t row_end, uint16_t* out, void* stream);
+
 // The fused routed-expert stage (see moeweave::moe_experts) with the slot table in device memory
 // and a caller-provided fp32 workspace of T * K * (I + H) elements. Out-of-range ids contribute
 // nothing (no host synchronisation to report them). All experts share H and I.

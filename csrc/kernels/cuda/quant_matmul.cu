@@ -12,6 +12,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
+
 #include "moeweave/kernels_cuda.h"
 #include "moeweave/quant_formats.h"
 
@@ -40,7 +42,7 @@ __device__ __forceinline__ float load_x(const void* x, DType dtype, int64_t i) {
                               : static_cast<const float*>(x)[i];
 }
 
-__device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+__host__ __device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 // Columns [col, col + N) of activation row x (N a multiple of 4, col a multiple of N, the row
 // 16-byte aligned), with vector loads.
@@ -285,6 +287,50 @@ __device__ __forceinline__ float weight_at(const QuantMatrix& w, int64_t r, int6
   return load_scale(w.scales, w.scale_dtype, s) * (float(quant_value(unit, w.bits, rr, cc)) - zero);
 }
 
+// out [row_end - row_begin, w.k] bf16 = those rows of w dequantised (scale * (q - zero), rounded
+// to nearest even: the CPU's quant_dequantize_bf16). blockIdx.y is a tile of 16 rows. A thread
+// writes 8 neighbouring columns of one row, which lie in one unit and so share a group's scale;
+// the 16 threads of a tile's rows come first, so a warp reads 2 x 64 contiguous packed bytes and
+// writes whole 32-byte sectors. Index arithmetic stays 32-bit: 64-bit division is emulated.
+// packed_words: bits 2/4/8 and w.packed 16-byte aligned, read as one 32-bit word per 4 columns;
+// vector_store: k a multiple of 8 and out 16-byte aligned.
+constexpr int kDequantChunk = 8;
+__global__ void dequantize_bf16_kernel(QuantMatrix w, int64_t tile_begin, int64_t row_end, int units, int groups,
+                                       bool packed_words, bool vector_store, __nv_bfloat16* out) {
+  const int local = blockIdx.x * blockDim.x + threadIdx.x, rr = local % kQuantTileRows;
+  const int c0 = local / kQuantTileRows * kDequantChunk;
+  const int64_t t = tile_begin + blockIdx.y, r = t * kQuantTileRows + rr;
+  if (c0 >= w.k || r >= row_end) return;
+  const uint8_t* unit = w.packed + (t * units + c0 / kQuantUnitCols) * quant_unit_bytes(w.bits);
+  const int64_t s = (t * groups + c0 / w.group_size) * kQuantTileRows + rr;
+  const float scale = load_scale(w.scales, w.scale_dtype, s);
+  const float zero = w.zeros ? load_scale(w.zeros, w.scale_dtype, s) : float(1 << (w.bits - 1));
+  const int quad = c0 % kQuantUnitCols / 4;  // even: the chunk is quads quad and quad + 1
+  alignas(16) __nv_bfloat16 v[kDequantChunk];
+  if (packed_words) {
+    const int planes = 8 / w.bits;
+    const uint32_t mask = (1u << w.bits) - 1;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int q = quad + h, shift = w.bits * (q % planes);
+      const uint32_t word = *reinterpret_cast<const uint32_t*>(unit + q / planes * kQuantQuadBytes + rr * 4);
+#pragma unroll
+      for (int b = 0; b < 4; ++b)
+        v[4 * h + b] = __float2bfloat16_rn(scale * (float((word >> (8 * b + shift)) & mask) - zero));
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < kDequantChunk; ++j)
+      v[j] = __float2bfloat16_rn(scale * (float(quant_value(unit, w.bits, rr, 4 * quad + j)) - zero));
+  }
+  __nv_bfloat16* dst = out + (r - tile_begin * kQuantTileRows) * w.k + c0;
+  if (vector_store) {
+    *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(v);
+    return;
+  }
+  for (int j = 0; j < kDequantChunk && c0 + j < w.k; ++j) dst[j] = v[j];
+}
+
 // dx [m, w.k] = dy [m, w.n] w: a thread per output element; the threads of a warp read
 // neighbouring columns of the same packed units.
 __global__ void quant_matmul_t_kernel(QuantMatrix w, const float* dy, float* dx) {
@@ -320,6 +366,23 @@ Status quant_matmul_t(const QuantMatrix& w, const float* dy, int64_t m, float* d
   constexpr int kColumnThreads = 128;
   const dim3 grid(unsigned((w.k + kColumnThreads - 1) / kColumnThreads), unsigned(m));
   quant_matmul_t_kernel<<<grid, kColumnThreads, 0, static_cast<cudaStream_t>(stream)>>>(w, dy, dx);
+  return cudaGetLastError() == cudaSuccess ? kOk : -EIO;
+}
+
+Status quant_dequantize_bf16(const QuantMatrix& w, int64_t row_begin, int64_t row_end, uint16_t* out, void* stream) {
+  if (row_end == row_begin || w.k == 0) return kOk;
+  constexpr int kBlock = 256;
+  const int64_t kp = quant_padded(w.k, w.group_size), chunks = (w.k + kDequantChunk - 1) / kDequantChunk;
+  const bool packed_words = w.bits != 3 && aligned16(w.packed);
+  const bool vector_store = w.k % kDequantChunk == 0 && aligned16(out);
+  constexpr int64_t kMaxGridY = 65535;
+  const int64_t tiles = tiles_of(row_end - row_begin);
+  for (int64_t first = 0; first < tiles; first += kMaxGridY) {
+    const dim3 grid(unsigned((chunks * kQuantTileRows + kBlock - 1) / kBlock), unsigned(std::min(kMaxGridY, tiles - first)));
+    dequantize_bf16_kernel<<<grid, kBlock, 0, static_cast<cudaStream_t>(stream)>>>(
+        w, row_begin / kQuantTileRows + first, row_end, int(kp / kQuantUnitCols), int(kp / w.group_size),
+        packed_words, vector_store, reinterpret_cast<__nv_bfloat16*>(out) + first * kQuantTileRows * w.k);
+  }
   return cudaGetLastError() == cudaSuccess ? kOk : -EIO;
 }
 

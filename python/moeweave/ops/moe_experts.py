@@ -4,7 +4,9 @@ Shapes: x [T, H] fp32 or bf16; topk_ids [T, K] int32 (slots of the expert table)
 [T, K] -> y [T, H] in x's dtype, y[t] = sum_k w[t, k] * down_e(silu(gate_e x_t) * up_e x_t).
 On CPU, tokens are grouped by expert inside the kernel and each used expert runs once over its
 tokens. On CUDA (experts and x on the GPU), three launches compute gate/up, down and the
-weighted sum per (token, slot) pair, with no host synchronisation.
+weighted sum per (token, slot) pair, with no host synchronisation. The table's slot records are
+copied to the device once per change of the table (its tensor's version), so calls after the
+first can be captured in a CUDA graph; a graph keeps the slots it was captured with.
 
 Differentiable with respect to x and topk_weights (the experts are frozen): on CPU one native
 call (``moeweave::moe_experts_backward``) recomputes the stage and runs the chain rule back
@@ -13,6 +15,7 @@ expert by expert on quant_matmul and its transposed product (``backward_by_exper
 """
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from moeweave import _native
 from moeweave.ops import reference
@@ -21,6 +24,9 @@ from moeweave.ops._launch import capsules, cuda_stream
 from moeweave.ops._vmap import register_rows_vmap
 from moeweave.ops.quant_matmul import project, project_t
 from moeweave.quant.experts import ExpertTable
+
+# table tensor -> {device: (the table's version when its slots were uploaded, the device copy)}
+_device_slots: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
 def moe_experts(
@@ -64,12 +70,20 @@ def _moe_experts(
     if x.is_cuda:
         tokens, top_k = topk_ids.shape
         inter = int(table[0, 0, 3])  # gate's n (table rows: see moeweave.quant.experts.FIELDS)
-        slots = torch.empty(table.shape[0] * native.expert_slot_bytes, dtype=torch.uint8, device=x.device)
+        uploaded = _device_slots.setdefault(table, {})
+        version, slots = uploaded.get(x.device, (None, None))
+        if slots is None:
+            slots = torch.empty(table.shape[0] * native.expert_slot_bytes, dtype=torch.uint8, device=x.device)
         workspace = torch.empty(tokens * top_k * (inter + x.shape[1]), device=x.device)
         with torch.cuda.device(x.device):
             native.moe_experts(
-                *capsules(table, x, topk_ids, weights, y, slots, workspace), inter, cuda_stream(x)
+                *capsules(table, x, topk_ids, weights, y, slots),
+                version != table._version,
+                *capsules(workspace),
+                inter,
+                cuda_stream(x),
             )
+        uploaded[x.device] = (table._version, slots)
     else:
         native.moe_experts(*capsules(table, x, topk_ids, weights, y))
     return y if x.dtype == torch.float32 else y.to(x.dtype)

@@ -5,6 +5,9 @@ moeweave's integer kernels, which are bound by their dot products from ~32 rows 
 bf16 natively, one panel of PANEL_BYTES at a time (still in cache when the GEMM reads it; the
 whole bf16 weight is never held), and each panel is multiplied by torch.
 
+On a GPU the CUDA kernel runs its row FMAs on the CUDA cores, so from cuda_gemm_rows(bits) rows the
+whole weight is dequantised into one bf16 buffer and multiplied by cuBLAS on the tensor cores.
+
 Numerics: x and the weight's values scale * (q - zero) are rounded to bf16, oneDNN accumulates
 in fp32 and rounds y to bf16: the error of a bf16 model, against the integer kernels' int8
 activations (~0.5 % of |y|). Which path a product takes depends on its row count, so unlike the
@@ -16,7 +19,7 @@ Dimension legend: M rows (tokens), K input features, N output features.
 import torch
 
 from moeweave import cpu
-from moeweave.ops._launch import capsules
+from moeweave.ops._launch import capsules, cuda_stream
 from moeweave.quant.format import QuantizedWeight
 
 # From this many rows, and for weights of at least GEMM_MIN_VALUES values, the GEMM path wins on
@@ -28,15 +31,32 @@ from moeweave.quant.format import QuantizedWeight
 GEMM_ROWS = 1024
 GEMM_MIN_VALUES = 1 << 20
 PANEL_BYTES = 8 << 20
+# From this many rows the CUDA path dequantises and calls cuBLAS, 8-bit weights from fewer
+# (bench/cuda_kernels.py on an H200, docs/benchmarks.md: at 4 rows cuBLAS won 1.13-1.41x for
+# INT8 and lost 0.72-0.96x for INT4; at 8 rows it won or tied for both).
+CUDA_GEMM_ROWS = 8
+CUDA_GEMM_ROWS_INT8 = 4
 
 
-def wants_gemm(m: int, n: int, k: int) -> bool:
+def cuda_gemm_rows(bits: int) -> int:
+    return CUDA_GEMM_ROWS_INT8 if bits == 8 else CUDA_GEMM_ROWS
+
+
+def wants_gemm(x: torch.Tensor, n: int, k: int, bits: int) -> bool:
+    """Whether x [M, K] @ W^T for a packed W [n, k] of `bits` bits should run on a bf16 GEMM."""
+    m = x.shape[0]
+    if x.is_cuda:
+        return m >= cuda_gemm_rows(bits)
     return m >= GEMM_ROWS and n * k >= GEMM_MIN_VALUES and cpu.has_amx_bf16()
 
 
 def dequantized_gemm(native, x: torch.Tensor, qw: QuantizedWeight) -> torch.Tensor:
-    """x [M, K] @ W^T -> [M, N] in x's dtype, for a packed W (bits 2/3/4/8) on the CPU."""
+    """x [M, K] @ W^T -> [M, N] in x's dtype, for a packed W (bits 2/3/4/8) on x's device."""
     xb = x.to(torch.bfloat16)
+    if x.is_cuda:
+        w = torch.empty(qw.n, qw.k, dtype=torch.bfloat16, device=x.device)  # [N, K]
+        dequantize_rows(native, qw, 0, w)
+        return (xb @ w.t()).to(x.dtype)
     rows = max(16, PANEL_BYTES // (2 * qw.k) // 16 * 16)  # a multiple of 16: panels start on tiles
     panel = torch.empty(min(rows, qw.n), qw.k, dtype=torch.bfloat16)  # [rows, K]
     y = torch.empty(x.shape[0], qw.n, dtype=torch.bfloat16)  # [M, N]
@@ -49,6 +69,10 @@ def dequantized_gemm(native, x: torch.Tensor, qw: QuantizedWeight) -> torch.Tens
 
 def dequantize_rows(native, qw: QuantizedWeight, begin: int, out: torch.Tensor) -> None:
     """out [R, K] bf16 = rows [begin, begin + R) of the packed W, dequantised natively; begin is a
-    multiple of 16."""
+    multiple of 16. On CUDA the kernel is enqueued on out's current stream."""
     weight = [None if t is None else capsules(t)[0] for t in (qw.packed, qw.scales, qw.zeros)]
-    native.quant_dequantize_bf16(*weight, qw.n, qw.k, qw.bits, qw.group_size, begin, *capsules(out))
+    args = (*weight, qw.n, qw.k, qw.bits, qw.group_size, begin, *capsules(out))
+    if out.is_cuda:
+        native.quant_dequantize_bf16(*args, cuda_stream(out))
+    else:
+        native.quant_dequantize_bf16(*args)

@@ -4,12 +4,15 @@ Shapes: x [M, K] fp32 or bf16 -> y [M, N] in x's dtype. The CPU kernels quantise
 32 columns and use integer dot products (VNNI where available); the relative error this adds is
 about 0.5 % of |y| (Frobenius) for Gaussian-like activations, on top of the weight's own
 quantisation error. The CUDA kernel dequantises in registers and keeps x in fp32. Wide products
-on CPUs whose torch has AMX bf16 GEMMs go to that GEMM instead (moeweave.ops.prefill_gemm).
+go to a bf16 GEMM instead (moeweave.ops.prefill_gemm): on CUDA from 4-8 rows (cuBLAS),
+on CPUs whose torch has AMX bf16 GEMMs from GEMM_ROWS.
 
 Differentiable with respect to x (the weight is frozen): dx = dy W through
 ``moeweave::quant_matmul_t``, a transposed product on the packed format in exact fp32 (CPU: one
 column panel at a time; CUDA: dequantised in registers).
 """
+
+import contextlib
 
 import torch
 
@@ -78,18 +81,18 @@ def _quant_matmul(
             return (x.float() @ packed.float().t()).to(x.dtype)
         return reference.quant_matmul(x, QuantizedWeight(packed, scales, zeros, n, k, bits, group_size))
     x = x.contiguous()
-    if bits != 16 and x.is_cpu and prefill_gemm.wants_gemm(x.shape[0], n, k):
-        return prefill_gemm.dequantized_gemm(
-            native, x, QuantizedWeight(packed, scales, zeros, n, k, bits, group_size)
-        )
-    y = torch.empty(x.shape[0], n, dtype=torch.float32, device=x.device)  # [M, N]
-    if y.numel():
-        args = (*_weight_capsules(packed, scales, zeros), n, k, bits, group_size, *capsules(x, y))
-        if x.is_cuda:
-            with torch.cuda.device(x.device):
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        if bits != 16 and prefill_gemm.wants_gemm(x, n, k, bits):
+            return prefill_gemm.dequantized_gemm(
+                native, x, QuantizedWeight(packed, scales, zeros, n, k, bits, group_size)
+            )
+        y = torch.empty(x.shape[0], n, dtype=torch.float32, device=x.device)  # [M, N]
+        if y.numel():
+            args = (*_weight_capsules(packed, scales, zeros), n, k, bits, group_size, *capsules(x, y))
+            if x.is_cuda:
                 native.quant_matmul(*args, cuda_stream(x))
-        else:
-            native.quant_matmul(*args)
+            else:
+                native.quant_matmul(*args)
     return y if x.dtype == torch.float32 else y.to(x.dtype)
 
 
