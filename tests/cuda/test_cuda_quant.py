@@ -88,8 +88,12 @@ def test_dequantize_rows_matches_torch(bits, sym, group, scale_dtype):
 @pytest.mark.parametrize("sym", [True, False])
 @pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("n", "k", "group"), [(200, 1056, 32), (75, 77, None)])
-def test_wide_products_run_on_cublas(monkeypatch, bits, sym, x_dtype, n, k, group):
-    """From cuda_gemm_rows(bits) rows on, the product is a dequantised bf16 GEMM, with bf16 accuracy."""
+@pytest.mark.parametrize("panel_rows", [None, 32])
+def test_wide_products_run_on_cublas(monkeypatch, bits, sym, x_dtype, n, k, group, panel_rows):
+    """From cuda_gemm_rows(bits) rows on, the product is a dequantised bf16 GEMM, with bf16 accuracy;
+    in one panel or in panels of 32 rows and a ragged last one."""
+    if panel_rows:
+        monkeypatch.setattr(prefill_gemm, "CUDA_PANEL_BYTES", 2 * panel_rows * k)
     calls = []
     original = prefill_gemm.dequantized_gemm
     monkeypatch.setattr(prefill_gemm, "dequantized_gemm", lambda *a: calls.append(1) or original(*a))

@@ -5,8 +5,11 @@ Shapes: x [T, H] fp32 or bf16; topk_ids [T, K] int32 (slots of the expert table)
 On CPU, tokens are grouped by expert inside the kernel and each used expert runs once over its
 tokens. On CUDA (experts and x on the GPU), three launches compute gate/up, down and the
 weighted sum per (token, slot) pair, with no host synchronisation. The table's slot records are
-copied to the device once per change of the table (its tensor's version), so calls after the
-first can be captured in a CUDA graph; a graph keeps the slots it was captured with.
+copied to the device once per change of the table (its tensor's version), on the calling
+stream, so calls after the first can be captured in a CUDA graph (which reads the copy as last
+uploaded: after changing the table, call the op once outside the graph before replaying it).
+Like any tensor written on one stream, the copy is ready for other streams once they wait on
+that one (``torch.cuda.Stream.wait_stream``).
 
 Differentiable with respect to x and topk_weights (the experts are frozen): on CPU one native
 call (``moeweave::moe_experts_backward``) recomputes the stage and runs the chain rule back

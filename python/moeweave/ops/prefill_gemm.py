@@ -6,7 +6,8 @@ bf16 natively, one panel of PANEL_BYTES at a time (still in cache when the GEMM 
 whole bf16 weight is never held), and each panel is multiplied by torch.
 
 On a GPU the CUDA kernel runs its row FMAs on the CUDA cores, so from cuda_gemm_rows(bits) rows the
-whole weight is dequantised into one bf16 buffer and multiplied by cuBLAS on the tensor cores.
+weight is dequantised in panels of up to CUDA_PANEL_BYTES (most weights: one) and multiplied by
+cuBLAS on the tensor cores.
 
 Numerics: x and the weight's values scale * (q - zero) are rounded to bf16, oneDNN accumulates
 in fp32 and rounds y to bf16: the error of a bf16 model, against the integer kernels' int8
@@ -36,6 +37,9 @@ PANEL_BYTES = 8 << 20
 # INT8 and lost 0.72-0.96x for INT4; at 8 rows it won or tied for both).
 CUDA_GEMM_ROWS = 8
 CUDA_GEMM_ROWS_INT8 = 4
+# On a GPU the panels are large, for cuBLAS's sake, but bounded: a 152k-token LM head of 4096
+# columns would otherwise take a 1.2 GB bf16 copy per call.
+CUDA_PANEL_BYTES = 256 << 20
 
 
 def cuda_gemm_rows(bits: int) -> int:
@@ -53,13 +57,13 @@ def wants_gemm(x: torch.Tensor, n: int, k: int, bits: int) -> bool:
 def dequantized_gemm(native, x: torch.Tensor, qw: QuantizedWeight) -> torch.Tensor:
     """x [M, K] @ W^T -> [M, N] in x's dtype, for a packed W (bits 2/3/4/8) on x's device."""
     xb = x.to(torch.bfloat16)
-    if x.is_cuda:
-        w = torch.empty(qw.n, qw.k, dtype=torch.bfloat16, device=x.device)  # [N, K]
-        dequantize_rows(native, qw, 0, w)
-        return (xb @ w.t()).to(x.dtype)
-    rows = max(16, PANEL_BYTES // (2 * qw.k) // 16 * 16)  # a multiple of 16: panels start on tiles
-    panel = torch.empty(min(rows, qw.n), qw.k, dtype=torch.bfloat16)  # [rows, K]
-    y = torch.empty(x.shape[0], qw.n, dtype=torch.bfloat16)  # [M, N]
+    panel_bytes = CUDA_PANEL_BYTES if x.is_cuda else PANEL_BYTES
+    rows = max(16, panel_bytes // (2 * qw.k) // 16 * 16)  # a multiple of 16: panels start on tiles
+    panel = torch.empty(min(rows, qw.n), qw.k, dtype=torch.bfloat16, device=x.device)  # [rows, K]
+    if rows >= qw.n:
+        dequantize_rows(native, qw, 0, panel)
+        return (xb @ panel.t()).to(x.dtype)
+    y = torch.empty(x.shape[0], qw.n, dtype=torch.bfloat16, device=x.device)  # [M, N]
     for begin in range(0, qw.n, rows):
         part = panel[: min(rows, qw.n - begin)]
         dequantize_rows(native, qw, begin, part)
