@@ -169,7 +169,8 @@ PYBIND11_MODULE(_C_cuda, m) {
         py::arg("n"), py::arg("k"), py::arg("bits"), py::arg("group_size"), py::arg("row_begin"), py::arg("out"),
         py::arg("stream"), "out [rows, k] bf16 = rows [row_begin, row_begin + rows) of the packed W, dequantised");
   m.def("moe_experts", &moe_experts, py::arg("expert_table"), py::arg("x"), py::arg("topk_ids"), py::arg("topk_weights"),
-        py::arg("y"), py::arg("slots_buffer"), py::arg("upload_slots"), py::arg("workspace"), py::arg("intermediate_size"), py::arg("stream"));
+        py::arg("y"), py::arg("slots_buffer"), py::arg("upload_slots"), py::arg("workspace"),
+        py::arg("intermediate_size"), py::arg("stream"));
   m.attr("expert_slot_bytes") = sizeof(moeweave::ExpertSlot);
   py::class_<DeviceExpertPool>(m, "DeviceExpertPool",
                                "Device virtual memory in slots of whole granules, mapped only while in use")

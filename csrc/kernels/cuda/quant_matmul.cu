@@ -378,7 +378,8 @@ Status quant_dequantize_bf16(const QuantMatrix& w, int64_t row_begin, int64_t ro
   constexpr int64_t kMaxGridY = 65535;
   const int64_t tiles = tiles_of(row_end - row_begin);
   for (int64_t first = 0; first < tiles; first += kMaxGridY) {
-    const dim3 grid(unsigned((chunks * kQuantTileRows + kBlock - 1) / kBlock), unsigned(std::min(kMaxGridY, tiles - first)));
+    const dim3 grid(unsigned((chunks * kQuantTileRows + kBlock - 1) / kBlock),
+                    unsigned(std::min(kMaxGridY, tiles - first)));
     dequantize_bf16_kernel<<<grid, kBlock, 0, static_cast<cudaStream_t>(stream)>>>(
         w, row_begin / kQuantTileRows + first, row_end, int(kp / kQuantUnitCols), int(kp / w.group_size),
         packed_words, vector_store, reinterpret_cast<__nv_bfloat16*>(out) + first * kQuantTileRows * w.k);
